@@ -1,0 +1,42 @@
+# `make demo` and `make test` work on a fresh clone: both set up .venv first.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# A CPU build of torch by default; GPU users pass their own, e.g. make install TORCH="torch==2.13.0+cu128"
+TORCH  ?= torch==2.13.0
+EXTRAS ?= dev,cluster
+
+.PHONY: install demo test test-slow bench bench-compare publish-demo clean
+
+install: $(BIN)/.installed
+
+$(BIN)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH)"
+	$(BIN)/python -m pip install --quiet -e ".[$(EXTRAS)]"
+	touch $@
+
+demo: install
+	$(BIN)/harness study=demo
+
+test: install
+	$(BIN)/python -m pytest -q -m "not slow" tests
+
+test-slow: install
+	$(BIN)/python -m pytest -q -m slow tests
+
+bench: install
+	$(BIN)/python -m pytest -q tests/bench --benchmark-only --benchmark-autosave
+
+bench-compare: install
+	$(BIN)/python -m pytest -q tests/bench --benchmark-only --benchmark-compare --benchmark-compare-fail=median:10%
+
+# Copy the demo sweep's records into results/demo and rebuild its report from them alone.
+publish-demo: install
+	rm -rf results/demo && mkdir -p results/demo
+	cd multirun/demo && find . -name record.json -exec cp --parents {} ../../results/demo/ \;
+	$(BIN)/harness-report results/demo
+
+clean:
+	rm -rf $(VENV) multirun outputs .pytest_cache .benchmarks

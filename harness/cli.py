@@ -1,0 +1,95 @@
+"""`harness`: the Hydra app. One job = validate -> run the task -> write one record.
+
+Statuses: ok, failed, oom, unsupported, diverged. A failing point never stops a sweep;
+a bad config in a single run stops it before any work with one line on stderr.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+import traceback
+import warnings
+from pathlib import Path
+
+import hydra
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from harness import measure, records
+from harness.config import CONF_DIR, ConfigError, check_group_overrides, validate
+from harness.tasks import Diverged, Unsupported
+
+log = logging.getLogger("harness")
+
+
+def _task_runner(name: str):
+    from harness.tasks import train
+    return {"train": train.run}[name]
+
+
+def run_job(cfg: DictConfig) -> dict | None:
+    hydra_cfg = HydraConfig.get()
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    out_dir = Path(hydra_cfg.runtime.output_dir)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    digest = records.config_hash(config)
+    records.remove_stale_temporaries(out_dir)
+    if multirun and cfg.resume:
+        done = records.find_ok_record(hydra_cfg.sweep.dir, digest)
+        if done is not None:
+            log.info("skip: this point finished ok before (%s)", done)
+            return None
+
+    record = {"config": config, "config_hash": digest, "task": cfg.task.name, "status": "ok", "error": None,
+              "start_time": measure.now_iso()}
+    try:
+        validate(cfg)
+        record.update(_task_runner(cfg.task.name)(cfg))
+    except ConfigError as error:
+        if not multirun:
+            print(f"error: {error}", file=sys.stderr)
+            sys.exit(2)
+        record.update(status="failed", error=str(error))
+    except Diverged as error:
+        record.update(status="diverged", error=str(error))
+    except Unsupported as error:
+        record.update(status="unsupported", error=str(error))
+    except (torch.OutOfMemoryError, MemoryError) as error:
+        record.update(status="oom", error=f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else 'out of memory'}")
+    except Exception as error:  # any other failure is a record too, with the traceback in the job log
+        log.error("run failed:\n%s", traceback.format_exc())
+        record.update(status="failed", error=f"{type(error).__name__}: {error}")
+    record["end_time"] = measure.now_iso()
+    record["env"] = measure.environment(measure.resolve_device(cfg.device))
+    path = records.write_record(out_dir, record)
+    _summarise(record, path)
+    if record["status"] != "ok" and not multirun:
+        print(f"error: {record['status']}: {record['error']}", file=sys.stderr)
+        sys.exit(1)
+    return record
+
+
+def _summarise(record: dict, path: Path) -> None:
+    m = record.get("metrics", {})
+    if record["status"] == "ok":
+        log.info("ok: val_loss %.4f nats/token, %.0f tokens/s, %.1fs -> %s", m["val_loss"], m["tokens_per_s"], m["wall_time_s"], path)
+    else:
+        log.warning("%s: %s -> %s", record["status"], record["error"], path)
+
+
+@hydra.main(version_base=None, config_path=str(CONF_DIR), config_name="config")
+def app(cfg: DictConfig) -> None:
+    run_job(cfg)
+
+
+def main() -> None:
+    # Our launcher presets share names with the plugins' schemas on purpose: Hydra checks our keys against them.
+    warnings.filterwarnings("ignore", message=r"[\s\S]*validated against ConfigStore schema")
+    try:
+        check_group_overrides(sys.argv[1:])
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    app()

@@ -1,0 +1,132 @@
+"""Config checks that run before any work, and turning the config into a model shape.
+
+Every error is one line that names the bad key, its value, and what would be valid.
+"""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from models import attention as attention_registry
+from models.gpt import GPTConfig
+from models.positions import KINDS as POSITION_KINDS
+from models.sizing import shape_for_params
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+GROUPS = ("task", "model", "data", "attention", "precision", "parallel", "study")
+PRECISIONS = ("fp32",)
+PARALLELS = ("single",)
+TASKS = ("train",)
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def group_options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def check_group_overrides(args: list[str]) -> None:
+    """`attention=foo` on the command line: name the unknown option in one line (before Hydra's page of search paths)."""
+    for arg in args:
+        key, sep, value = arg.lstrip("+~").partition("=")
+        if not sep or key not in GROUPS:
+            continue
+        options = group_options(key)
+        for choice in value.split(","):
+            if choice and choice not in options and "(" not in choice:
+                raise ConfigError(f"{key}={choice!r} is not a known {key}; choose from: {', '.join(options)}")
+
+
+def _positive(value, key: str, *, integer: bool = False) -> None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key}={value!r} must be a positive number") from None
+    if not number > 0 or (integer and number != int(number)):
+        raise ConfigError(f"{key}={value!r} must be a positive {'integer' if integer else 'number'}")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Checks on the config alone (no data, no model built)."""
+    if cfg.task.name not in TASKS:
+        raise ConfigError(f"task.name={cfg.task.name!r}; known: {', '.join(TASKS)}")
+    m = cfg.model
+    if m.params is not None:
+        _positive(m.params, "model.params")
+        _positive(m.aspect_ratio, "model.aspect_ratio")
+        _positive(m.head_dim, "model.head_dim", integer=True)
+    else:
+        for key in ("n_layer", "d_model", "n_head"):
+            _positive(m[key], f"model.{key}", integer=True)
+        if m.d_model % m.n_head:
+            raise ConfigError(f"model.n_head={m.n_head} does not divide model.d_model={m.d_model}")
+        if m.positions == "rope" and (m.d_model // m.n_head) % 2:
+            raise ConfigError(f"model.positions=rope needs an even head size, got d_model/n_head={m.d_model // m.n_head}")
+    _positive(m.seq_len, "model.seq_len", integer=True)
+    _positive(m.mlp_ratio, "model.mlp_ratio")
+    if not 0 <= m.dropout < 1:
+        raise ConfigError(f"model.dropout={m.dropout} must be in [0, 1)")
+    if m.positions not in POSITION_KINDS:
+        raise ConfigError(f"model.positions={m.positions!r}; known: {', '.join(POSITION_KINDS)}")
+
+    if cfg.attention.name not in attention_registry.names():
+        raise ConfigError(f"attention.name={cfg.attention.name!r}; known: {', '.join(attention_registry.names())}")
+    try:
+        attention_registry.get_attention(cfg.attention.name, causal=True, **attention_options(cfg))
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"attention={cfg.attention.name}: {error}") from None
+    if cfg.precision.name not in PRECISIONS:
+        raise ConfigError(f"precision.name={cfg.precision.name!r}; known: {', '.join(PRECISIONS)}")
+    if cfg.parallel.name not in PARALLELS:
+        raise ConfigError(f"parallel.name={cfg.parallel.name!r}; known: {', '.join(PARALLELS)}")
+
+    if cfg.compute is not None:
+        _positive(cfg.compute, "compute")
+    else:
+        _positive(cfg.data.tokens, "data.tokens")
+    t = cfg.task
+    _positive(t.batch_size, "task.batch_size", integer=True)
+    _positive(t.lr, "task.lr")
+    _positive(t.eval_points, "task.eval_points", integer=True)
+    _positive(t.eval_tokens, "task.eval_tokens", integer=True)
+    if not 0 <= t.warmup_fraction < 1:
+        raise ConfigError(f"task.warmup_fraction={t.warmup_fraction} must be in [0, 1)")
+    if cfg.study.name != "none" and importlib.util.find_spec(f"studies.{cfg.study.name}") is None:
+        raise ConfigError(f"study.name={cfg.study.name!r} has no module studies/{cfg.study.name}.py")
+
+
+def attention_options(cfg: DictConfig) -> dict:
+    return {k: v for k, v in cfg.attention.items() if k != "name"}
+
+
+def gpt_config(cfg: DictConfig, vocab_size: int) -> GPTConfig:
+    m = cfg.model
+    if m.params is not None:
+        try:
+            n_layer, d_model, n_head = shape_for_params(float(m.params), aspect_ratio=float(m.aspect_ratio),
+                                                        head_dim=int(m.head_dim), mlp_ratio=float(m.mlp_ratio), bias=bool(m.bias))
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+    else:
+        n_layer, d_model, n_head = int(m.n_layer), int(m.d_model), int(m.n_head)
+    return GPTConfig(
+        vocab_size=vocab_size, seq_len=int(m.seq_len), n_layer=n_layer, d_model=d_model, n_head=n_head,
+        mlp_ratio=float(m.mlp_ratio), bias=bool(m.bias), dropout=float(m.dropout),
+        tie_embeddings=bool(m.tie_embeddings), positions=str(m.positions),
+        attention=str(cfg.attention.name), attention_options=attention_options(cfg),
+    )
+
+
+def check_data_fits(cfg: DictConfig, train_len: int, val_len: int, tokens: float) -> None:
+    seq_len, batch = int(cfg.model.seq_len), int(cfg.task.batch_size)
+    for split, length in (("train", train_len), ("validation", val_len)):
+        if length < seq_len + 1:
+            raise ConfigError(f"model.seq_len={seq_len} is longer than the {split} split of data={cfg.data.name} ({length} tokens)")
+    if tokens < batch * seq_len:
+        key = "compute" if cfg.compute is not None else "data.tokens"
+        raise ConfigError(f"{key}: {tokens:.4g} training tokens is less than one batch "
+                          f"(task.batch_size={batch} x model.seq_len={seq_len} = {batch * seq_len})")

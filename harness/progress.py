@@ -1,0 +1,37 @@
+"""Progress for a run: a tqdm bar on a terminal, a periodic plain line otherwise."""
+from __future__ import annotations
+
+import logging
+import sys
+import time
+
+from tqdm import tqdm
+
+log = logging.getLogger("harness")
+
+
+class Progress:
+    def __init__(self, total_tokens: int, mode: str = "auto", every_s: float = 10.0, label: str = "train"):
+        if mode == "auto":
+            mode = "bar" if sys.stderr.isatty() else "lines"
+        self.mode, self.total, self.every_s, self.label = mode, total_tokens, every_s, label
+        self.start = self.last_line = time.perf_counter()
+        self.bar = tqdm(total=total_tokens, unit="tok", unit_scale=True, desc=label, leave=False) if mode == "bar" else None
+        self.done = 0
+
+    def update(self, tokens: int, loss: float, tokens_per_s: float) -> None:
+        self.done += tokens
+        if self.bar is not None:
+            self.bar.update(tokens)
+            self.bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tokens_per_s:,.0f}", refresh=False)
+        elif self.mode == "lines":
+            now = time.perf_counter()
+            if now - self.last_line >= self.every_s or self.done >= self.total:
+                self.last_line = now
+                eta = (self.total - self.done) / tokens_per_s if tokens_per_s > 0 else float("nan")
+                log.info("%s %5.1f%% %s/%s tokens  loss %.4f  %.0f tok/s  eta %.0fs", self.label,
+                         100 * self.done / self.total, f"{self.done:,}", f"{self.total:,}", loss, tokens_per_s, eta)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

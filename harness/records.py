@@ -1,0 +1,130 @@
+"""Records: one JSON file per run, written atomically, and the tidy table built from them.
+
+Only this module writes or reads record files. A record is complete or absent:
+it is written to a temporary file in the same directory and renamed into place.
+"""
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterable
+
+import pandas as pd
+
+RECORD_NAME = "record.json"
+STATUSES = ("ok", "failed", "oom", "unsupported", "diverged")
+# Keys that change where or how a run reports, not what it computes.
+NON_SEMANTIC_KEYS = ("resume", "progress")
+
+log = logging.getLogger(__name__)
+
+
+def config_hash(config: dict) -> str:
+    semantic = {k: v for k, v in config.items() if k not in NON_SEMANTIC_KEYS}
+    canonical = json.dumps(semantic, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def write_record(directory: str | Path, record: dict) -> Path:
+    if record.get("status") not in STATUSES:
+        raise ValueError(f"record status {record.get('status')!r}; known: {', '.join(STATUSES)}")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    target = directory / RECORD_NAME
+    fd, tmp = tempfile.mkstemp(prefix=f".{RECORD_NAME}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(record, f, indent=1, default=_json_default, allow_nan=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def _json_default(value):
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)
+
+
+def remove_stale_temporaries(directory: str | Path) -> None:
+    """A process killed mid-write leaves a temporary file, never a partial record: clear it."""
+    for tmp in Path(directory).glob(f".{RECORD_NAME}.*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
+def read_record(path: str | Path) -> dict:
+    with open(path) as f:
+        record = json.load(f)
+    if not isinstance(record, dict) or record.get("status") not in STATUSES or "config" not in record:
+        raise ValueError("not a harness record (no valid status/config)")
+    return record
+
+
+def record_paths(paths: str | Path | Iterable[str | Path]) -> list[Path]:
+    """Record files under run/sweep directories (searched recursively), globs, or record files themselves."""
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    found: list[Path] = []
+    for entry in paths:
+        matches = [Path(m) for m in sorted(glob.glob(str(entry), recursive=True))] or [Path(entry)]
+        for match in matches:
+            if match.is_dir():
+                found += sorted(match.rglob(RECORD_NAME))
+            elif match.is_file():
+                found.append(match)
+            else:
+                log.warning("no such run, sweep directory or record: %s", match)
+    return sorted(set(found))
+
+
+def find_ok_record(sweep_dir: str | Path, digest: str) -> Path | None:
+    """The record in a sweep directory that finished `ok` for this config hash, if any."""
+    for path in record_paths(sweep_dir):
+        try:
+            record = read_record(path)
+        except (OSError, ValueError):
+            continue
+        if record.get("config_hash") == digest and record["status"] == "ok":
+            return path
+    return None
+
+
+def _flatten(prefix: str, value, row: dict) -> None:
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            _flatten(f"{prefix}.{key}" if prefix else key, inner, row)
+    else:
+        row[prefix] = value
+
+
+def record_row(record: dict, path: Path) -> dict:
+    row = {"path": str(path), "status": record["status"], "error": record.get("error"),
+           "config_hash": record.get("config_hash")}
+    _flatten("", record["config"], row)
+    for section in ("metrics", "model_info", "data_info", "env"):
+        _flatten(section, record.get(section, {}), row)
+    row["curve"] = record.get("curve", [])
+    return row
+
+
+def load_results(paths: str | Path | Iterable[str | Path]) -> pd.DataFrame:
+    """One row per run: `status`, config keys (`model.d_model`), `metrics.*`, `env.*`, and the loss `curve`.
+
+    A corrupt or truncated record file is reported by path and skipped.
+    """
+    rows = []
+    for path in record_paths(paths):
+        try:
+            rows.append(record_row(read_record(path), path))
+        except (OSError, ValueError) as error:
+            log.warning("skipping corrupt record %s: %s", path, error)
+    return pd.DataFrame(rows)

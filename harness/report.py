@@ -1,0 +1,118 @@
+"""`harness-report DIR [DIR...]`: records -> tidy tables -> the study's analysis -> figures and report.md.
+
+It reads records only; it never re-runs anything.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from harness import plots
+from harness.records import load_results
+
+log = logging.getLogger("harness")
+
+RUN_COLUMNS = {
+    "status": "status", "model_info.params_non_embedding": "params", "model_info.n_layer": "n_layer",
+    "model_info.d_model": "d_model", "metrics.tokens": "tokens", "metrics.flops": "flops",
+    "metrics.val_loss": "val_loss", "metrics.tokens_per_s": "tokens_per_s", "metrics.wall_time_s": "wall_s",
+}
+
+
+def runs_table(df: pd.DataFrame) -> pd.DataFrame:
+    """The columns a reader wants first, renamed short; one row per run."""
+    present = {k: v for k, v in RUN_COLUMNS.items() if k in df.columns}
+    table = df[list(present)].rename(columns=present)
+    sort = [c for c in ("flops", "params") if c in table.columns]
+    return table.sort_values(sort).reset_index(drop=True) if sort else table
+
+
+def curves_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Long table of loss curves: one row per (run, evaluation point)."""
+    rows = []
+    for run, record in df[df["status"] == "ok"].iterrows():
+        for point in record["curve"]:
+            rows.append({"run": run, "params": record["model_info.params_non_embedding"], **point})
+    return pd.DataFrame(rows)
+
+
+def markdown_table(table: pd.DataFrame) -> str:
+    def cell(value):
+        if isinstance(value, float):
+            return f"{value:.4g}"
+        return str(value)
+    header = "| " + " | ".join(table.columns) + " |"
+    rule = "|" + "---|" * len(table.columns)
+    body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
+    return "\n".join([header, rule, *body])
+
+
+def _write_tables(df: pd.DataFrame, out: Path) -> None:
+    flat = df.assign(curve=df["curve"].map(json.dumps)) if "curve" in df.columns else df
+    flat = flat.drop(columns=[c for c in flat.columns if flat[c].map(lambda v: isinstance(v, (list, dict))).any()])
+    flat.to_parquet(out / "results.parquet", index=False)
+    flat.to_csv(out / "results.csv", index=False)
+
+
+def generic_analysis(df: pd.DataFrame, out: Path) -> list[str]:
+    ok = df[df["status"] == "ok"]
+    if ok.empty or "metrics.val_loss" not in ok.columns:
+        return []
+    runs = runs_table(ok)
+    plots.loss_vs_compute(runs, out)
+    plots.loss_curves(curves_table(df), out)
+    return ["## Loss vs compute\n\n![loss vs compute](loss_vs_compute.png)",
+            "## Loss curves\n\n![loss curves](loss_curves.png)"]
+
+
+def _study_of(df: pd.DataFrame, study: str | None) -> str:
+    if study:
+        return study
+    names = sorted(set(df.get("study.name", pd.Series(dtype=str)).dropna()) - {"none"})
+    return names[0] if len(names) == 1 else "none"
+
+
+def build_report(paths, out: Path, study: str | None = None, echo: bool = False) -> Path:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    df = load_results(paths)
+    if df.empty:
+        raise SystemExit(f"error: no records under {', '.join(map(str, paths))}")
+    study = _study_of(df, study)
+    _write_tables(df, out)
+    table = runs_table(df)
+    sections = [f"# Report: {study}", f"{len(df)} runs ({', '.join(f'{n} {s}' for s, n in df['status'].value_counts().items())}).",
+                "## Runs\n\n" + markdown_table(table)]
+    failed = df[df["status"] != "ok"]
+    if not failed.empty:
+        sections.append("## Runs that did not finish ok\n\n" + markdown_table(failed[["status", "error", "path"]]))
+    if study != "none" and importlib.util.find_spec(f"studies.{study}") is not None:
+        sections += importlib.import_module(f"studies.{study}").analyse(df, out)
+    else:
+        sections += generic_analysis(df, out)
+    (out / "report.md").write_text("\n\n".join(sections) + "\n")
+    if echo:
+        print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="harness-report", description=__doc__.splitlines()[0])
+    parser.add_argument("dirs", nargs="+", help="run or sweep directories (searched recursively), globs or record files")
+    parser.add_argument("--out", help="where to write the report (default: FIRST_DIR/report)")
+    parser.add_argument("--study", help="analysis to run (default: the study named in the records)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    out = Path(args.out) if args.out else Path(args.dirs[0]) / "report"
+    build_report(args.dirs, out, study=args.study, echo=True)
+    print(f"report: {out / 'report.md'}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,1 @@
+"""Transformer models and the attention variants they are built from."""

@@ -1,0 +1,48 @@
+"""The attention registry: the one place that knows the variants.
+
+Every variant is a callable ``attn(q, k, v) -> out`` over tensors shaped
+``(batch, heads, seq, head_dim)``. ``get_attention`` builds one by name,
+``available`` says whether it can run on a device and dtype, and why not.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from models.attention import dense, sdpa
+
+Attention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+# name -> module with `build(causal, **options) -> Attention` and
+# `available(device, dtype, **options) -> str | None` (None: can run; else the reason it cannot).
+VARIANTS = {"dense": dense, "sdpa": sdpa}
+
+
+@dataclass(frozen=True)
+class Availability:
+    ok: bool
+    reason: str = ""
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+
+def names() -> list[str]:
+    return sorted(VARIANTS)
+
+
+def _variant(name: str):
+    if name not in VARIANTS:
+        raise ValueError(f"unknown attention {name!r}; known: {', '.join(names())}")
+    return VARIANTS[name]
+
+
+def get_attention(name: str, *, causal: bool, **options) -> Attention:
+    return _variant(name).build(causal=causal, **options)
+
+
+def available(name: str, device: str | torch.device, dtype: torch.dtype = torch.float32, **options) -> Availability:
+    reason = _variant(name).available(torch.device(device), dtype, **options)
+    return Availability(reason is None, reason or "")

@@ -1,0 +1,36 @@
+"""Positional encodings: learned table, fixed sinusoids (Vaswani et al. 2017), rotary (Su et al. 2021)."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+KINDS = ("learned", "sinusoidal", "rope")
+
+
+def sinusoidal_table(n_positions: int, dim: int) -> torch.Tensor:
+    position = torch.arange(n_positions, dtype=torch.float64)[:, None]
+    inv_freq = torch.exp(-math.log(10000.0) * torch.arange(0, dim, 2, dtype=torch.float64) / dim)
+    table = torch.zeros(n_positions, dim, dtype=torch.float64)
+    table[:, 0::2] = torch.sin(position * inv_freq)
+    table[:, 1::2] = torch.cos(position * inv_freq[: dim // 2])
+    return table.float()
+
+
+class Rotary(nn.Module):
+    """Rotates each (even, odd) pair of q/k channels by a position-dependent angle."""
+
+    def __init__(self, head_dim: int, base: float = 10000.0):
+        super().__init__()
+        if head_dim % 2:
+            raise ValueError(f"rope needs an even head_dim, got {head_dim}")
+        self.register_buffer("inv_freq", base ** (-torch.arange(0, head_dim, 2).float() / head_dim), persistent=False)
+
+    def forward(self, x_bhnd: torch.Tensor) -> torch.Tensor:
+        n = x_bhnd.shape[-2]
+        angles_nd2 = torch.arange(n, device=x_bhnd.device, dtype=torch.float32)[:, None] * self.inv_freq
+        cos, sin = angles_nd2.cos().to(x_bhnd.dtype), angles_nd2.sin().to(x_bhnd.dtype)
+        x_even, x_odd = x_bhnd[..., 0::2], x_bhnd[..., 1::2]
+        rotated = torch.stack((x_even * cos - x_odd * sin, x_even * sin + x_odd * cos), dim=-1)
+        return rotated.flatten(-2)
