@@ -59,6 +59,7 @@ def validate(cfg: DictConfig) -> None:
         _positive(m.params, "model.params")
         _positive(m.aspect_ratio, "model.aspect_ratio")
         _positive(m.head_dim, "model.head_dim", integer=True)
+        model_shape(m)
     else:
         for key in ("n_layer", "d_model", "n_head"):
             _positive(m[key], f"model.{key}", integer=True)
@@ -103,16 +104,20 @@ def attention_options(cfg: DictConfig) -> dict:
     return {k: v for k, v in cfg.attention.items() if k != "name"}
 
 
+def model_shape(m: DictConfig) -> tuple[int, int, int]:
+    """(n_layer, d_model, n_head): as given, or picked for the target `model.params`."""
+    if m.params is None:
+        return int(m.n_layer), int(m.d_model), int(m.n_head)
+    try:
+        return shape_for_params(float(m.params), aspect_ratio=float(m.aspect_ratio), head_dim=int(m.head_dim),
+                                mlp_ratio=float(m.mlp_ratio), bias=bool(m.bias))
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+
+
 def gpt_config(cfg: DictConfig, vocab_size: int) -> GPTConfig:
     m = cfg.model
-    if m.params is not None:
-        try:
-            n_layer, d_model, n_head = shape_for_params(float(m.params), aspect_ratio=float(m.aspect_ratio),
-                                                        head_dim=int(m.head_dim), mlp_ratio=float(m.mlp_ratio), bias=bool(m.bias))
-        except ValueError as error:
-            raise ConfigError(str(error)) from None
-    else:
-        n_layer, d_model, n_head = int(m.n_layer), int(m.d_model), int(m.n_head)
+    n_layer, d_model, n_head = model_shape(m)
     return GPTConfig(
         vocab_size=vocab_size, seq_len=int(m.seq_len), n_layer=n_layer, d_model=d_model, n_head=n_head,
         mlp_ratio=float(m.mlp_ratio), bias=bool(m.bias), dropout=float(m.dropout),

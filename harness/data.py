@@ -19,9 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
+from harness.config import ConfigError
 
-class DataError(ValueError):
-    pass
+
+class DataError(ConfigError):
+    """Bad data settings or files: reported like any bad config, in one line."""
 
 
 @dataclass

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -17,6 +18,9 @@ METADATA = {"png": {"Software": None}, "svg": {"Date": None, "Creator": None}}
 
 def save(fig, out_dir: Path, name: str) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
+    for ax in fig.axes:  # log axes label decades only; minor labels collide
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     paths = []
     for ext in ("png", "svg"):
         path = out_dir / f"{name}.{ext}"
@@ -54,4 +58,43 @@ def loss_vs_compute(runs: pd.DataFrame, out_dir: Path, name: str = "loss_vs_comp
     ax.set(xscale="log", yscale="log", xlabel="training FLOPs", ylabel="final validation loss (nats/token)",
            title="Loss vs compute")
     ax.legend(title="non-embedding params", fontsize=8)
+    return save(fig, out_dir, name)
+
+
+def isoflop_curves(runs: pd.DataFrame, fit, out_dir: Path, name: str = "isoflop") -> list[Path]:
+    """Loss against model size at each compute budget, the fitted parabolas and their minima."""
+    import numpy as np
+    sns.set_theme(style="whitegrid")
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    budgets = sorted(runs["C"].unique())
+    palette = dict(zip(budgets, sns.color_palette("magma", len(budgets) + 1)))
+    for budget in budgets:
+        at = runs[runs["C"] == budget]
+        ax.scatter(at["params"], at["val_loss"], color=palette[budget], s=30, label=f"C = {budget:.1e}")
+        if float(budget) in fit.parabolas:
+            grid = np.linspace(np.log(at["params"].min()), np.log(at["params"].max()), 100)
+            ax.plot(np.exp(grid), np.polyval(fit.parabolas[float(budget)], grid), color=palette[budget], lw=1)
+    best = fit.minima[fit.minima["interior"]]
+    ax.scatter(best["N_opt"], best["loss_opt"], marker="*", s=160, color="black", zorder=5, label="fitted minimum")
+    ax.set(xscale="log", xlabel="non-embedding parameters N", ylabel="final validation loss (nats/token)",
+           title="IsoFLOP profiles")
+    ax.legend(fontsize=8)
+    return save(fig, out_dir, name)
+
+
+def optimal_size(fit, out_dir: Path, name: str = "n_opt_vs_compute") -> list[Path]:
+    """N_opt and D_opt against compute with the fitted power laws."""
+    import numpy as np
+    sns.set_theme(style="whitegrid")
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    best = fit.minima[fit.minima["interior"]]
+    grid = np.geomspace(best["C"].min() / 2, best["C"].max() * 2, 50)
+    ax.scatter(best["C"], best["N_opt"], color="C0", label="N_opt (parameters)")
+    ax.plot(grid, fit.predict(grid), color="C0", lw=1, label=f"N_opt ~ C^{fit.a:.2f}")
+    ax.scatter(best["C"], best["D_opt"], color="C1", label="D_opt (tokens)")
+    d_line = np.exp(np.polyval(np.polyfit(np.log(best["C"]), np.log(best["D_opt"]), 1), np.log(grid)))
+    ax.plot(grid, d_line, color="C1", lw=1, label=f"D_opt ~ C^{fit.b:.2f}")
+    ax.set(xscale="log", yscale="log", xlabel="training FLOPs C", ylabel="compute-optimal N, D",
+           title="Compute-optimal allocation (approach 2)")
+    ax.legend(fontsize=8)
     return save(fig, out_dir, name)

@@ -19,7 +19,7 @@ from harness.records import load_results
 log = logging.getLogger("harness")
 
 RUN_COLUMNS = {
-    "status": "status", "model_info.params_non_embedding": "params", "model_info.n_layer": "n_layer",
+    "status": "status", "compute": "budget", "model_info.params_non_embedding": "params", "model_info.n_layer": "n_layer",
     "model_info.d_model": "d_model", "metrics.tokens": "tokens", "metrics.flops": "flops",
     "metrics.val_loss": "val_loss", "metrics.tokens_per_s": "tokens_per_s", "metrics.wall_time_s": "wall_s",
 }
@@ -29,7 +29,7 @@ def runs_table(df: pd.DataFrame) -> pd.DataFrame:
     """The columns a reader wants first, renamed short; one row per run."""
     present = {k: v for k, v in RUN_COLUMNS.items() if k in df.columns}
     table = df[list(present)].rename(columns=present)
-    sort = [c for c in ("flops", "params") if c in table.columns]
+    sort = [c for c in ("budget", "flops", "params") if c in table.columns and table[c].notna().any()]
     return table.sort_values(sort).reset_index(drop=True) if sort else table
 
 

@@ -1,4 +1,7 @@
-"""Hydra's basic sweeper, plus our config checks on every point before the first job starts."""
+"""Hydra's basic sweeper, plus our config checks on every point before the first job starts.
+
+It lives in the hydra_plugins namespace because Hydra only instantiates sweepers from there.
+"""
 from __future__ import annotations
 
 import sys

@@ -1,0 +1,27 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+def harness_cmd(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run the `harness` CLI exactly as a user would, in `cwd`."""
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
+    return subprocess.run([sys.executable, "-m", "harness", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+# A tiny, fast training config on synthetic data (seconds on 2 cores).
+TINY = ["data=markov", "data.train_tokens=2e5", "data.val_tokens=2e4", "data.tokens=2e4",
+        "model.n_layer=1", "model.d_model=32", "model.n_head=2", "model.seq_len=32",
+        "task.batch_size=8", "task.eval_points=2", "task.eval_tokens=2048", "progress=off"]
+
+
+@pytest.fixture
+def tiny():
+    return list(TINY)
