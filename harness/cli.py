@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 import sys
 import traceback
-import warnings
 from pathlib import Path
 
 import hydra
@@ -85,8 +84,6 @@ def app(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    # Our launcher presets share names with the plugins' schemas on purpose: Hydra checks our keys against them.
-    warnings.filterwarnings("ignore", message=r"[\s\S]*validated against ConfigStore schema")
     try:
         check_group_overrides(sys.argv[1:])
     except ConfigError as error:

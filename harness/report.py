@@ -28,7 +28,7 @@ RUN_COLUMNS = {
 def runs_table(df: pd.DataFrame) -> pd.DataFrame:
     """The columns a reader wants first, renamed short; one row per run."""
     present = {k: v for k, v in RUN_COLUMNS.items() if k in df.columns}
-    table = df[list(present)].rename(columns=present)
+    table = df[list(present)].rename(columns=present).dropna(axis="columns", how="all")
     sort = [c for c in ("budget", "flops", "params") if c in table.columns and table[c].notna().any()]
     return table.sort_values(sort).reset_index(drop=True) if sort else table
 

@@ -145,3 +145,17 @@ def test_sigkill_mid_sweep_then_rerun_finishes_with_no_duplicates(tmp_path, tiny
     assert len(df) == 4 and set(df["status"]) == {"ok"} and df["config_hash"].is_unique
     assert sorted(df["model.d_model"]) == [16, 24, 32, 40]
     assert not list((tmp_path / "sweep").rglob("*.tmp"))
+
+
+def test_joblib_launcher_runs_each_point_in_its_own_process(tmp_path, tiny):
+    result = harness_cmd("-m", "hydra/launcher=joblib", *tiny, "model.d_model=16,32", "hydra.sweep.dir=sweep", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    df = load_results(tmp_path / "sweep")
+    assert sorted(df["model.d_model"]) == [16, 32] and set(df["status"]) == {"ok"}
+
+
+def test_slurm_preset_composes_against_the_submitit_plugin(tmp_path):
+    result = harness_cmd("hydra/launcher=submitit_slurm", "--cfg", "hydra", "--package", "hydra.launcher", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "SlurmLauncher" in result.stdout and "timeout_min: 60" in result.stdout
+    from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher  # noqa: F401

@@ -1,0 +1,89 @@
+"""The harness's training loop against a bare PyTorch loop (nanoGPT's bench.py) on the same model and batch shape.
+
+Both run STEPS optimizer steps of the same GPT with the same AdamW; the harness also fetches a fresh batch
+each step, sets the schedule's learning rate, checks the loss and times itself. Run as a script for the ratio:
+
+    .venv/bin/python -m tests.bench.test_train_loop        # prints tokens/s of both and harness / bare
+"""
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+from hydra import compose, initialize_config_dir
+
+from harness.config import CONF_DIR, gpt_config
+from harness.data import Batches, load
+from harness.tasks import train
+from models.gpt import GPT
+
+STEPS, BATCH, SEQ = 40, 8, 256
+OVERRIDES = ["model.n_layer=4", "model.d_model=128", "model.n_head=4", f"model.seq_len={SEQ}",
+             f"task.batch_size={BATCH}", f"data.tokens={STEPS * BATCH * SEQ}", "task.eval_points=1",
+             f"task.eval_tokens={SEQ}", "task.timing_warmup_steps=5", "progress=off"]
+
+
+def config():
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+        return compose("config", overrides=OVERRIDES)
+
+
+def harness_tokens_per_s(cfg) -> float:
+    """Tokens over the wall time of the harness's whole loop (schedule, batch fetch, step, checks, timing)."""
+    result = train.run(cfg)
+    return result["metrics"]["tokens"] / result["metrics"]["wall_time_s"]
+
+
+def bare_tokens_per_s(cfg) -> float:
+    """nanoGPT bench.py: one fixed batch, forward, backward, clip, step; model build included as in the harness."""
+    start = time.perf_counter()
+    data = load(cfg.data)
+    torch.manual_seed(0)
+    model = GPT(gpt_config(cfg, data.vocab_size))
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    other = [p for p in model.parameters() if p.dim() < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": other, "weight_decay": 0.0}],
+                                  lr=2e-3, betas=(0.9, 0.95))
+    batch = torch.from_numpy(Batches(data.train, SEQ, BATCH, seed=0).next())
+    x, y = batch[:, :-1], batch[:, 1:]
+    for _ in range(STEPS):
+        _, loss = model(x, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        loss.item()
+    return STEPS * BATCH * SEQ / (time.perf_counter() - start)
+
+
+def test_harness_loop(benchmark):
+    cfg = config()
+    benchmark.group = "train-loop"
+    benchmark.extra_info["tokens"] = STEPS * BATCH * SEQ
+    benchmark.pedantic(train.run, args=(cfg,), rounds=3, iterations=1, warmup_rounds=1)
+
+
+def test_bare_loop(benchmark):
+    cfg = config()
+    benchmark.group = "train-loop"
+    benchmark.extra_info["tokens"] = STEPS * BATCH * SEQ
+    benchmark.pedantic(bare_tokens_per_s, args=(cfg,), rounds=3, iterations=1, warmup_rounds=1)
+
+
+def compare(rounds: int = 5) -> dict:
+    """Interleave the two loops so machine noise hits both alike; the ratio of medians."""
+    cfg = config()
+    harness_tokens_per_s(cfg), bare_tokens_per_s(cfg)  # warm-up: data cache, allocator, threads
+    harness, bare = [], []
+    for _ in range(rounds):
+        harness.append(harness_tokens_per_s(cfg))
+        bare.append(bare_tokens_per_s(cfg))
+    h, b = statistics.median(harness), statistics.median(bare)
+    return {"harness_tokens_per_s": h, "bare_tokens_per_s": b, "ratio": h / b}
+
+
+if __name__ == "__main__":
+    result = compare()
+    print(f"harness {result['harness_tokens_per_s']:,.0f} tok/s, bare loop {result['bare_tokens_per_s']:,.0f} tok/s, "
+          f"harness / bare = {result['ratio']:.3f}")
