@@ -18,9 +18,12 @@ METADATA = {"png": {"Software": None}, "svg": {"Date": None, "Creator": None}}
 
 def save(fig, out_dir: Path, name: str) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
-    for ax in fig.axes:  # log axes label decades only; minor labels collide
-        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-        ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    for ax in fig.axes:
+        for axis, scale in ((ax.xaxis, ax.get_xscale()), (ax.yaxis, ax.get_yscale())):
+            if scale == "log":  # label 1-2-5 steps: a decade's worth of data still gets several labels
+                axis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+                axis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:.3g}"))
+                axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     paths = []
     for ext in ("png", "svg"):
         path = out_dir / f"{name}.{ext}"
@@ -42,8 +45,7 @@ def loss_curves(curves: pd.DataFrame, out_dir: Path, name: str = "loss_curves") 
     order = [_label_params(n) for n in sorted(curves["params"].unique())]
     sns.lineplot(frame, x="flops", y="val_loss", hue="size", hue_order=order, units="run", estimator=None,
                  palette="viridis", ax=ax, marker="o", markersize=3)
-    ax.set(xscale="log", yscale="log", xlabel="training FLOPs", ylabel="validation loss (nats/token)",
-           title="Loss curves")
+    ax.set(xscale="log", xlabel="training FLOPs", ylabel="validation loss (nats/token)", title="Loss curves")
     ax.legend(title="non-embedding params", fontsize=8)
     return save(fig, out_dir, name)
 
@@ -55,8 +57,7 @@ def loss_vs_compute(runs: pd.DataFrame, out_dir: Path, name: str = "loss_vs_comp
     frame = runs.assign(size=runs["params"].map(_label_params))
     order = [_label_params(n) for n in sorted(runs["params"].unique())]
     sns.scatterplot(frame, x="flops", y="val_loss", hue="size", hue_order=order, palette="viridis", s=50, ax=ax)
-    ax.set(xscale="log", yscale="log", xlabel="training FLOPs", ylabel="final validation loss (nats/token)",
-           title="Loss vs compute")
+    ax.set(xscale="log", xlabel="training FLOPs", ylabel="final validation loss (nats/token)", title="Loss vs compute")
     ax.legend(title="non-embedding params", fontsize=8)
     return save(fig, out_dir, name)
 

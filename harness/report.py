@@ -99,6 +99,10 @@ def build_report(paths, out: Path, study: str | None = None, echo: bool = False)
     (out / "report.md").write_text("\n\n".join(sections) + "\n")
     if echo:
         print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+        for section in sections[3:]:
+            text = [line for line in section.splitlines() if not line.startswith("![")]
+            if any(line.strip() and not line.startswith("#") for line in text):
+                print("\n".join(text).strip() + "\n")
     return out
 
 

@@ -83,7 +83,8 @@ def run(cfg: DictConfig) -> dict:
     tokens_per_step = batch_size * seq_len
     total_steps = max(1, round(tokens_requested / tokens_per_step))
     warmup_steps = max(1, int(total_steps * float(t.warmup_fraction)))
-    eval_steps = sorted({max(1, round(total_steps * (i + 1) / int(t.eval_points))) for i in range(int(t.eval_points))})
+    eval_steps = {max(1, round(total_steps * (i + 1) / int(t.eval_points))) for i in range(int(t.eval_points))}
+    grad_clip = float(t.grad_clip)
 
     torch.manual_seed(int(cfg.seed))
     if device.type == "cpu":
@@ -97,6 +98,7 @@ def run(cfg: DictConfig) -> dict:
     measure.reset_peak_memory(device)
     progress = Progress(total_steps * tokens_per_step, cfg.progress)
     step_times: list[float] = []
+    train_seconds = 0.0
     curve: list[dict] = []
     interval_losses: list[float] = []
     try:
@@ -106,8 +108,9 @@ def run(cfg: DictConfig) -> dict:
                 group["lr"] = lr
             start = measure.timer(device)
             batch = torch.from_numpy(batches.next()).to(device, non_blocking=True)
-            loss = train_step(model, optimizer, batch[:, :-1], batch[:, 1:], float(t.grad_clip)).item()
+            loss = train_step(model, optimizer, batch[:, :-1], batch[:, 1:], grad_clip).item()
             step_times.append(measure.timer(device) - start)
+            train_seconds += step_times[-1]
             if not math.isfinite(loss):
                 raise Diverged(f"training loss became {loss} at step {step + 1} of {total_steps} (lr {lr:.3g})")
             interval_losses.append(loss)
@@ -117,8 +120,7 @@ def run(cfg: DictConfig) -> dict:
                               "train_loss": statistics.fmean(interval_losses),
                               "val_loss": evaluate(model, val_windows, batch_size, device), "lr": lr})
                 interval_losses = []
-            timed = step_times[int(t.timing_warmup_steps):] or step_times
-            progress.update(tokens_per_step, loss, tokens_per_step * len(timed) / sum(timed))
+            progress.update(tokens_per_step, loss, tokens_per_step * (step + 1) / train_seconds)
     finally:
         progress.close()
 

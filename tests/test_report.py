@@ -1,0 +1,65 @@
+"""`harness-report` rebuilds tables, fits and figures from records alone, identically every time."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from harness import records
+
+
+def write_isoflop_records(root, a_true=0.5):
+    """Records of a 3 x 5 IsoFLOP grid whose losses follow a known law (optimum N ~ C^a_true)."""
+    E, A, B, alpha = 1.7, 400.0, 400.0, 0.34
+    beta = alpha * a_true / (1 - a_true)
+    job = 0
+    for C in (1e18, 1e19, 1e20):
+        n_star = (alpha * A / (beta * B) * (C / 6) ** beta) ** (1 / (alpha + beta))
+        for N in n_star * np.geomspace(0.25, 4, 5):
+            D = C / (6 * N)
+            loss = E + A / N**alpha + B / D**beta
+            config = {"compute": C, "study": {"name": "demo"}, "model": {"params": N}, "seed": 0}
+            records.write_record(root / str(job), {
+                "config": config, "config_hash": records.config_hash(config), "status": "ok", "error": None,
+                "metrics": {"val_loss": loss, "flops": C, "tokens": D, "tokens_per_s": 1e4, "wall_time_s": 1.0},
+                "model_info": {"params_non_embedding": N, "n_layer": 2, "d_model": 64},
+                "curve": [{"tokens": D * f, "flops": C * f, "val_loss": loss + (1 - f)} for f in (0.25, 0.5, 1.0)],
+            })
+            job += 1
+    (root / "broken").mkdir()
+    (root / "broken" / "record.json").write_text("{")
+
+
+def report(*args):
+    return subprocess.run([sys.executable, "-m", "harness.report", *map(str, args)], capture_output=True, text=True)
+
+
+def test_report_rebuilds_everything_from_records(tmp_path):
+    write_isoflop_records(tmp_path / "sweep")
+    result = report(tmp_path / "sweep")
+    assert result.returncode == 0, result.stderr
+    out = tmp_path / "sweep" / "report"
+    assert "broken/record.json" in result.stderr + result.stdout
+    table = pd.read_parquet(out / "results.parquet")
+    assert len(table) == 15 and len(pd.read_csv(out / "results.csv")) == 15
+    fits = json.loads((out / "fits.json").read_text())["isoflop"]
+    assert fits["a"] == pytest.approx(0.5, abs=0.03) and fits["b"] == pytest.approx(0.5, abs=0.03)
+    text = (out / "report.md").read_text()
+    for figure in ("isoflop", "n_opt_vs_compute", "loss_curves", "loss_vs_compute"):
+        assert f"({figure}.png)" in text and (out / f"{figure}.svg").exists()
+
+
+def test_figures_are_byte_for_byte_reproducible(tmp_path):
+    write_isoflop_records(tmp_path / "sweep")
+    first, second = tmp_path / "one", tmp_path / "two"
+    assert report(tmp_path / "sweep", "--out", first).returncode == 0
+    assert report(tmp_path / "sweep", "--out", second).returncode == 0
+    for path in sorted(first.iterdir()):
+        assert path.read_bytes() == (second / path.name).read_bytes(), path.name
+
+
+def test_report_on_an_empty_directory_is_one_clear_line(tmp_path):
+    result = report(tmp_path)
+    assert result.returncode != 0 and "no records under" in result.stderr
