@@ -55,11 +55,12 @@ def run_job(cfg: DictConfig) -> dict | None:
         record.update(status="diverged", error=str(error))
     except Unsupported as error:
         record.update(status="unsupported", error=str(error))
-    except (torch.OutOfMemoryError, MemoryError) as error:
-        record.update(status="oom", error=f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else 'out of memory'}")
     except Exception as error:  # any other failure is a record too, with the traceback in the job log
-        log.error("run failed:\n%s", traceback.format_exc())
-        record.update(status="failed", error=f"{type(error).__name__}: {error}")
+        if is_out_of_memory(error):
+            record.update(status="oom", error=f"{type(error).__name__}: {(str(error) or 'out of memory').splitlines()[0]}")
+        else:
+            log.error("run failed:\n%s", traceback.format_exc())
+            record.update(status="failed", error=f"{type(error).__name__}: {error}")
     record["end_time"] = measure.now_iso()
     record["env"] = measure.environment(measure.resolve_device(cfg.device))
     path = records.write_record(out_dir, record)
@@ -68,6 +69,13 @@ def run_job(cfg: DictConfig) -> dict | None:
         print(f"error: {record['status']}: {record['error']}", file=sys.stderr)
         sys.exit(1)
     return record
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """CUDA raises OutOfMemoryError; the CPU allocator raises a RuntimeError that says it could not allocate."""
+    if isinstance(error, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    return isinstance(error, RuntimeError) and ("can't allocate memory" in str(error) or "out of memory" in str(error))
 
 
 def _summarise(record: dict, path: Path) -> None:

@@ -115,6 +115,20 @@ def test_unsupported_device_is_a_record(tmp_path, tiny):
     assert list(df["status"]) == ["ok", "unsupported"] and "CUDA is not available" in df["error"].iloc[1]
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses RLIMIT_AS to cap memory")
+def test_out_of_memory_is_a_record_and_the_sweep_goes_on(tmp_path, tiny):
+    import resource
+
+    def cap_memory():  # 3 GB of address space: enough for torch, not for a d_model=16384 layer (3 GB of QKV alone)
+        resource.setrlimit(resource.RLIMIT_AS, (3 * 2**30, 3 * 2**30))
+
+    command = [sys.executable, "-m", "harness", "-m", *tiny, "model.d_model=16384,32", "hydra.sweep.dir=sweep"]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300, preexec_fn=cap_memory)
+    assert result.returncode == 0, result.stderr
+    df = load_results(tmp_path / "sweep").sort_values("model.d_model")
+    assert list(df["status"]) == ["ok", "oom"] and "allocate" in df["error"].iloc[1]
+
+
 def test_rerun_skips_points_already_ok(tmp_path, tiny):
     sweep = ["-m", *tiny, "model.d_model=16,32", "hydra.sweep.dir=sweep"]
     assert harness_cmd(*sweep, cwd=tmp_path).returncode == 0
