@@ -24,8 +24,8 @@ log = logging.getLogger("harness")
 
 
 def _task_runner(name: str):
-    from harness.tasks import train
-    return {"train": train.run}[name]
+    from harness.tasks import attention, train
+    return {"train": train.run, "attention": attention.run}[name]
 
 
 def run_job(cfg: DictConfig) -> dict | None:
@@ -80,8 +80,11 @@ def is_out_of_memory(error: BaseException) -> bool:
 
 def _summarise(record: dict, path: Path) -> None:
     m = record.get("metrics", {})
-    if record["status"] == "ok":
+    if record["status"] == "ok" and "val_loss" in m:
         log.info("ok: val_loss %.4f nats/token, %.0f tokens/s, %.1fs -> %s", m["val_loss"], m["tokens_per_s"], m["wall_time_s"], path)
+    elif record["status"] == "ok":
+        log.info("ok: %.3g s median, %.3g FLOP/s, %.3g MB peak -> %s", m["time_median_s"], m["flops_per_s"],
+                 m["peak_memory_bytes"] / 1e6, path)
     else:
         log.warning("%s: %s -> %s", record["status"], record["error"], path)
 

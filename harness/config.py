@@ -18,7 +18,7 @@ CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 GROUPS = ("task", "model", "data", "attention", "precision", "parallel", "study")
 PRECISIONS = ("fp32",)
 PARALLELS = ("single",)
-TASKS = ("train",)
+TASKS = ("train", "attention")
 
 
 class ConfigError(ValueError):
@@ -54,6 +54,10 @@ def validate(cfg: DictConfig) -> None:
     """Checks on the config alone (no data, no model built)."""
     if cfg.task.name not in TASKS:
         raise ConfigError(f"task.name={cfg.task.name!r}; known: {', '.join(TASKS)}")
+    _check_attention(cfg)
+    if cfg.task.name == "attention":
+        _validate_attention_task(cfg.task)
+        return
     m = cfg.model
     if m.params is not None:
         _positive(m.params, "model.params")
@@ -74,12 +78,6 @@ def validate(cfg: DictConfig) -> None:
     if m.positions not in POSITION_KINDS:
         raise ConfigError(f"model.positions={m.positions!r}; known: {', '.join(POSITION_KINDS)}")
 
-    if cfg.attention.name not in attention_registry.names():
-        raise ConfigError(f"attention.name={cfg.attention.name!r}; known: {', '.join(attention_registry.names())}")
-    try:
-        attention_registry.get_attention(cfg.attention.name, causal=True, **attention_options(cfg))
-    except (TypeError, ValueError) as error:
-        raise ConfigError(f"attention={cfg.attention.name}: {error}") from None
     if cfg.precision.name not in PRECISIONS:
         raise ConfigError(f"precision.name={cfg.precision.name!r}; known: {', '.join(PRECISIONS)}")
     if cfg.parallel.name not in PARALLELS:
@@ -98,6 +96,25 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"task.warmup_fraction={t.warmup_fraction} must be in [0, 1)")
     if cfg.study.name != "none" and importlib.util.find_spec(f"studies.{cfg.study.name}") is None:
         raise ConfigError(f"study.name={cfg.study.name!r} has no module studies/{cfg.study.name}.py")
+
+
+def _check_attention(cfg: DictConfig) -> None:
+    if cfg.attention.name not in attention_registry.names():
+        raise ConfigError(f"attention.name={cfg.attention.name!r}; known: {', '.join(attention_registry.names())}")
+    try:  # options are checked without building: a variant's package may be absent on this machine
+        attention_registry.available(cfg.attention.name, "cpu", **attention_options(cfg))
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"attention={cfg.attention.name}: {error}") from None
+
+
+def _validate_attention_task(t: DictConfig) -> None:
+    for key in ("seq_len", "batch", "heads", "head_dim", "min_repeats", "max_repeats", "error_seq_len"):
+        _positive(t[key], f"task.{key}", integer=True)
+    _positive(t.max_memory_gb, "task.max_memory_gb")
+    if t.mode not in ("fwd", "fwd_bwd"):
+        raise ConfigError(f"task.mode={t.mode!r}; known: fwd, fwd_bwd")
+    if t.dtype not in ("fp32", "bf16", "fp16"):
+        raise ConfigError(f"task.dtype={t.dtype!r}; known: fp32, bf16, fp16")
 
 
 def attention_options(cfg: DictConfig) -> dict:

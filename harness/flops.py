@@ -75,3 +75,53 @@ def peak_flops(device_name: str, compute_dtype: str) -> float | None:
         if key.lower() in device_name.lower():
             return rates.get(compute_dtype)
     return None
+
+
+# --- attention kernels ----------------------------------------------------------------------------
+# The FLOPs an attention variant needs for (batch, heads, seq, head_dim), counted by matmul (2 per multiply-add):
+#   exact softmax attention (dense, sdpa, xformers, flash_attn, longformer): 4 * b * h * d * pairs forward,
+#       pairs = the (query, key) pairs the mask lets through (masks.attended_pairs): n^2 full,
+#       n(n+1)/2 causal (the "halved when causal"), about n * window for a sliding window;
+#       backward 2.5x forward (recompute QK^T, then dV, dP, dQ, dK: FlashAttention's accounting).
+#   performer (FAVOR+, m features): feature maps 2 * (2 n m d) for q and k, then
+#       non-causal: phi(k)^T [v, 1] and phi(q) context: 2 * (2 n m (d+1));
+#       causal: per chunk of c rows also phi(q) phi(k)^T and its product with [v, 1]: 2 n c m + 2 n c (d+1);
+#       backward 2x forward (autograd of plain matmuls).
+ATTENTION_BACKWARD_FACTOR = {"exact": 2.5, "performer": 2.0}
+
+
+def attention_flops(variant: str, *, batch: int, heads: int, seq_len: int, head_dim: int, causal: bool,
+                    backward: bool, options: dict | None = None) -> float:
+    from models.attention.masks import attended_pairs
+    from models.attention.performer import default_num_features
+
+    options = options or {}
+    n, d = seq_len, head_dim
+    if variant == "performer":
+        m = options.get("num_features") or default_num_features(d)
+        forward = 2 * (2 * n * m * d) + 2 * (2 * n * m * (d + 1))
+        if causal:
+            c = min(options.get("chunk_size", 256), n)
+            forward += 2 * n * c * m + 2 * n * c * (d + 1)
+        factor = ATTENTION_BACKWARD_FACTOR["performer"]
+    else:
+        window = options.get("window") if variant == "longformer" else None
+        globals_ = options.get("global_tokens", 0) if variant == "longformer" else 0
+        forward = 4 * d * attended_pairs(n, causal=causal, window=window, global_tokens=globals_)
+        factor = ATTENTION_BACKWARD_FACTOR["exact"]
+    total = forward * (1 + factor) if backward else forward
+    return float(batch * heads * total)
+
+
+def attention_memory_estimate(variant: str, *, batch: int, heads: int, seq_len: int, head_dim: int,
+                              bytes_per_element: int, backward: bool, options: dict | None = None) -> float:
+    """Bytes of the largest intermediates a variant materialises (a guard against an OS-level OOM kill).
+
+    dense (and flex on CPU, which runs unfused) keep the n x n scores and probabilities, and in backward their
+    gradients too; the others are linear in n and are not guarded.
+    """
+    materialises = variant == "dense" or (variant == "longformer" and (options or {}).get("impl") == "flex")
+    if not materialises:
+        return 0.0
+    square = batch * heads * seq_len * seq_len * max(bytes_per_element, 4)  # softmax runs in fp32
+    return float(square * (4 if backward else 2))

@@ -99,3 +99,32 @@ def environment(device: torch.device) -> dict:
         "torch_threads": torch.get_num_threads(),
         "hostname": socket.gethostname(),
     }
+
+
+def time_calls(fn, device: torch.device, *, warmup: int = 1, min_repeats: int = 3, max_repeats: int = 20,
+               max_seconds: float = 5.0) -> list[float]:
+    """Seconds per call of fn() after `warmup` calls, repeated until max_repeats or max_seconds (at least min_repeats)."""
+    for _ in range(warmup):
+        fn()
+    times: list[float] = []
+    spent = 0.0
+    while len(times) < max_repeats and (len(times) < min_repeats or spent < max_seconds):
+        start = timer(device)
+        fn()
+        times.append(timer(device) - start)
+        spent += times[-1]
+    return times
+
+
+def interleaved_medians(fns: dict, device: torch.device, *, rounds: int = 15, warmup: int = 2) -> dict[str, float]:
+    """Median seconds per call of each function, calling them in turn every round so noise hits all alike."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            start = timer(device)
+            fn()
+            times[name].append(timer(device) - start)
+    return {name: float(sorted(t)[len(t) // 2]) for name, t in times.items()}

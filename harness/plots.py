@@ -99,3 +99,22 @@ def optimal_size(fit, out_dir: Path, name: str = "n_opt_vs_compute") -> list[Pat
            title="Compute-optimal allocation (approach 2)")
     ax.legend(fontsize=8)
     return save(fig, out_dir, name)
+
+
+def attention_scaling(table: pd.DataFrame, fits: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """Time and memory against sequence length (log-log), one line per variant, a panel per pass."""
+    paths = []
+    for column, label, exponent, name in (("time_s", "median time per call (s)", "k_time", "attention_time"),
+                                          ("memory_bytes", "peak memory (bytes)", "m_memory", "attention_memory")):
+        sns.set_theme(style="whitegrid")
+        modes = sorted(table["mode"].unique())
+        fig, axes = plt.subplots(1, len(modes), figsize=(5.2 * len(modes), 4.2), squeeze=False, sharey=True)
+        for ax, mode in zip(axes[0], modes):
+            at = table[table["mode"] == mode]
+            slopes = fits[fits["mode"] == mode].set_index("variant")[exponent]
+            frame = at.assign(variant=at["variant"].map(lambda v: f"{v} (slope {slopes.get(v, float('nan')):.2f})"))
+            sns.lineplot(frame, x="seq_len", y=column, hue="variant", marker="o", ax=ax, palette="deep")
+            ax.set(xscale="log", yscale="log", xlabel="sequence length n", ylabel=label, title=mode)
+            ax.legend(fontsize=8, title=None)
+        paths += save(fig, out_dir, name)
+    return paths

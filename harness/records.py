@@ -110,8 +110,9 @@ def record_row(record: dict, path: Path) -> dict:
     row = {"path": str(path), "status": record["status"], "error": record.get("error"),
            "config_hash": record.get("config_hash")}
     _flatten("", record["config"], row)
-    for section in ("metrics", "model_info", "data_info", "env"):
-        _flatten(section, record.get(section, {}), row)
+    for section, value in record.items():
+        if section != "config" and isinstance(value, dict):
+            _flatten(section, value, row)
     row["curve"] = record.get("curve", [])
     return row
 

@@ -11,13 +11,16 @@ from typing import Callable
 
 import torch
 
-from models.attention import dense, sdpa
+from models.attention import dense, flash_attn, longformer, performer, sdpa, xformers_attn
 
 Attention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 # name -> module with `build(causal, **options) -> Attention` and
 # `available(device, dtype, **options) -> str | None` (None: can run; else the reason it cannot).
-VARIANTS = {"dense": dense, "sdpa": sdpa}
+VARIANTS = {"dense": dense, "sdpa": sdpa, "xformers": xformers_attn, "flash_attn": flash_attn,
+            "performer": performer, "longformer": longformer}
+# Variants that compute exact softmax attention (the rest approximate it).
+EXACT = ("dense", "sdpa", "xformers", "flash_attn", "longformer")
 
 
 @dataclass(frozen=True)
@@ -40,9 +43,15 @@ def _variant(name: str):
 
 
 def get_attention(name: str, *, causal: bool, **options) -> Attention:
-    return _variant(name).build(causal=causal, **options)
+    try:
+        return _variant(name).build(causal=causal, **options)
+    except TypeError as error:  # an option the variant does not take
+        raise ValueError(f"attention {name!r}: {error}") from None
 
 
 def available(name: str, device: str | torch.device, dtype: torch.dtype = torch.float32, **options) -> Availability:
-    reason = _variant(name).available(torch.device(device), dtype, **options)
+    try:
+        reason = _variant(name).available(torch.device(device), dtype, **options)
+    except TypeError as error:
+        raise ValueError(f"attention {name!r}: {error}") from None
     return Availability(reason is None, reason or "")

@@ -1,0 +1,92 @@
+"""Attention cost against sequence length: fitted exponents, crossovers against sdpa, log-log figures.
+
+Sweep: conf/study/attention_scaling.yaml. Exponents come from fit_power_law(n, y, irreducible=False) over
+n >= FIT_FROM, where fixed per-call overheads no longer dominate.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from harness import plots
+from harness.fit import FitError, fit_power_law
+from harness.report import markdown_table
+
+FIT_FROM = 2048
+BASELINE = "sdpa"
+LINEAR = ("performer", "longformer")
+
+
+def points(df: pd.DataFrame) -> pd.DataFrame:
+    ok = df[(df["status"] == "ok") & (df["task.name"] == "attention")]
+    return pd.DataFrame({
+        "variant": ok["attention.name"], "mode": ok["task.mode"], "seq_len": ok["task.seq_len"].astype(int),
+        "time_s": ok["metrics.time_median_s"], "memory_bytes": ok["metrics.peak_memory_bytes"].astype(float),
+        "flops_per_s": ok["metrics.flops_per_s"], "error_fwd": ok["metrics.error_fwd"],
+    }).sort_values(["variant", "mode", "seq_len"]).reset_index(drop=True)
+
+
+def exponents(table: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    for (variant, mode), group in table.groupby(["variant", "mode"]):
+        fit_range = group[group["seq_len"] >= FIT_FROM]
+        row = {"variant": variant, "mode": mode, "n_from": FIT_FROM, "n_to": int(fit_range["seq_len"].max()) if len(fit_range) else None}
+        for column, name in (("time_s", "k_time"), ("memory_bytes", "m_memory")):
+            try:
+                row[name] = fit_power_law(fit_range["seq_len"], fit_range[column], irreducible=False).alpha * -1
+            except FitError:
+                row[name] = np.nan
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def crossover(lengths, time_linear, time_base) -> float | None:
+    """The length from which the linear variant stays faster: log-log interpolation at the last sign change."""
+    ratio = np.log(np.asarray(time_linear) / np.asarray(time_base))
+    if ratio[-1] >= 0:
+        return None
+    if ratio[0] < 0 and np.all(ratio < 0):
+        return float(lengths[0])
+    last = np.where(ratio >= 0)[0][-1]
+    x0, x1 = np.log(lengths[last]), np.log(lengths[last + 1])
+    return float(np.exp(x0 + (x1 - x0) * ratio[last] / (ratio[last] - ratio[last + 1])))
+
+
+def crossovers(table: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    for mode, group in table.groupby("mode"):
+        base = group[group["variant"] == BASELINE].set_index("seq_len")["time_s"]
+        for variant in LINEAR:
+            mine = group[group["variant"] == variant].set_index("seq_len")["time_s"]
+            shared = sorted(set(base.index) & set(mine.index))
+            if len(shared) < 2:
+                continue
+            at = crossover(np.array(shared, float), mine[shared].values, base[shared].values)
+            rows.append({"variant": variant, "mode": mode, "versus": BASELINE,
+                         "faster_from_seq_len": at, "speedup_at_longest": float(base[shared[-1]] / mine[shared[-1]]),
+                         "longest": shared[-1]})
+    return pd.DataFrame(rows)
+
+
+def analyse(df: pd.DataFrame, out: Path) -> list[str]:
+    table = points(df)
+    if table.empty:
+        return ["No attention measurements finished ok."]
+    fits, cross = exponents(table), crossovers(table)
+    plots.attention_scaling(table, fits, out)
+    (out / "fits.json").write_text(json.dumps({"exponents": fits.to_dict(orient="records"),
+                                               "crossovers": cross.to_dict(orient="records")}, indent=1, default=float))
+    device = df["kernel_info.device_name"].dropna().iloc[0] if "kernel_info.device_name" in df else "unknown"
+    wide = table.pivot_table(index="seq_len", columns=["mode", "variant"], values="time_s")
+    wide.columns = [f"{mode} {variant} (s)" for mode, variant in wide.columns]
+    return [
+        f"Device: {device}. Causal attention, batch {int(df['task.batch'].iloc[0])}, {int(df['task.heads'].iloc[0])} heads, "
+        f"head_dim {int(df['task.head_dim'].iloc[0])}, {df['task.dtype'].iloc[0]}.",
+        "## Fitted exponents (time ~ n^k, memory ~ n^m)\n\n" + markdown_table(fits),
+        f"## Where the linear variants overtake {BASELINE}\n\n" + (markdown_table(cross) if not cross.empty else "No overlap."),
+        "## Median time per call\n\n" + markdown_table(wide.reset_index()),
+        "![time vs sequence length](attention_time.png)\n\n![memory vs sequence length](attention_memory.png)",
+    ]

@@ -1,0 +1,52 @@
+"""task=attention through the CLI, and the attention variants inside the GPT through attention=NAME."""
+import json
+import math
+
+import pytest
+
+from harness import flops, load_results
+from tests.conftest import harness_cmd
+
+SMALL = ["task=attention", "task.seq_len=300", "task.heads=2", "task.head_dim=32", "task.min_repeats=2",
+         "task.max_repeats=3", "task.error_seq_len=128", "progress=off"]
+
+
+def test_attention_point_records_time_flops_memory_and_error(tmp_path):
+    result = harness_cmd(*SMALL, "attention=longformer", "attention.window=64", "attention.global_tokens=2",
+                         "task.mode=fwd_bwd", "hydra.run.dir=run", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    record = json.loads((tmp_path / "run" / "record.json").read_text())
+    m = record["metrics"]
+    assert record["status"] == "ok" and m["repeats"] >= 2 and m["time_p10_s"] <= m["time_median_s"] <= m["time_p90_s"]
+    assert m["flops"] == flops.attention_flops("longformer", batch=1, heads=2, seq_len=300, head_dim=32, causal=True,
+                                               backward=True, options={"window": 64, "global_tokens": 2})
+    assert m["flops_per_s"] == pytest.approx(m["flops"] / m["time_median_s"])
+    assert m["peak_memory_bytes"] > 0 and m["error_fwd"] < 1e-5 and m["error_grad"] < 1e-5
+    assert record["kernel_info"]["exact"] is True
+
+
+def test_unsupported_and_too_large_points_are_records_and_the_sweep_goes_on(tmp_path):
+    result = harness_cmd("-m", *SMALL, "attention=xformers,dense,sdpa", "task.max_memory_gb=0.0001",
+                         "hydra.sweep.dir=sweep", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    df = load_results(tmp_path / "sweep").set_index("attention.name")
+    assert df.loc["xformers", "status"] == "unsupported" and "no cpu kernels" in df.loc["xformers", "error"]
+    assert df.loc["dense", "status"] == "unsupported" and "task.max_memory_gb=0.0001" in df.loc["dense", "error"]
+    assert df.loc["sdpa", "status"] == "ok"
+
+
+def test_bad_attention_option_is_one_line(tmp_path):
+    result = harness_cmd(*SMALL, "attention=longformer", "attention.impl=fast", "hydra.run.dir=run", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: attention=longformer: unknown longformer impl 'fast'; known: blocked, flex, xformers"
+
+
+@pytest.mark.parametrize("variant", [["attention=performer", "attention.num_features=32"],
+                                     ["attention=longformer", "attention.window=8", "attention.global_tokens=1"]],
+                         ids=["performer", "longformer"])
+def test_gpt_trains_with_each_cpu_variant(tmp_path, tiny, variant):
+    result = harness_cmd(*tiny, *variant, "data.tokens=1e5", "task.lr=1e-2", "hydra.run.dir=run", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    record = json.loads((tmp_path / "run" / "record.json").read_text())
+    # It learns: below the uniform guess over the Markov source's 16 tokens.
+    assert record["status"] == "ok" and record["metrics"]["val_loss"] < math.log(16) - 0.1
