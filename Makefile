@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 EXTRAS ?= dev,cluster
 
-.PHONY: install demo test test-slow bench bench-compare publish-demo clean
+.PHONY: install demo test test-slow bench bench-compare publish clean
 
 install: $(BIN)/.installed
 
@@ -32,11 +32,12 @@ bench: install
 bench-compare: install
 	$(BIN)/python -m pytest -q tests/bench --benchmark-only --benchmark-compare --benchmark-compare-fail=median:10%
 
-# Copy the demo sweep's records into results/demo and rebuild its report from them alone.
-publish-demo: install
-	rm -rf results/demo && mkdir -p results/demo
-	cd multirun/demo && find . -name record.json -exec cp --parents {} ../../results/demo/ \;
-	$(BIN)/harness-report results/demo
+# Copy a study's sweep records into results/STUDY and rebuild its report from them alone: make publish STUDY=demo
+STUDY ?= demo
+publish: install
+	rm -rf results/$(STUDY) && mkdir -p results/$(STUDY)
+	cd multirun/$(STUDY) && find . -name record.json -exec cp --parents {} ../../results/$(STUDY)/ \;
+	$(BIN)/harness-report results/$(STUDY)
 
 clean:
 	rm -rf $(VENV) multirun outputs .pytest_cache .benchmarks

@@ -9,7 +9,7 @@ batch 1, 4 heads, head_dim 64), interleaved so machine noise hits both alike.
   peak tensor memory of performer and longformer (forward), fitted exponent over n = 2048 .. 16384
 
     pip install -e '.[peers]'                      # performer-pytorch, transformers
-    .venv/bin/python -m tests.bench.attention_peers --out results/attention_scaling/peers.json
+    .venv/bin/python -m tests.bench.attention_peers --out results/attention_peers/peers.json
 """
 from __future__ import annotations
 
