@@ -12,6 +12,7 @@ Masks are defined once in masks.py. Implementations (`impl`):
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -91,7 +92,9 @@ def _flex(causal: bool, window: int, global_tokens: int):
         if q.device.type == "cuda":
             kernel = compiled.setdefault("kernel", torch.compile(flex_attention, dynamic=False))
             return kernel(q, k, v, block_mask=block_mask)
-        return flex_attention(q, k, v, block_mask=block_mask)
+        with warnings.catch_warnings():  # eager on CPU is the documented choice: no fused CPU kernel to compile to
+            warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
+            return flex_attention(q, k, v, block_mask=block_mask)
 
     return attn
 
