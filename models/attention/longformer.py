@@ -47,6 +47,9 @@ def blocked(q, k, v, *, causal: bool, window: int, global_tokens: int = 0, block
     k_padded = F.pad(k, (0, 0, left, right + pad_q))
     v_padded = F.pad(v, (0, 0, left, right + pad_q))
     blocks_per_group = max(1, queries_per_group // block)
+    # The window rule depends only on i - j = r + left - s, so one (block x span) band serves every block.
+    rows, cols = torch.arange(block, device=q.device)[:, None], torch.arange(span, device=q.device)[None, :]
+    band = allowed(rows + left, cols, causal=causal, window=window)
     outputs = []
     for first in range(0, n_blocks, blocks_per_group):
         last = min(first + blocks_per_group, n_blocks)
@@ -55,10 +58,11 @@ def blocked(q, k, v, *, causal: bool, window: int, global_tokens: int = 0, block
         v_spans = v_padded[:, :, keys].unfold(2, span, block).transpose(-1, -2)
         # Absolute indices: query i = t*block + r, key j = t*block - left + s.
         starts = torch.arange(first, last, device=q.device)[:, None, None] * block
-        query_i = starts + torch.arange(block, device=q.device)[None, :, None]
-        key_j = starts - left + torch.arange(span, device=q.device)[None, None, :]
-        keep = allowed(query_i, key_j, causal=causal, window=window) & (key_j >= g) & (key_j >= 0) & (key_j < n)
-        keep |= (query_i >= n) & (key_j == query_i)  # padding rows keep one key: finite, then dropped
+        key_j = starts - left + cols[None]
+        keep = band & (key_j >= max(g, 0)) & (key_j < n)
+        if last == n_blocks and pad_q:  # padding rows keep one key (themselves): finite, then dropped
+            keep[-1, block - pad_q:] |= cols == rows[block - pad_q:] + left
+        query_i = starts + rows[None]
         q_group = q_blocks[:, :, first:last]
         scores = q_group @ k_spans.transpose(-1, -2)
         if g:
