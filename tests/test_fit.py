@@ -68,3 +68,82 @@ def test_isoflop_bad_input_is_a_clear_error(bad, match):
 def test_power_law_needs_more_points_than_parameters():
     with pytest.raises(FitError, match="3 points cannot fit 3 parameters"):
         fit_power_law([1, 2, 3], [3, 2, 1])
+
+
+# --- approach 3 (fit_parametric) and bootstrap -------------------------------------------------------------
+import pandas as pd  # noqa: E402
+
+from harness.fit import ParametricFit, bootstrap, fit_parametric  # noqa: E402
+from tests.conftest import SHARED_DATA  # noqa: E402
+
+CHINCHILLA = SHARED_DATA / "chinchilla" / "svg_extracted_data.csv"
+
+
+def chinchilla_points():
+    if not CHINCHILLA.exists():
+        pytest.skip(f"{CHINCHILLA} is absent (shared data of Epoch AI's Chinchilla extraction)")
+    df = pd.read_csv(CHINCHILLA)
+    df = df[df["loss"] < df["loss"].nlargest(5).min()]  # Epoch: drop the 5 highest losses
+    N, C = df["Model Size"].to_numpy(), df["Training FLOP"].to_numpy()
+    return N, C / (6 * N), df["loss"].to_numpy()
+
+
+def test_fit_parametric_reproduces_epochs_chinchilla_replication():
+    N, D, loss = chinchilla_points()
+    assert len(N) == 240
+    fit = fit_parametric(N, D, loss)
+    # Besiroglu et al. 2024 (arXiv:2404.10102): E 1.8172, A 477.84, B 2143.9, alpha 0.34731, beta 0.36718
+    assert fit.E == pytest.approx(1.8172, abs=0.01)
+    assert fit.alpha == pytest.approx(0.34731, abs=0.005) and fit.beta == pytest.approx(0.36718, abs=0.005)
+    assert fit.A == pytest.approx(477.84, rel=0.01) and fit.B == pytest.approx(2143.9, rel=0.01)
+
+
+def synthetic_isoflop(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28, noise=0.01, seed=0):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for C in np.geomspace(1e18, 1e22, 5):
+        n_opt = ((alpha * A) / (beta * B)) ** (1 / (alpha + beta)) * (C / 6) ** (beta / (alpha + beta))
+        for N in n_opt * np.geomspace(0.1, 10, 9):
+            D = C / (6 * N)
+            rows.append((N, D, (E + A / N**alpha + B / D**beta) * (1 + rng.normal(0, noise))))
+    return np.array(rows).T
+
+
+def test_fit_parametric_recovers_known_exponents_from_noisy_isoflop_points():
+    N, D, loss = synthetic_isoflop()
+    fit = fit_parametric(N, D, loss)
+    assert fit.alpha == pytest.approx(0.34, abs=0.03) and fit.beta == pytest.approx(0.28, abs=0.03)
+
+
+def test_compute_optimal_is_the_minimum_of_the_fitted_law():
+    fit = ParametricFit(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28, objective=0.0, n_points=0)
+    C = 1e21
+    n_opt, d_opt = fit.compute_optimal(C)
+    assert n_opt * d_opt * 6 == pytest.approx(C)
+    grid = n_opt * np.geomspace(0.5, 2, 2001)
+    assert grid[np.argmin(fit.predict(grid, C / (6 * grid)))] == pytest.approx(n_opt, rel=1e-3)
+    assert (fit.a, fit.b) == (pytest.approx(0.28 / 0.62), pytest.approx(0.34 / 0.62))
+
+
+@pytest.mark.parametrize("bad,match", [
+    (dict(N=[1e6] * 5, D=[1e9] * 5, loss=[3.0] * 5), "5 points cannot fit 5 parameters"),
+    (dict(N=[1e6, 2e6, 0, 4e6, 5e6, 6e6]), "N must be positive"),
+    (dict(loss=[3, 3, np.nan, 3, 3, 3]), "loss holds NaN"),
+    (dict(N=[1e6, 2e6, 4e6, 8e6, 16e6, 32e6], D=[32e9, 16e9, 8e9, 4e9, 2e9, 1e9]), "same compute"),
+])
+def test_fit_parametric_bad_input_is_a_clear_error(bad, match):
+    args = dict(N=[1e6, 2e6, 4e6, 8e6, 16e6, 32e6], D=[1e9, 3e9, 1e9, 3e9, 1e9, 3e9], loss=[3.2, 3.0, 2.9, 2.8, 2.75, 2.7])
+    args.update(bad)
+    with pytest.raises(FitError, match=match):
+        fit_parametric(**args, workers=1)
+
+
+def test_bootstrap_is_seeded_and_brackets_the_estimate():
+    N, D, loss = synthetic_isoflop(noise=0.02, seed=3)
+    fit = fit_parametric(N, D, loss)
+    first = bootstrap(fit_parametric, N, D, loss, n_resamples=60, seed=7, init=fit)
+    again = bootstrap(fit_parametric, N, D, loss, n_resamples=60, seed=7, init=fit)
+    assert first == again and first["_failed"] == 0
+    for name in ("E", "alpha", "beta", "a", "b"):
+        low, high = first[name]
+        assert low < high and low <= getattr(fit, name) <= high
