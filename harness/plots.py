@@ -118,3 +118,36 @@ def attention_scaling(table: pd.DataFrame, fits: pd.DataFrame, out_dir: Path) ->
             ax.legend(fontsize=8, title=None)
         paths += save(fig, out_dir, name)
     return paths
+
+
+def parametric_contours(runs: pd.DataFrame, law, out_dir: Path, name: str = "parametric_contours") -> list[Path]:
+    """Iso-loss contours of the fitted L(N, D) in the N-D plane, the compute-optimal line, and the runs."""
+    import numpy as np
+    sns.set_theme(style="white")
+    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    n_grid = np.geomspace(runs["params"].min() / 3, runs["params"].max() * 3, 200)
+    d_grid = np.geomspace(runs["tokens"].min() / 3, runs["tokens"].max() * 3, 200)
+    nn, dd = np.meshgrid(n_grid, d_grid)
+    contours = ax.contour(nn, dd, law.predict(nn, dd), levels=12, cmap="viridis", linewidths=0.8)
+    ax.clabel(contours, fontsize=7, fmt="%.2f")
+    compute = np.geomspace(6 * n_grid[0] * d_grid[0], 6 * n_grid[-1] * d_grid[-1], 100)
+    n_opt, d_opt = law.compute_optimal(compute)
+    ax.plot(n_opt, d_opt, color="crimson", lw=1.5, label=f"compute-optimal: N ~ C^{law.a:.2f}, D ~ C^{law.b:.2f}")
+    ax.scatter(runs["params"], runs["tokens"], c="black", s=14, zorder=5, label="runs")
+    ax.set(xscale="log", yscale="log", xlim=(n_grid[0], n_grid[-1]), ylim=(d_grid[0], d_grid[-1]),
+           xlabel="non-embedding parameters N", ylabel="training tokens D", title="Fitted L(N, D): iso-loss contours")
+    ax.legend(fontsize=8, loc="lower right")
+    return save(fig, out_dir, name)
+
+
+def residuals(runs: pd.DataFrame, law, out_dir: Path, name: str = "residuals") -> list[Path]:
+    """Relative residuals of the parametric fit against model size, one colour per budget."""
+    sns.set_theme(style="whitegrid")
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    frame = runs.assign(residual=runs["val_loss"] / law.predict(runs["params"], runs["tokens"]) - 1,
+                        budget=runs["C"].map(lambda c: f"C = {c:.1e}"))
+    sns.scatterplot(frame, x="params", y="residual", hue="budget", palette="magma", s=45, ax=ax)
+    ax.axhline(0, color="grey", lw=1)
+    ax.set(xscale="log", xlabel="non-embedding parameters N", ylabel="measured / fitted - 1", title="Residuals (approach 3)")
+    ax.legend(fontsize=8)
+    return save(fig, out_dir, name)

@@ -44,10 +44,16 @@ def test_report_rebuilds_everything_from_records(tmp_path):
     assert "broken/record.json" in result.stderr + result.stdout
     table = pd.read_parquet(out / "results.parquet")
     assert len(table) == 15 and len(pd.read_csv(out / "results.csv")) == 15
-    fits = json.loads((out / "fits.json").read_text())["isoflop"]
-    assert fits["a"] == pytest.approx(0.5, abs=0.03) and fits["b"] == pytest.approx(0.5, abs=0.03)
+    fits = json.loads((out / "fits.json").read_text())
+    assert fits["isoflop"]["a"] == pytest.approx(0.5, abs=0.03) and fits["isoflop"]["b"] == pytest.approx(0.5, abs=0.03)
+    low, high = fits["isoflop"]["a_interval"]
+    assert low <= fits["isoflop"]["a"] <= high
+    # The records follow L = E + A/N^alpha + B/D^beta exactly: approach 3 recovers it and extrapolates to the last budget.
+    assert fits["parametric"]["alpha"] == pytest.approx(0.34, abs=0.01) and fits["parametric"]["E"] == pytest.approx(1.7, abs=0.02)
+    assert fits["extrapolation"]["approach3_mean_abs_rel_error"] < 0.01
     text = (out / "report.md").read_text()
-    for figure in ("isoflop", "n_opt_vs_compute", "loss_curves", "loss_vs_compute"):
+    assert "## Extrapolation check" in text and "## Approach 3" in text
+    for figure in ("isoflop", "n_opt_vs_compute", "loss_curves", "loss_vs_compute", "parametric_contours", "residuals"):
         assert f"({figure}.png)" in text and (out / f"{figure}.svg").exists()
 
 
