@@ -3,6 +3,8 @@
 fit_power_law  y = E + A * x^-alpha (or A * x^-alpha), least squares on log y with a soft-L1 (robust) loss, several starts.
 fit_isoflop    Chinchilla approach 2 (Hoffmann et al. 2022, sec. 3.2): per compute budget a parabola of loss in
                log N, its minimum N_opt; then N_opt = k * C^a and D_opt = C / (6 N_opt) ~ C^b.
+fit_envelope   Chinchilla approach 1 (sec. 3.1): the lower envelope of loss over FLOPs across training curves, the
+               model size on it per FLOP value, and power laws N_opt ~ C^a, D_opt ~ C^b.
 fit_parametric Chinchilla approach 3 (sec. 3.3): L = E + A/N^alpha + B/D^beta, the Huber loss of log L summed
                over points, L-BFGS from the paper's grid of starts.
 bootstrap      resampling confidence intervals for any of them.
@@ -128,6 +130,58 @@ def fit_isoflop(C, N, loss) -> IsoFlopFit:
     return IsoFlopFit(a=float(a), b=float(b), k=float(np.exp(log_k)), minima=minima, parabolas=parabolas)
 
 
+# --- approach 1 ---------------------------------------------------------------------------------------------
+
+@dataclass
+class EnvelopeFit:
+    a: float                 # N_opt ~ C^a along the envelope
+    b: float                 # D_opt ~ C^b
+    k: float                 # N_opt = k * C^a
+    envelope: pd.DataFrame   # per FLOP value: flops, loss, N_opt, D_opt
+
+    def predict(self, C) -> np.ndarray:
+        """N_opt for compute C."""
+        return self.k * np.asarray(C, dtype=float) ** self.a
+
+
+def fit_envelope(curves: pd.DataFrame, *, points: int = 1500) -> EnvelopeFit:
+    """`curves`: one row per evaluation with columns run, N, tokens, flops, loss.
+
+    At `points` log-spaced FLOP values, each run's loss is interpolated (linearly in log FLOPs, within the run's
+    own range only); the lowest is the envelope, and its run's N (and the tokens it had seen) are N_opt and D_opt.
+    Chinchilla fitted 1500 such points. As there, the intermediate points of a run with a cosine schedule sit
+    above what a run ending there would reach, which biases the envelope toward longer schedules.
+    """
+    missing = {"run", "N", "tokens", "flops", "loss"} - set(curves.columns)
+    if missing:
+        raise FitError(f"curves lack the columns {sorted(missing)}")
+    for column in ("N", "tokens", "flops", "loss"):
+        _as_positive_array(curves[column], column)
+    if curves["N"].nunique() < 2:
+        raise FitError(f"an envelope needs runs of at least 2 model sizes, got {curves['N'].nunique()}")
+    grid = np.geomspace(curves["flops"].min(), curves["flops"].max(), points)
+    log_grid = np.log(grid)
+    best_loss = np.full(points, np.inf)
+    best_n, best_d = np.full(points, np.nan), np.full(points, np.nan)
+    for _, run in curves.sort_values("flops").groupby("run"):
+        if len(run) < 2:
+            continue
+        log_f = np.log(run["flops"].to_numpy())
+        inside = (log_grid >= log_f[0]) & (log_grid <= log_f[-1])
+        loss = np.interp(log_grid[inside], log_f, run["loss"].to_numpy())
+        tokens = np.exp(np.interp(log_grid[inside], log_f, np.log(run["tokens"].to_numpy())))
+        better = loss < best_loss[inside]
+        where = np.flatnonzero(inside)[better]
+        best_loss[where], best_n[where], best_d[where] = loss[better], run["N"].iloc[0], tokens[better]
+    found = np.isfinite(best_loss)
+    envelope = pd.DataFrame({"flops": grid[found], "loss": best_loss[found], "N_opt": best_n[found], "D_opt": best_d[found]})
+    if envelope["N_opt"].nunique() < 2:
+        raise FitError("one model size is best at every FLOP value: the envelope does not move, add smaller/larger models")
+    a, log_k = np.polyfit(np.log(envelope["flops"]), np.log(envelope["N_opt"]), 1)
+    b, _ = np.polyfit(np.log(envelope["flops"]), np.log(envelope["D_opt"]), 1)
+    return EnvelopeFit(a=float(a), b=float(b), k=float(np.exp(log_k)), envelope=envelope)
+
+
 # --- approach 3 ---------------------------------------------------------------------------------------------
 # Chinchilla's grid of starts (Hoffmann et al. 2022, app. D.2): alpha, beta in {0, 0.5, ..., 2},
 # e = log E in {-1, -0.5, ..., 1}, a = log A and b = log B in {0, 5, ..., 25}: 4500 starts.
@@ -239,8 +293,9 @@ def fit_parametric(N, D, loss, *, huber_delta: float = 1e-3, init: ParametricFit
                 found = list(pool.map(_minimise_from, shares, *([x] * workers for x in (log_n, log_d, log_loss, huber_delta))))
             objective, theta = min(found, key=lambda pair: pair[0])
     a, b, e, alpha, beta = theta
-    return ParametricFit(E=float(np.exp(e)), A=float(np.exp(a)), B=float(np.exp(b)), alpha=float(alpha),
-                         beta=float(beta), objective=objective, n_points=len(N))
+    with np.errstate(over="ignore"):  # an unidentified fit can run log A off to where A is inf: report it as such
+        return ParametricFit(E=float(np.exp(e)), A=float(np.exp(a)), B=float(np.exp(b)), alpha=float(alpha),
+                             beta=float(beta), objective=objective, n_points=len(N))
 
 
 # --- bootstrap --------------------------------------------------------------------------------------------------

@@ -151,3 +151,17 @@ def residuals(runs: pd.DataFrame, law, out_dir: Path, name: str = "residuals") -
     ax.set(xscale="log", xlabel="non-embedding parameters N", ylabel="measured / fitted - 1", title="Residuals (approach 3)")
     ax.legend(fontsize=8)
     return save(fig, out_dir, name)
+
+
+def power_law(x, loss, fit, name: str, out_dir: Path, file_name: str) -> list[Path]:
+    """Loss against one variable with its fitted E + A x^-alpha and the irreducible E."""
+    import numpy as np
+    sns.set_theme(style="whitegrid")
+    fig, ax = plt.subplots(figsize=(6.0, 4.0))
+    grid = np.geomspace(min(x) / 2, max(x) * 4, 100)
+    ax.scatter(x, loss, color="C0", zorder=5, label="runs")
+    ax.plot(grid, fit.predict(grid), color="C0", lw=1, label=f"{fit.E:.3g} + {fit.A:.3g} {name}^-{fit.alpha:.3f}")
+    ax.axhline(fit.E, color="grey", lw=1, ls="--", label=f"E = {fit.E:.3g}")
+    ax.set(xscale="log", xlabel=name, ylabel="validation loss (nats/token)", title=f"L({name})")
+    ax.legend(fontsize=8)
+    return save(fig, out_dir, file_name)

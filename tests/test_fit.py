@@ -147,3 +147,31 @@ def test_bootstrap_is_seeded_and_brackets_the_estimate():
     for name in ("E", "alpha", "beta", "a", "b"):
         low, high = first[name]
         assert low < high and low <= getattr(fit, name) <= high
+
+
+# --- approach 1 (fit_envelope) ----------------------------------------------------------------------------
+from harness.fit import fit_envelope  # noqa: E402
+
+
+def synthetic_curves(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28):
+    """Loss curves of 40 model sizes, each trained across 3 decades of tokens, from a known law."""
+    rows = []
+    for run, N in enumerate(np.geomspace(1e7, 1e10, 40)):
+        for D in np.geomspace(1e8, 1e12, 60):
+            rows.append({"run": run, "N": N, "tokens": D, "flops": 6 * N * D, "loss": E + A / N**alpha + B / D**beta})
+    return pd.DataFrame(rows)
+
+
+def test_envelope_recovers_the_allocation_exponents():
+    fit = fit_envelope(synthetic_curves())
+    a_true = 0.28 / (0.34 + 0.28)
+    assert fit.a == pytest.approx(a_true, abs=0.03) and fit.b == pytest.approx(1 - a_true, abs=0.03)
+    assert (np.diff(fit.envelope["loss"]) <= 1e-12).all()  # the envelope only falls with compute
+
+
+def test_envelope_bad_input_is_a_clear_error():
+    one_size = synthetic_curves().query("run == 3")
+    with pytest.raises(FitError, match="at least 2 model sizes"):
+        fit_envelope(one_size)
+    with pytest.raises(FitError, match="lack the columns"):
+        fit_envelope(one_size.drop(columns="tokens"))
