@@ -8,6 +8,7 @@ import argparse
 import importlib
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -64,11 +65,16 @@ def generic_analysis(df: pd.DataFrame, out: Path) -> list[str]:
     ok = df[df["status"] == "ok"]
     if ok.empty or "metrics.val_loss" not in ok.columns:
         return []
+    sections = []
     runs = runs_table(ok)
-    plots.loss_vs_compute(runs, out)
-    plots.loss_curves(curves_table(df), out)
-    return ["## Loss vs compute\n\n![loss vs compute](loss_vs_compute.png)",
-            "## Loss curves\n\n![loss curves](loss_curves.png)"]
+    if {"flops", "params"} <= set(runs.columns):
+        plots.loss_vs_compute(runs, out)
+        sections.append("## Loss vs compute\n\n![loss vs compute](loss_vs_compute.png)")
+    curves = curves_table(df)
+    if not curves.empty:
+        plots.loss_curves(curves, out)
+        sections.append("## Loss curves\n\n![loss curves](loss_curves.png)")
+    return sections
 
 
 def _study_of(df: pd.DataFrame, study: str | None) -> str:
@@ -79,6 +85,7 @@ def _study_of(df: pd.DataFrame, study: str | None) -> str:
 
 
 def build_report(paths, out: Path, study: str | None = None, echo: bool = False) -> Path:
+    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     df = load_results(paths)
@@ -90,8 +97,9 @@ def build_report(paths, out: Path, study: str | None = None, echo: bool = False)
     sections = [f"# Report: {study}", f"{len(df)} runs ({', '.join(f'{n} {s}' for s, n in df['status'].value_counts().items())}).",
                 "## Runs\n\n" + markdown_table(table)]
     failed = df[df["status"] != "ok"]
-    if not failed.empty:
-        sections.append("## Runs that did not finish ok\n\n" + markdown_table(failed[["status", "error", "path"]]))
+    if not failed.empty:  # record paths relative to the first directory given, so a committed report reads anywhere
+        where = failed.assign(path=failed["path"].map(lambda p: os.path.relpath(p, Path(paths[0]) if Path(paths[0]).is_dir() else ".")))
+        sections.append("## Runs that did not finish ok\n\n" + markdown_table(where[["status", "error", "path"]]))
     if study != "none" and importlib.util.find_spec(f"studies.{study}") is not None:
         sections += importlib.import_module(f"studies.{study}").analyse(df, out)
     else:

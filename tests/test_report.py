@@ -2,6 +2,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -69,3 +70,40 @@ def test_figures_are_byte_for_byte_reproducible(tmp_path):
 def test_report_on_an_empty_directory_is_one_clear_line(tmp_path):
     result = report(tmp_path)
     assert result.returncode != 0 and "no records under" in result.stderr
+
+
+def write_kaplan_records(root):
+    """An N x D grid following L = 1.7 + 300/N^0.3 + 900/D^0.35."""
+    job = 0
+    for N in np.geomspace(1e5, 1e8, 5):
+        for D in np.geomspace(1e7, 1e10, 5):
+            config = {"study": {"name": "kaplan"}, "model": {"params": N}, "data": {"tokens": D}}
+            records.write_record(root / str(job), {
+                "config": config, "config_hash": records.config_hash(config), "status": "ok", "error": None,
+                "metrics": {"val_loss": 1.7 + 300 / N**0.3 + 900 / D**0.35, "tokens": D, "flops": 6 * N * D},
+                "model_info": {"params_non_embedding": N}, "curve": []})
+            job += 1
+
+
+def test_kaplan_report_fits_both_laws(tmp_path):
+    write_kaplan_records(tmp_path / "sweep")
+    result = report(tmp_path / "sweep")
+    assert result.returncode == 0, result.stderr
+    fits = json.loads((tmp_path / "sweep" / "report" / "fits.json").read_text())
+    # At the largest D the D term is a constant that joins E; likewise for N.
+    assert fits["L(N)"]["alpha"] == pytest.approx(0.30, abs=0.02) and fits["L(D)"]["alpha"] == pytest.approx(0.35, abs=0.02)
+    assert fits["L(N)"]["E"] == pytest.approx(1.7 + 900 / 1e10**0.35, rel=0.02)
+    assert fits["L(N)"]["extrapolation_rel_error"] < 0.01
+
+
+COMMITTED = sorted(p.parent.parent for p in (Path(__file__).resolve().parent.parent / "results").glob("*/report/report.md"))
+
+
+@pytest.mark.parametrize("study_dir", COMMITTED, ids=[p.name for p in COMMITTED])
+def test_committed_reports_rebuild_from_their_records(tmp_path, study_dir):
+    result = report(study_dir, "--out", tmp_path)
+    assert result.returncode == 0, result.stderr
+    committed = study_dir / "report"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in committed.iterdir())
+    assert (tmp_path / "report.md").read_text() == (committed / "report.md").read_text().replace(str(committed), str(tmp_path))
+    assert json.loads((tmp_path / "fits.json").read_text()) == json.loads((committed / "fits.json").read_text())
