@@ -41,12 +41,14 @@ class PowerLawFit:
     A: float
     alpha: float
     E: float = 0.0
+    intervals: dict = field(default_factory=dict)   # parameter -> (low, high) when asked for
 
     def predict(self, x) -> np.ndarray:
         return self.E + self.A * np.asarray(x, dtype=float) ** -self.alpha
 
 
-def fit_power_law(x, y, *, irreducible: bool = True) -> PowerLawFit:
+def fit_power_law(x, y, *, irreducible: bool = True, intervals: int = 0, seed: int = 0) -> PowerLawFit:
+    """`intervals`: that many bootstrap resamples for 95% intervals on the fit (0: none)."""
     x, y = _as_positive_array(x, "x"), _as_positive_array(y, "y")
     if len(x) != len(y):
         raise FitError(f"x and y differ in length ({len(x)} vs {len(y)})")
@@ -70,7 +72,11 @@ def fit_power_law(x, y, *, irreducible: bool = True) -> PowerLawFit:
     best = min((optimize.least_squares(residuals, start, loss="soft_l1", f_scale=0.05) for start in starts),
                key=lambda result: result.cost)
     log_a, alpha = best.x[0], best.x[1]
-    return PowerLawFit(A=float(np.exp(log_a)), alpha=float(alpha), E=float(np.exp(best.x[2])) if irreducible else 0.0)
+    fit = PowerLawFit(A=float(np.exp(log_a)), alpha=float(alpha), E=float(np.exp(best.x[2])) if irreducible else 0.0)
+    if intervals:
+        fit.intervals = bootstrap(fit_power_law, x, y, n_resamples=intervals, seed=seed, irreducible=irreducible,
+                                  params=["A", "alpha", "E"] if irreducible else ["A", "alpha"])
+    return fit
 
 
 @dataclass
@@ -80,13 +86,15 @@ class IsoFlopFit:
     k: float                 # N_opt = k * C^a
     minima: pd.DataFrame     # one row per budget: C, N_opt, D_opt, loss_opt, interior, curvature
     parabolas: dict = field(default_factory=dict)   # C -> (c2, c1, c0) of loss = c2 (ln N)^2 + c1 ln N + c0
+    intervals: dict = field(default_factory=dict)   # parameter -> (low, high) when asked for
 
     def predict(self, C) -> np.ndarray:
         """N_opt for compute C."""
         return self.k * np.asarray(C, dtype=float) ** self.a
 
 
-def fit_isoflop(C, N, loss) -> IsoFlopFit:
+def fit_isoflop(C, N, loss, *, intervals: int = 0, seed: int = 0) -> IsoFlopFit:
+    """`intervals`: that many bootstrap resamples of the runs for 95% intervals on a, b and k (0: none)."""
     C, N, loss = (_as_positive_array(v, name) for v, name in ((C, "C"), (N, "N"), (loss, "loss")))
     if not len(C) == len(N) == len(loss):
         raise FitError(f"C, N and loss differ in length ({len(C)}, {len(N)}, {len(loss)})")
@@ -127,7 +135,10 @@ def fit_isoflop(C, N, loss) -> IsoFlopFit:
                        f"a power law needs 2: {'; '.join(f'C={r.C:.3g}: {r.why}' for r in minima.itertuples() if not r.interior)}")
     a, log_k = np.polyfit(np.log(good["C"]), np.log(good["N_opt"]), 1)
     b, _ = np.polyfit(np.log(good["C"]), np.log(good["D_opt"]), 1)
-    return IsoFlopFit(a=float(a), b=float(b), k=float(np.exp(log_k)), minima=minima, parabolas=parabolas)
+    fit = IsoFlopFit(a=float(a), b=float(b), k=float(np.exp(log_k)), minima=minima, parabolas=parabolas)
+    if intervals:
+        fit.intervals = bootstrap(fit_isoflop, C, N, loss, n_resamples=intervals, seed=seed, params=["a", "b", "k"])
+    return fit
 
 
 # --- approach 1 ---------------------------------------------------------------------------------------------
@@ -267,12 +278,12 @@ def _check_points(arrays: dict, n_params: int) -> list[np.ndarray]:
 
 
 def fit_parametric(N, D, loss, *, huber_delta: float = 1e-3, init: ParametricFit | None = None,
-                   workers: int | None = None) -> ParametricFit:
+                   workers: int | None = None, intervals: int = 0, seed: int = 0) -> ParametricFit:
     """L = E + A/N^alpha + B/D^beta as Chinchilla fitted it: the Huber loss (delta 1e-3) of log-space residuals,
     summed, not averaged (an average makes the gradients ~240x smaller and scipy's L-BFGS stops after a couple
     of iterations near its start, the known cause of the paper's unreproducible numbers), minimised with L-BFGS
     from all 4500 grid starts in `workers` processes (default: every core). `init` starts from one earlier fit
-    instead (what bootstrap resamples do).
+    instead (what bootstrap resamples do). `intervals`: that many bootstrap resamples for 95% intervals (0: none).
     """
     N, D, loss = _check_points({"N": N, "D": D, "loss": loss}, 5)
     log_n, log_d, log_loss = np.log(N), np.log(D), np.log(loss)
@@ -294,8 +305,12 @@ def fit_parametric(N, D, loss, *, huber_delta: float = 1e-3, init: ParametricFit
             objective, theta = min(found, key=lambda pair: pair[0])
     a, b, e, alpha, beta = theta
     with np.errstate(over="ignore"):  # an unidentified fit can run log A off to where A is inf: report it as such
-        return ParametricFit(E=float(np.exp(e)), A=float(np.exp(a)), B=float(np.exp(b)), alpha=float(alpha),
-                             beta=float(beta), objective=objective, n_points=len(N))
+        fit = ParametricFit(E=float(np.exp(e)), A=float(np.exp(a)), B=float(np.exp(b)), alpha=float(alpha),
+                            beta=float(beta), objective=objective, n_points=len(N))
+    if intervals:
+        fit.intervals = bootstrap(fit_parametric, N, D, loss, n_resamples=intervals, seed=seed, init=fit,
+                                  huber_delta=huber_delta, workers=workers)
+    return fit
 
 
 # --- bootstrap --------------------------------------------------------------------------------------------------

@@ -95,14 +95,24 @@ def optimal_size(fit, out_dir: Path, name: str = "n_opt_vs_compute") -> list[Pat
     ax.scatter(best["C"], best["D_opt"], color="C1", label="D_opt (tokens)")
     d_line = np.exp(np.polyval(np.polyfit(np.log(best["C"]), np.log(best["D_opt"]), 1), np.log(grid)))
     ax.plot(grid, d_line, color="C1", lw=1, label=f"D_opt ~ C^{fit.b:.2f}")
+    if fit.intervals:  # the band the bootstrap's 95% interval of the exponent spans, pivoting on the geometric mean
+        pivot = np.exp(np.log(best["C"]).mean())
+        low, high = fit.intervals["a"]
+        ax.fill_between(grid, fit.predict(pivot) * (grid / pivot) ** low, fit.predict(pivot) * (grid / pivot) ** high,
+                        color="C0", alpha=0.15, lw=0, label=f"a in [{low:.2f}, {high:.2f}] (95%)")
+    # References through the same pivot: Chinchilla a = 0.50 (approach 2: 0.49), Kaplan a = 0.73.
+    pivot = np.exp(np.log(best["C"]).mean())
+    for slope, style, label in ((0.49, "--", "Chinchilla a = 0.49"), (0.73, ":", "Kaplan a = 0.73")):
+        ax.plot(grid, fit.predict(pivot) * (grid / pivot) ** slope, color="grey", ls=style, lw=1, label=label)
     ax.set(xscale="log", yscale="log", xlabel="training FLOPs C", ylabel="compute-optimal N, D",
            title="Compute-optimal allocation (approach 2)")
     ax.legend(fontsize=8)
     return save(fig, out_dir, name)
 
 
-def attention_scaling(table: pd.DataFrame, fits: pd.DataFrame, out_dir: Path) -> list[Path]:
-    """Time and memory against sequence length (log-log), one line per variant, a panel per pass."""
+def attention_scaling(table: pd.DataFrame, fits: pd.DataFrame, crossovers: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """Time and memory against sequence length (log-log), one line per variant, a panel per pass; on the time
+    panels a dotted line where each linear variant overtakes the baseline."""
     paths = []
     for column, label, exponent, name in (("time_s", "median time per call (s)", "k_time", "attention_time"),
                                           ("memory_bytes", "peak memory (bytes)", "m_memory", "attention_memory")):
@@ -115,6 +125,11 @@ def attention_scaling(table: pd.DataFrame, fits: pd.DataFrame, out_dir: Path) ->
             frame = at.assign(variant=at["variant"].map(lambda v: f"{v} (slope {slopes.get(v, float('nan')):.2f})"))
             sns.lineplot(frame, x="seq_len", y=column, hue="variant", marker="o", ax=ax, palette="deep")
             ax.set(xscale="log", yscale="log", xlabel="sequence length n", ylabel=label, title=mode)
+            if column == "time_s" and not crossovers.empty:
+                for row in crossovers[(crossovers["mode"] == mode) & crossovers["faster_from_seq_len"].notna()].itertuples():
+                    ax.axvline(row.faster_from_seq_len, color="grey", ls=":", lw=1)
+                    ax.annotate(f"{row.variant} < {row.versus}\nfrom n={row.faster_from_seq_len:.0f}", (row.faster_from_seq_len, 0.02),
+                                xycoords=("data", "axes fraction"), fontsize=7, rotation=90, ha="right", va="bottom")
             ax.legend(fontsize=8, title=None)
         paths += save(fig, out_dir, name)
     return paths

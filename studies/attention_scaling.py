@@ -43,6 +43,23 @@ def exponents(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def extrapolation(table: pd.DataFrame) -> pd.DataFrame:
+    """Fit time ~ n^k without the longest length, predict it: the relative error per variant and pass."""
+    rows = []
+    for (variant, mode), group in table.groupby(["variant", "mode"]):
+        fit_range = group[group["seq_len"] >= FIT_FROM]
+        if len(fit_range) < 4:
+            continue
+        longest = fit_range["seq_len"].max()
+        law = fit_power_law(fit_range["seq_len"][fit_range["seq_len"] < longest],
+                            fit_range["time_s"][fit_range["seq_len"] < longest], irreducible=False)
+        measured = float(fit_range.loc[fit_range["seq_len"] == longest, "time_s"].iloc[0])
+        rows.append({"variant": variant, "mode": mode, "held_out_seq_len": int(longest),
+                     "predicted_s": float(law.predict(longest)), "measured_s": measured,
+                     "rel_error": float(law.predict(longest) / measured - 1)})
+    return pd.DataFrame(rows)
+
+
 def crossover(lengths, time_linear, time_base) -> float | None:
     """The length from which the linear variant stays faster: log-log interpolation at the last sign change."""
     ratio = np.log(np.asarray(time_linear) / np.asarray(time_base))
@@ -75,10 +92,11 @@ def analyse(df: pd.DataFrame, out: Path) -> list[str]:
     table = points(df)
     if table.empty:
         return ["No attention measurements finished ok."]
-    fits, cross = exponents(table), crossovers(table)
-    plots.attention_scaling(table, fits, out)
+    fits, cross, check = exponents(table), crossovers(table), extrapolation(table)
+    plots.attention_scaling(table, fits, cross, out)
     (out / "fits.json").write_text(json.dumps({"exponents": fits.to_dict(orient="records"),
-                                               "crossovers": cross.to_dict(orient="records")}, indent=1, default=float))
+                                               "crossovers": cross.to_dict(orient="records"),
+                                               "extrapolation": check.to_dict(orient="records")}, indent=1, default=float))
     device = df["kernel_info.device_name"].dropna().iloc[0] if "kernel_info.device_name" in df else "unknown"
     wide = table.pivot_table(index="seq_len", columns=["mode", "variant"], values="time_s")
     wide.columns = [f"{mode} {variant} (s)" for mode, variant in wide.columns]
@@ -87,6 +105,8 @@ def analyse(df: pd.DataFrame, out: Path) -> list[str]:
         f"head_dim {int(df['task.head_dim'].iloc[0])}, {df['task.dtype'].iloc[0]}.",
         "## Fitted exponents (time ~ n^k, memory ~ n^m)\n\n" + markdown_table(fits),
         f"## Where the linear variants overtake {BASELINE}\n\n" + (markdown_table(cross) if not cross.empty else "No overlap."),
+        "## Extrapolation check\n\nEach time law fitted without the longest length, then predicting it:\n\n"
+        + (markdown_table(check) if not check.empty else "Too few lengths."),
         "## Median time per call\n\n" + markdown_table(wide.reset_index()),
         "![time vs sequence length](attention_time.png)\n\n![memory vs sequence length](attention_memory.png)",
     ]

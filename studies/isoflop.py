@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from harness import plots
-from harness.fit import FitError, bootstrap, fit_envelope, fit_isoflop, fit_parametric
+from harness.fit import FitError, fit_envelope, fit_isoflop, fit_parametric
 from harness.report import curves_table, generic_analysis, markdown_table
 
 RESAMPLES = 1000
@@ -63,8 +63,8 @@ def analyse(df: pd.DataFrame, out: Path) -> list[str]:
     runs = runs_of(df)
     fits: dict = {}
     try:
-        iso = fit_isoflop(runs["C"], runs["params"], runs["val_loss"])
-        iso_ci = bootstrap(fit_isoflop, runs["C"], runs["params"], runs["val_loss"], n_resamples=RESAMPLES, params=["a", "b"])
+        iso = fit_isoflop(runs["C"], runs["params"], runs["val_loss"], intervals=RESAMPLES)
+        iso_ci = iso.intervals
         plots.isoflop_curves(runs, iso, out)
         plots.optimal_size(iso, out)
         minima = iso.minima[["C", "N_opt", "D_opt", "loss_opt", "interior", "why"]]
@@ -91,8 +91,8 @@ def analyse(df: pd.DataFrame, out: Path) -> list[str]:
     except FitError as error:
         sections.append(f"## Approach 1: envelope\n\nNot available from these runs: {error}")
     try:
-        law = fit_parametric(runs["params"], runs["tokens"], runs["val_loss"])
-        law_ci = bootstrap(fit_parametric, runs["params"], runs["tokens"], runs["val_loss"], n_resamples=RESAMPLES, init=law)
+        law = fit_parametric(runs["params"], runs["tokens"], runs["val_loss"], intervals=RESAMPLES)
+        law_ci = law.intervals
         plots.parametric_contours(runs, law, out)
         plots.residuals(runs, law, out)
         names = ("E", "A", "B", "alpha", "beta", "a", "b")

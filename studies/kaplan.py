@@ -12,15 +12,15 @@ import numpy as np
 import pandas as pd
 
 from harness import plots
-from harness.fit import FitError, bootstrap, fit_power_law
+from harness.fit import FitError, fit_power_law
 from harness.report import generic_analysis, markdown_table
 
 RESAMPLES = 1000
 
 
 def law_section(x: pd.Series, loss: pd.Series, name: str, fixed: str) -> tuple[str, dict]:
-    fit = fit_power_law(x, loss)
-    ci = bootstrap(fit_power_law, x, loss, n_resamples=RESAMPLES, params=["E", "A", "alpha"])
+    fit = fit_power_law(x, loss, intervals=RESAMPLES)
+    ci = fit.intervals
     held = x == x.max()
     check = fit_power_law(x[~held], loss[~held])
     error = float(abs(check.predict(x[held]).mean() / loss[held].mean() - 1))
