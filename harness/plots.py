@@ -50,13 +50,16 @@ def loss_curves(curves: pd.DataFrame, out_dir: Path, name: str = "loss_curves") 
     return save(fig, out_dir, name)
 
 
-def loss_vs_compute(runs: pd.DataFrame, out_dir: Path, name: str = "loss_vs_compute") -> list[Path]:
-    """Final validation loss against compute, one marker colour per model size."""
+def loss_vs_compute(runs: pd.DataFrame, out_dir: Path, name: str = "loss_vs_compute", frontier=None) -> list[Path]:
+    """Final validation loss against compute, one marker colour per model size; `frontier` (C, loss) draws the
+    compute-optimal frontier through it."""
     sns.set_theme(style="whitegrid")
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     frame = runs.assign(size=runs["params"].map(_label_params))
     order = [_label_params(n) for n in sorted(runs["params"].unique())]
     sns.scatterplot(frame, x="flops", y="val_loss", hue="size", hue_order=order, palette="viridis", s=50, ax=ax)
+    if frontier is not None:
+        ax.plot(frontier[0], frontier[1], color="crimson", marker="*", ms=10, lw=1.2, label="compute-optimal frontier", zorder=4)
     ax.set(xscale="log", xlabel="training FLOPs", ylabel="final validation loss (nats/token)", title="Loss vs compute")
     ax.legend(title="non-embedding params", fontsize=8)
     return save(fig, out_dir, name)

@@ -14,7 +14,7 @@ import pandas as pd
 
 from harness import plots
 from harness.fit import FitError, fit_envelope, fit_isoflop, fit_parametric
-from harness.report import curves_table, generic_analysis, markdown_table
+from harness.report import curves_table, generic_analysis, markdown_table, runs_table
 
 RESAMPLES = 1000
 
@@ -66,6 +66,8 @@ def analyse(df: pd.DataFrame, out: Path) -> list[str]:
         iso = fit_isoflop(runs["C"], runs["params"], runs["val_loss"], intervals=RESAMPLES)
         iso_ci = iso.intervals
         plots.isoflop_curves(runs, iso, out)
+        best = iso.minima[iso.minima["interior"]]
+        plots.loss_vs_compute(runs_table(df[df["status"] == "ok"]), out, frontier=(best["C"], best["loss_opt"]))
         plots.optimal_size(iso, out)
         minima = iso.minima[["C", "N_opt", "D_opt", "loss_opt", "interior", "why"]]
         fits["isoflop"] = {"a": iso.a, "b": iso.b, "k": iso.k, "a_interval": iso_ci["a"], "b_interval": iso_ci["b"],

