@@ -149,19 +149,21 @@ class EnvelopeFit:
     b: float                 # D_opt ~ C^b
     k: float                 # N_opt = k * C^a
     envelope: pd.DataFrame   # per FLOP value: flops, loss, N_opt, D_opt
+    intervals: dict = field(default_factory=dict)   # parameter -> (low, high) when asked for
 
     def predict(self, C) -> np.ndarray:
         """N_opt for compute C."""
         return self.k * np.asarray(C, dtype=float) ** self.a
 
 
-def fit_envelope(curves: pd.DataFrame, *, points: int = 1500) -> EnvelopeFit:
+def fit_envelope(curves: pd.DataFrame, *, points: int = 1500, intervals: int = 0, seed: int = 0) -> EnvelopeFit:
     """`curves`: one row per evaluation with columns run, N, tokens, flops, loss.
 
     At `points` log-spaced FLOP values, each run's loss is interpolated (linearly in log FLOPs, within the run's
     own range only); the lowest is the envelope, and its run's N (and the tokens it had seen) are N_opt and D_opt.
     Chinchilla fitted 1500 such points. As there, the intermediate points of a run with a cosine schedule sit
     above what a run ending there would reach, which biases the envelope toward longer schedules.
+    `intervals`: that many bootstrap resamples of whole runs (a curve is resampled as a unit) for 95% intervals.
     """
     missing = {"run", "N", "tokens", "flops", "loss"} - set(curves.columns)
     if missing:
@@ -190,7 +192,22 @@ def fit_envelope(curves: pd.DataFrame, *, points: int = 1500) -> EnvelopeFit:
         raise FitError("one model size is best at every FLOP value: the envelope does not move, add smaller/larger models")
     a, log_k = np.polyfit(np.log(envelope["flops"]), np.log(envelope["N_opt"]), 1)
     b, _ = np.polyfit(np.log(envelope["flops"]), np.log(envelope["D_opt"]), 1)
-    return EnvelopeFit(a=float(a), b=float(b), k=float(np.exp(log_k)), envelope=envelope)
+    fit = EnvelopeFit(a=float(a), b=float(b), k=float(np.exp(log_k)), envelope=envelope)
+    if intervals:
+        runs = curves["run"].unique()
+        rng = np.random.default_rng(seed)
+        draws = []
+        for _ in range(intervals):
+            picked = rng.choice(runs, len(runs))
+            resample = pd.concat([curves[curves["run"] == run].assign(run=i) for i, run in enumerate(picked)])
+            try:
+                draws.append(fit_envelope(resample, points=points))
+            except FitError:
+                continue
+        if draws:
+            fit.intervals = {name: tuple(np.percentile([getattr(d, name) for d in draws], [2.5, 97.5])) for name in ("a", "b")}
+            fit.intervals["_failed"] = intervals - len(draws)
+    return fit
 
 
 # --- approach 3 ---------------------------------------------------------------------------------------------

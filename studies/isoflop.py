@@ -84,10 +84,13 @@ def analyse(df: pd.DataFrame, out: Path) -> list[str]:
         sections.append(f"## Approach 2: IsoFLOP profiles\n\nNot available from these runs: {error}")
     curves = curves_table(df).rename(columns={"params": "N", "val_loss": "loss"})
     try:
-        envelope = fit_envelope(curves)
-        fits["envelope"] = {"a": envelope.a, "b": envelope.b, "k": envelope.k}
+        envelope = fit_envelope(curves, intervals=200)
+        fits["envelope"] = {"a": envelope.a, "b": envelope.b, "k": envelope.k, "a_interval": envelope.intervals.get("a"),
+                            "b_interval": envelope.intervals.get("b")}
         sections.append("## Approach 1: the lower envelope of the loss curves\n\n"
-                        f"N_opt ~ C^{envelope.a:.3f}, D_opt ~ C^{envelope.b:.3f} over {len(envelope.envelope)} FLOP values "
+                        f"N_opt ~ C^a with a = {with_interval(envelope.a, envelope.intervals.get('a'))}, D_opt ~ C^b with "
+                        f"b = {with_interval(envelope.b, envelope.intervals.get('b'))} (200 resamples of whole runs) over "
+                        f"{len(envelope.envelope)} FLOP values "
                         f"({curves['run'].nunique()} runs, {len(curves)} evaluations; with few evaluations per run and a "
                         "cosine schedule, intermediate points sit above what a shorter run would reach).")
     except FitError as error:

@@ -165,9 +165,10 @@ def synthetic_curves(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28):
 
 
 def test_envelope_recovers_the_allocation_exponents():
-    fit = fit_envelope(synthetic_curves())
+    fit = fit_envelope(synthetic_curves(), intervals=50)
     a_true = 0.28 / (0.34 + 0.28)
     assert fit.a == pytest.approx(a_true, abs=0.03) and fit.b == pytest.approx(1 - a_true, abs=0.03)
+    assert fit.intervals["a"][0] <= fit.a <= fit.intervals["a"][1]
     assert (np.diff(fit.envelope["loss"]) <= 1e-12).all()  # the envelope only falls with compute
 
 
