@@ -9,6 +9,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from harness import precision
+
 from models import attention as attention_registry
 from models.gpt import GPTConfig
 from models.positions import KINDS as POSITION_KINDS
@@ -16,7 +18,6 @@ from models.sizing import shape_for_params
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 GROUPS = ("task", "model", "data", "attention", "precision", "parallel", "study")
-PRECISIONS = ("fp32",)
 PARALLELS = ("single",)
 TASKS = ("train", "attention")
 
@@ -78,8 +79,8 @@ def validate(cfg: DictConfig) -> None:
     if m.positions not in POSITION_KINDS:
         raise ConfigError(f"model.positions={m.positions!r}; known: {', '.join(POSITION_KINDS)}")
 
-    if cfg.precision.name not in PRECISIONS:
-        raise ConfigError(f"precision.name={cfg.precision.name!r}; known: {', '.join(PRECISIONS)}")
+    if cfg.precision.name not in precision.MODES:
+        raise ConfigError(f"precision.name={cfg.precision.name!r}; known: {', '.join(precision.MODES)}")
     if cfg.parallel.name not in PARALLELS:
         raise ConfigError(f"parallel.name={cfg.parallel.name!r}; known: {', '.join(PARALLELS)}")
 

@@ -4,6 +4,8 @@ Deterministic on CPU: the same config gives the same loss curve, bit for bit.
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 import statistics
 import time
@@ -13,7 +15,7 @@ import torch
 from omegaconf import DictConfig
 
 from harness import data as data_sources
-from harness import flops, measure
+from harness import flops, measure, precision
 from harness.config import attention_options, check_data_fits, gpt_config
 from harness.progress import Progress
 from harness.tasks import Diverged, Unsupported
@@ -39,23 +41,36 @@ def make_optimizer(model: torch.nn.Module, t: DictConfig) -> torch.optim.Optimiz
 
 
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-               grad_clip: float) -> torch.Tensor:
-    _, loss = model(x, y)
+               grad_clip: float, cast=contextlib.nullcontext, scaler: torch.amp.GradScaler | None = None):
+    """One optimizer step; returns (loss, whether the gradient scaler skipped the step)."""
+    with cast():
+        _, loss = model(x, y)
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    if scaler is None:
+        loss.backward()
+        if grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        optimizer.step()
+        return loss, False
+    scale = scaler.get_scale()
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
     if grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    optimizer.step()
-    return loss
+    scaler.step(optimizer)      # skipped when the gradients hold inf/NaN; update() then lowers the scale
+    scaler.update()
+    return loss, scaler.get_scale() < scale
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, windows: np.ndarray, batch_size: int, device: torch.device) -> float:
+def evaluate(model: torch.nn.Module, windows: np.ndarray, batch_size: int, device: torch.device,
+             cast=contextlib.nullcontext) -> float:
     model.eval()
     total, count = 0.0, 0
     for i in range(0, len(windows), batch_size):
         chunk = torch.from_numpy(windows[i:i + batch_size]).to(device)
-        _, loss = model(chunk[:, :-1], chunk[:, 1:])
+        with cast():
+            _, loss = model(chunk[:, :-1], chunk[:, 1:])
         total += loss.item() * chunk[:, 1:].numel()
         count += chunk[:, 1:].numel()
     model.train()
@@ -68,7 +83,12 @@ def run(cfg: DictConfig) -> dict:
     device = measure.resolve_device(cfg.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise Unsupported(f"device={cfg.device!r} but CUDA is not available")
-    availability = attention_registry.available(cfg.attention.name, device, torch.float32, **attention_options(cfg))
+    mode = precision.MODES[cfg.precision.name]
+    refused = precision.unsupported(mode.name, device)
+    if refused:
+        raise Unsupported(refused)
+    availability = attention_registry.available(cfg.attention.name, device, mode.autocast or mode.params,
+                                                **attention_options(cfg))
     if not availability:
         raise Unsupported(f"attention={cfg.attention.name}: {availability.reason}")
 
@@ -89,9 +109,12 @@ def run(cfg: DictConfig) -> dict:
     torch.manual_seed(int(cfg.seed))
     if device.type == "cpu":
         torch.use_deterministic_algorithms(True)
-    model = GPT(model_cfg).to(device)
+    model = precision.prepare(GPT(model_cfg).to(device), mode.name)
     counts = model.param_counts()
     optimizer = make_optimizer(model, t)
+    cast = functools.partial(precision.autocast, mode.name, device)
+    scaler = precision.grad_scaler(mode.name, device, float(cfg.precision.get("init_scale", 2.0**16)))
+    skipped_steps = 0
     batches = data_sources.Batches(dataset.train, seq_len, batch_size, seed=int(cfg.seed))
     val_windows = data_sources.validation_windows(dataset.val, seq_len, int(t.eval_tokens))
 
@@ -108,7 +131,9 @@ def run(cfg: DictConfig) -> dict:
                 group["lr"] = lr
             start = measure.timer(device)
             batch = torch.from_numpy(batches.next()).to(device, non_blocking=True)
-            loss = train_step(model, optimizer, batch[:, :-1], batch[:, 1:], grad_clip).item()
+            loss, skipped = train_step(model, optimizer, batch[:, :-1], batch[:, 1:], grad_clip, cast, scaler)
+            loss = loss.item()
+            skipped_steps += skipped
             step_times.append(measure.timer(device) - start)
             train_seconds += step_times[-1]
             if not math.isfinite(loss):
@@ -118,7 +143,7 @@ def run(cfg: DictConfig) -> dict:
                 tokens_done = (step + 1) * tokens_per_step
                 curve.append({"step": step + 1, "tokens": tokens_done, "flops": tokens_done * per_token.causal,
                               "train_loss": statistics.fmean(interval_losses),
-                              "val_loss": evaluate(model, val_windows, batch_size, device), "lr": lr})
+                              "val_loss": evaluate(model, val_windows, batch_size, device, cast), "lr": lr})
                 interval_losses = []
             progress.update(tokens_per_step, loss, tokens_per_step * (step + 1) / train_seconds)
     finally:
@@ -128,7 +153,7 @@ def run(cfg: DictConfig) -> dict:
     tokens = total_steps * tokens_per_step
     tokens_per_s = tokens_per_step * len(timed) / sum(timed)
     quantiles = np.quantile(timed, [0.1, 0.5, 0.9])
-    peak = flops.peak_flops(measure.device_name(device), "fp32")
+    peak = flops.peak_flops(measure.device_name(device), mode.compute)
     val_loss = curve[-1]["val_loss"]
     metrics = {
         "val_loss": val_loss,
@@ -159,5 +184,13 @@ def run(cfg: DictConfig) -> dict:
     }
     data_info = {"train_tokens": len(dataset.train), "val_tokens": len(dataset.val), "vocab_size": dataset.vocab_size,
                  "val_eval_tokens": int(val_windows[:, 1:].size), **dataset.info}
-    return {"metrics": metrics, "model_info": model_info, "data_info": data_info, "curve": curve}
+    precision_info = {  # what was in effect, read off the model and the scaler, not the config
+        "mode": mode.name, "param_dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+        "autocast_dtype": str(mode.autocast).removeprefix("torch.") if mode.autocast else None,
+        "matmul_precision": torch.get_float32_matmul_precision(), "grad_scaling": scaler is not None,
+        "final_scale": scaler.get_scale() if scaler else None, "skipped_steps": skipped_steps,
+        "slow_here": precision.slow_here(mode.name, device),
+    }
+    return {"metrics": metrics, "model_info": model_info, "data_info": data_info, "precision_info": precision_info,
+            "curve": curve}
 
