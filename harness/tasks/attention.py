@@ -6,7 +6,6 @@ beyond its inputs: CUDA's allocator statistics, or on CPU the tensor allocations
 """
 from __future__ import annotations
 
-import itertools
 
 import numpy as np
 import torch
