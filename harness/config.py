@@ -9,7 +9,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from harness import precision
+from harness import precision, quantize
 
 from models import attention as attention_registry
 from models.gpt import GPTConfig
@@ -89,6 +89,9 @@ def validate(cfg: DictConfig) -> None:
     else:
         _positive(cfg.data.tokens, "data.tokens")
     t = cfg.task
+    for method in t.get("eval_quantized") or []:
+        if quantize.unavailable(method):
+            raise ConfigError(f"task.eval_quantized: {quantize.unavailable(method)}")
     _positive(t.batch_size, "task.batch_size", integer=True)
     _positive(t.lr, "task.lr")
     _positive(t.eval_points, "task.eval_points", integer=True)

@@ -45,3 +45,20 @@ def test_gpu_only_precisions_are_unsupported_records_in_a_sweep(tmp_path, tiny):
     assert df.loc["fp32", "status"] == "ok"
     for mode in ("tf32", "fp8"):
         assert df.loc[mode, "status"] == "unsupported" and "needs an NVIDIA GPU" in df.loc[mode, "error"]
+
+
+def test_weight_only_quantized_evaluation_records_memory_and_loss_change(tmp_path, tiny):
+    record = train(tmp_path, tiny, "model.d_model=128", "task.eval_quantized=[int8,nf4]")
+    q = record["quantized"]
+    # d_model 128: every Linear fits NF4's 64 x 256 blocks; 4 bits + block scales < 8 bits + a scale per row < 32 bits.
+    assert q["nf4"]["model_bytes"] < q["int8"]["model_bytes"] < q["full_bytes"]
+    assert q["nf4"]["layers_left_full_precision"] == 0
+    for method in ("int8", "nf4"):
+        assert abs(q[method]["val_loss_change"]) < 0.01
+        assert q[method]["val_loss"] == pytest.approx(record["metrics"]["val_loss"] + q[method]["val_loss_change"])
+
+
+def test_unknown_quantization_is_one_line(tmp_path, tiny):
+    result = harness_cmd(*tiny, "task.eval_quantized=[int3]", "hydra.run.dir=run", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: task.eval_quantized: unknown quantization 'int3'; known: int8, nf4"

@@ -15,7 +15,7 @@ import torch
 from omegaconf import DictConfig
 
 from harness import data as data_sources
-from harness import flops, measure, precision
+from harness import flops, measure, precision, quantize
 from harness.config import attention_options, check_data_fits, gpt_config
 from harness.progress import Progress
 from harness.tasks import Diverged, Unsupported
@@ -184,6 +184,17 @@ def run(cfg: DictConfig) -> dict:
     }
     data_info = {"train_tokens": len(dataset.train), "val_tokens": len(dataset.val), "vocab_size": dataset.vocab_size,
                  "val_eval_tokens": int(val_windows[:, 1:].size), **dataset.info}
+    quantized = {}
+    if t.get("eval_quantized"):
+        quantized["full_bytes"] = quantize.model_bytes(model)
+        for method in t.eval_quantized:
+            try:  # a quantization that fails costs its own entry, never the training result
+                copy, kept = quantize.quantized_copy(model, method)
+                loss = evaluate(copy, val_windows, batch_size, device)
+                quantized[method] = {"model_bytes": quantize.model_bytes(copy), "val_loss": loss,
+                                     "val_loss_change": loss - val_loss, "layers_left_full_precision": kept}
+            except Exception as error:
+                quantized[method] = {"error": f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"}
     precision_info = {  # what was in effect, read off the model and the scaler, not the config
         "mode": mode.name, "param_dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
         "autocast_dtype": str(mode.autocast).removeprefix("torch.") if mode.autocast else None,
@@ -192,5 +203,5 @@ def run(cfg: DictConfig) -> dict:
         "slow_here": precision.slow_here(mode.name, device),
     }
     return {"metrics": metrics, "model_info": model_info, "data_info": data_info, "precision_info": precision_info,
-            "curve": curve}
+            "quantized": quantized, "curve": curve}
 
