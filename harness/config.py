@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import torch
 from omegaconf import DictConfig
 
 from harness import precision, quantize
@@ -20,6 +21,8 @@ CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 GROUPS = ("task", "model", "data", "attention", "precision", "parallel", "study")
 PARALLELS = ("single",)
 TASKS = ("train", "attention")
+ATTENTION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+ATTENTION_MODES = ("fwd", "fwd_bwd")
 
 
 class ConfigError(ValueError):
@@ -115,10 +118,10 @@ def _validate_attention_task(t: DictConfig) -> None:
     for key in ("seq_len", "batch", "heads", "head_dim", "min_repeats", "max_repeats", "error_seq_len"):
         _positive(t[key], f"task.{key}", integer=True)
     _positive(t.max_memory_gb, "task.max_memory_gb")
-    if t.mode not in ("fwd", "fwd_bwd"):
-        raise ConfigError(f"task.mode={t.mode!r}; known: fwd, fwd_bwd")
-    if t.dtype not in ("fp32", "bf16", "fp16"):
-        raise ConfigError(f"task.dtype={t.dtype!r}; known: fp32, bf16, fp16")
+    if t.mode not in ATTENTION_MODES:
+        raise ConfigError(f"task.mode={t.mode!r}; known: {', '.join(ATTENTION_MODES)}")
+    if t.dtype not in ATTENTION_DTYPES:
+        raise ConfigError(f"task.dtype={t.dtype!r}; known: {', '.join(ATTENTION_DTYPES)}")
 
 
 def attention_options(cfg: DictConfig) -> dict:

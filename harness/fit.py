@@ -313,10 +313,10 @@ def fit_parametric(N, D, loss, *, huber_delta: float = 1e-3, init: ParametricFit
                                           {"gtol": 1e-12, "ftol": 1e-15, "maxiter": 5000})
     else:
         workers = workers or os.cpu_count() or 1
-        shares = np.array_split(CHINCHILLA_STARTS, workers)
         if workers == 1:
             objective, theta = _minimise_from(CHINCHILLA_STARTS, log_n, log_d, log_loss, huber_delta)
         else:
+            shares = np.array_split(CHINCHILLA_STARTS, workers)
             with ProcessPoolExecutor(workers, initializer=_one_blas_thread) as pool:
                 found = list(pool.map(_minimise_from, shares, *([x] * workers for x in (log_n, log_d, log_loss, huber_delta))))
             objective, theta = min(found, key=lambda pair: pair[0])

@@ -38,7 +38,7 @@ def degenerate_note(law, runs: pd.DataFrame) -> str:
             "exponents from approach 2 are the ones to read; add budgets or sizes (harness study=isoflop) for approach 3.")
 
 
-def extrapolation(runs: pd.DataFrame) -> dict:
+def extrapolation(runs: pd.DataFrame, full_isoflop=None) -> dict:
     """Fit on every budget but the largest, predict the largest: the errors of both approaches."""
     largest = runs["C"].max()
     train, held = runs[runs["C"] < largest], runs[runs["C"] == largest]
@@ -50,8 +50,10 @@ def extrapolation(runs: pd.DataFrame) -> dict:
     except FitError as error:
         result["approach3"] = str(error)
     try:
-        full, partial = fit_isoflop(runs["C"], runs["params"], runs["val_loss"]), fit_isoflop(train["C"], train["params"], train["val_loss"])
-        measured = full.minima.set_index("C").loc[largest, "N_opt"]
+        if full_isoflop is None:
+            raise FitError("no IsoFLOP fit of all the budgets to compare with")
+        partial = fit_isoflop(train["C"], train["params"], train["val_loss"])
+        measured = full_isoflop.minima.set_index("C").loc[largest, "N_opt"]
         result["approach2_n_opt_ratio"] = float(partial.predict(largest) / measured)
     except (FitError, KeyError) as error:
         result["approach2"] = str(error)
@@ -62,6 +64,7 @@ def analyse(df: pd.DataFrame, out: Path) -> list[str]:
     sections = generic_analysis(df, out)
     runs = runs_of(df)
     fits: dict = {}
+    iso = None
     try:
         iso = fit_isoflop(runs["C"], runs["params"], runs["val_loss"], intervals=RESAMPLES)
         iso_ci = iso.intervals
@@ -114,7 +117,7 @@ def analyse(df: pd.DataFrame, out: Path) -> list[str]:
     except FitError as error:
         sections.append(f"## Approach 3: parametric fit\n\nNot available from these runs: {error}")
     if runs["C"].nunique() >= 3:
-        fits["extrapolation"] = check = extrapolation(runs)
+        fits["extrapolation"] = check = extrapolation(runs, iso)
         lines = [f"- approach 3, mean |relative error| of the held-out losses: {check['approach3_mean_abs_rel_error']:.2%}"
                  if "approach3_mean_abs_rel_error" in check else f"- approach 3: {check.get('approach3')}",
                  f"- approach 2, predicted / measured N_opt at the held-out budget: {check['approach2_n_opt_ratio']:.3f}"

@@ -12,13 +12,11 @@ import torch
 from omegaconf import DictConfig
 
 from harness import flops, measure
-from harness.config import ConfigError, attention_options
+from harness.config import ATTENTION_DTYPES, attention_options
 from harness.tasks import Unsupported
 from models import attention as attention_registry
 from models.attention.reference import reference, relative_error
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-MODES = ("fwd", "fwd_bwd")
 
 
 def _inputs(shape, dtype, device, seed: int, grad: bool):
@@ -85,12 +83,8 @@ def errors(attn, cfg: DictConfig, dtype, device, backward: bool) -> dict:
 
 def run(cfg: DictConfig) -> dict:
     t = cfg.task
-    if t.dtype not in DTYPES:
-        raise ConfigError(f"task.dtype={t.dtype!r}; known: {', '.join(DTYPES)}")
-    if t.mode not in MODES:
-        raise ConfigError(f"task.mode={t.mode!r}; known: {', '.join(MODES)}")
     device = measure.resolve_device(cfg.device)
-    dtype = DTYPES[t.dtype]
+    dtype = ATTENTION_DTYPES[t.dtype]
     name, options = cfg.attention.name, attention_options(cfg)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise Unsupported(f"device={cfg.device!r} but CUDA is not available")

@@ -59,13 +59,13 @@ def blocked(q, k, v, *, causal: bool, window: int, global_tokens: int = 0, block
         # Absolute indices: query i = t*block + r, key j = t*block - left + s.
         starts = torch.arange(first, last, device=q.device)[:, None, None] * block
         key_j = starts - left + cols[None]
-        keep = band & (key_j >= max(g, 0)) & (key_j < n)
+        keep = band & (key_j >= g) & (key_j < n)  # keys left of g belong to the global part; g >= 0
         if last == n_blocks and pad_q:  # padding rows keep one key (themselves): finite, then dropped
             keep[-1, block - pad_q:] |= cols == rows[block - pad_q:] + left
-        query_i = starts + rows[None]
         q_group = q_blocks[:, :, first:last]
         scores = q_group @ k_spans.transpose(-1, -2)
         if g:
+            query_i = starts + rows[None]
             scores = torch.cat([q_group @ k[:, :, None, :g].transpose(-1, -2), scores], dim=-1)
             keep = torch.cat([allowed(query_i, torch.arange(g, device=q.device), causal=causal) & (query_i < n), keep], dim=-1)
         probs = _masked_softmax(scores, keep).to(v.dtype)
@@ -79,8 +79,8 @@ def blocked(q, k, v, *, causal: bool, window: int, global_tokens: int = 0, block
     # Global rows attend to every key (every earlier key when causal): full rows, O(globals x seq).
     index = torch.arange(n, device=q.device)
     keep_rows = allowed(index[:g, None], index[None, :], causal=causal)
-    rows = _masked_softmax((q[:, :, :g] * (1.0 / math.sqrt(d))) @ k.transpose(-1, -2), keep_rows).to(v.dtype) @ v
-    return torch.cat([rows, out[:, :, g:]], dim=2)
+    global_out = _masked_softmax((q[:, :, :g] * (1.0 / math.sqrt(d))) @ k.transpose(-1, -2), keep_rows).to(v.dtype) @ v
+    return torch.cat([global_out, out[:, :, g:]], dim=2)
 
 
 def _flex(causal: bool, window: int, global_tokens: int):

@@ -7,14 +7,12 @@ each step, sets the schedule's learning rate, checks the loss and times itself. 
 """
 from __future__ import annotations
 
-import statistics
-import time
-
 import torch
 from hydra import compose, initialize_config_dir
 
 from harness.config import CONF_DIR, gpt_config
 from harness.data import Batches, load
+from harness.measure import interleaved_medians
 from harness.tasks import train
 from models.gpt import GPT
 
@@ -29,15 +27,8 @@ def config():
         return compose("config", overrides=OVERRIDES)
 
 
-def harness_tokens_per_s(cfg) -> float:
-    """Tokens over the wall time of the harness's whole loop (schedule, batch fetch, step, checks, timing)."""
-    result = train.run(cfg)
-    return result["metrics"]["tokens"] / result["metrics"]["wall_time_s"]
-
-
-def bare_tokens_per_s(cfg) -> float:
+def bare_loop(cfg) -> None:
     """nanoGPT bench.py: one fixed batch, forward, backward, clip, step; model build included as in the harness."""
-    start = time.perf_counter()
     data = load(cfg.data)
     torch.manual_seed(0)
     model = GPT(gpt_config(cfg, data.vocab_size))
@@ -54,7 +45,6 @@ def bare_tokens_per_s(cfg) -> float:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         loss.item()
-    return STEPS * BATCH * SEQ / (time.perf_counter() - start)
 
 
 def test_harness_loop(benchmark):
@@ -68,19 +58,17 @@ def test_bare_loop(benchmark):
     cfg = config()
     benchmark.group = "train-loop"
     benchmark.extra_info["tokens"] = STEPS * BATCH * SEQ
-    benchmark.pedantic(bare_tokens_per_s, args=(cfg,), rounds=3, iterations=1, warmup_rounds=1)
+    benchmark.pedantic(bare_loop, args=(cfg,), rounds=3, iterations=1, warmup_rounds=1)
 
 
 def compare(rounds: int = 5) -> dict:
-    """Interleave the two loops so machine noise hits both alike; the ratio of medians."""
+    """Whole runs of both loops, interleaved so machine noise hits both alike; tokens/s from the median times."""
     cfg = config()
-    harness_tokens_per_s(cfg), bare_tokens_per_s(cfg)  # warm-up: data cache, allocator, threads
-    harness, bare = [], []
-    for _ in range(rounds):
-        harness.append(harness_tokens_per_s(cfg))
-        bare.append(bare_tokens_per_s(cfg))
-    h, b = statistics.median(harness), statistics.median(bare)
-    return {"harness_tokens_per_s": h, "bare_tokens_per_s": b, "ratio": h / b}
+    seconds = interleaved_medians({"harness": lambda: train.run(cfg), "bare": lambda: bare_loop(cfg)},
+                                  torch.device("cpu"), rounds=rounds, warmup=1)
+    tokens = STEPS * BATCH * SEQ
+    return {"harness_tokens_per_s": tokens / seconds["harness"], "bare_tokens_per_s": tokens / seconds["bare"],
+            "ratio": seconds["bare"] / seconds["harness"]}
 
 
 if __name__ == "__main__":
