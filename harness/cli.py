@@ -11,21 +11,20 @@ import traceback
 from pathlib import Path
 
 import hydra
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from harness import measure, records
+from harness import distributed, measure, records
 from harness.config import CONF_DIR, ConfigError, check_group_overrides, validate
-from harness.tasks import Diverged, Unsupported
+from harness.tasks import Diverged, Unsupported, is_out_of_memory
 
 log = logging.getLogger("harness")
 
 
 def _task_runner(name: str):
-    from harness.tasks import attention, train
-    return {"train": train.run, "attention": attention.run}[name]
+    from harness.tasks import attention, inference, train
+    return {"train": train.run, "attention": attention.run, "inference": inference.run}[name]
 
 
 def run_job(cfg: DictConfig) -> dict | None:
@@ -61,8 +60,13 @@ def run_job(cfg: DictConfig) -> dict | None:
         else:
             log.error("run failed:\n%s", traceback.format_exc())
             record.update(status="failed", error=f"{type(error).__name__}: {error}")
+    if cfg.task.name == "train" and cfg.parallel.name != "single" and distributed.is_secondary_slurm_rank():
+        return None  # under SLURM every task runs this job; rank 0 writes the record with every rank's figures
+    model_state = record.pop("model_state", None)
     record["end_time"] = measure.now_iso()
     record["env"] = measure.environment(measure.resolve_device(cfg.device))
+    if model_state is not None:
+        record["model_file"] = records.write_model(out_dir, model_state).name
     path = records.write_record(out_dir, record)
     _summarise(record, path)
     if record["status"] != "ok" and not multirun:
@@ -71,16 +75,12 @@ def run_job(cfg: DictConfig) -> dict | None:
     return record
 
 
-def is_out_of_memory(error: BaseException) -> bool:
-    """CUDA raises OutOfMemoryError; the CPU allocator raises a RuntimeError that says it could not allocate."""
-    if isinstance(error, (torch.OutOfMemoryError, MemoryError)):
-        return True
-    return isinstance(error, RuntimeError) and ("can't allocate memory" in str(error) or "out of memory" in str(error))
-
-
 def _summarise(record: dict, path: Path) -> None:
     m = record.get("metrics", {})
-    if record["status"] == "ok" and "val_loss" in m:
+    if record["status"] == "ok" and "decode_tokens_per_s" in m:
+        log.info("ok: prefill %.3g s, decode %.0f tokens/s with the cache (%.3gx recompute), KV cache %.3g MB -> %s",
+                 m["prefill_s"], m["decode_tokens_per_s"], m["cache_speedup"] or float("nan"), m["kv_cache_bytes"] / 1e6, path)
+    elif record["status"] == "ok" and "val_loss" in m:
         log.info("ok: val_loss %.4f nats/token, %.0f tokens/s, %.1fs -> %s", m["val_loss"], m["tokens_per_s"], m["wall_time_s"], path)
     elif record["status"] == "ok":
         log.info("ok: %.3g s median, %.3g FLOP/s, %.3g MB peak -> %s", m["time_median_s"], m["flops_per_s"],

@@ -10,19 +10,20 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from harness import precision, quantize
+from harness import distributed, measure, parallel, precision, quantize
 
 from models import attention as attention_registry
 from models.gpt import GPTConfig
-from models.positions import KINDS as POSITION_KINDS
+from models.positions import KINDS as POSITION_KINDS, TABLE_KINDS
 from models.sizing import shape_for_params
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 GROUPS = ("task", "model", "data", "attention", "precision", "parallel", "study")
-PARALLELS = ("single",)
-TASKS = ("train", "attention")
+TASKS = ("train", "attention", "inference")
+FAMILIES = ("gpt",)
 ATTENTION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 ATTENTION_MODES = ("fwd", "fwd_bwd")
+ALIBI_ATTENTION = ("sdpa", "dense")
 
 
 class ConfigError(ValueError):
@@ -63,6 +64,8 @@ def validate(cfg: DictConfig) -> None:
         _validate_attention_task(cfg.task)
         return
     m = cfg.model
+    if m.get("family", "gpt") not in FAMILIES:
+        raise ConfigError(f"model.family={m.family!r}; known: {', '.join(FAMILIES)}")
     if m.params is not None:
         _positive(m.params, "model.params")
         _positive(m.aspect_ratio, "model.aspect_ratio")
@@ -81,17 +84,24 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"model.dropout={m.dropout} must be in [0, 1)")
     if m.positions not in POSITION_KINDS:
         raise ConfigError(f"model.positions={m.positions!r}; known: {', '.join(POSITION_KINDS)}")
+    if m.positions == "alibi" and cfg.attention.name not in ALIBI_ATTENTION:
+        raise ConfigError(f"model.positions=alibi biases the full score matrix: it needs attention=sdpa or dense, "
+                          f"got attention={cfg.attention.name}")
+    if m.positions == "alibi" and cfg.parallel.name in ("tp", "fsdp_tp"):
+        raise ConfigError(f"model.positions=alibi is not supported with parallel={cfg.parallel.name}")
 
     if cfg.precision.name not in precision.MODES:
         raise ConfigError(f"precision.name={cfg.precision.name!r}; known: {', '.join(precision.MODES)}")
-    if cfg.parallel.name not in PARALLELS:
-        raise ConfigError(f"parallel.name={cfg.parallel.name!r}; known: {', '.join(PARALLELS)}")
-
+    if cfg.task.name == "inference":
+        _validate_inference_task(cfg)
+        return
     if cfg.compute is not None:
         _positive(cfg.compute, "compute")
     else:
         _positive(cfg.data.tokens, "data.tokens")
     t = cfg.task
+    for multiple in t.get("eval_lengths") or []:
+        _positive(multiple, "task.eval_lengths")
     for method in t.get("eval_quantized") or []:
         if quantize.unavailable(method):
             raise ConfigError(f"task.eval_quantized: {quantize.unavailable(method)}")
@@ -101,8 +111,34 @@ def validate(cfg: DictConfig) -> None:
     _positive(t.eval_tokens, "task.eval_tokens", integer=True)
     if not 0 <= t.warmup_fraction < 1:
         raise ConfigError(f"task.warmup_fraction={t.warmup_fraction} must be in [0, 1)")
+    _check_parallel(cfg)
     if cfg.study.name != "none" and importlib.util.find_spec(f"studies.{cfg.study.name}") is None:
         raise ConfigError(f"study.name={cfg.study.name!r} has no module studies/{cfg.study.name}.py")
+
+
+def _check_parallel(cfg: DictConfig) -> None:
+    """Shape and batch checks of the layout; whether the machine has the ranks is checked when the job runs."""
+    p = cfg.parallel
+    if p.name not in parallel.STRATEGIES:
+        raise ConfigError(f"parallel.name={p.name!r}; known: {', '.join(parallel.STRATEGIES)}")
+    setting = p.get("world_size", 1)
+    if setting != "auto":
+        _positive(setting, "parallel.world_size", integer=True)
+    if p.get("backend", "auto") not in ("auto", "gloo", "nccl"):
+        raise ConfigError(f"parallel.backend={p.backend!r}; known: auto, gloo, nccl")
+    if p.get("tp_degree") is not None:
+        _positive(p.tp_degree, "parallel.tp_degree", integer=True)
+    if cfg.task.get("save_model") and p.name != "single":
+        raise ConfigError(f"task.save_model needs parallel=single, got parallel={p.name}")
+    if cfg.task.get("eval_quantized") and p.name != "single":
+        raise ConfigError(f"task.eval_quantized needs parallel=single, got parallel={p.name}")
+    world = distributed.world_size(setting, measure.resolve_device(cfg.device).type)
+    n_layer, _, n_head = model_shape(cfg.model)
+    problem = parallel.problems(p.name, world, parallel.degrees(p.name, world, p.get("tp_degree")), n_head=n_head,
+                                n_layer=n_layer, batch_size=int(cfg.task.batch_size),
+                                microbatches=int(p.get("microbatches", 1)), schedule=str(p.get("schedule", "1f1b")))
+    if problem:
+        raise ConfigError(problem)
 
 
 def _check_attention(cfg: DictConfig) -> None:
@@ -112,6 +148,23 @@ def _check_attention(cfg: DictConfig) -> None:
         attention_registry.available(cfg.attention.name, "cpu", **attention_options(cfg))
     except (TypeError, ValueError) as error:
         raise ConfigError(f"attention={cfg.attention.name}: {error}") from None
+
+
+def _validate_inference_task(cfg: DictConfig) -> None:
+    from harness.tasks.inference import WEIGHTS
+    t, m = cfg.task, cfg.model
+    if cfg.parallel.name != "single":
+        raise ConfigError(f"task=inference runs on one device, got parallel={cfg.parallel.name}")
+    for key in ("context", "new_tokens", "batch_size", "repeats", "eval_tokens"):
+        _positive(t[key], f"task.{key}", integer=True)
+    for name in [t.weights, *(t.compare_weights or [])]:
+        if name not in WEIGHTS:
+            raise ConfigError(f"task.weights={name!r}; known: {', '.join(WEIGHTS)}")
+    if m.positions in TABLE_KINDS and t.context + t.new_tokens > m.seq_len:
+        raise ConfigError(f"task.context={t.context} + task.new_tokens={t.new_tokens} exceeds the learned position "
+                          f"table of model.seq_len={m.seq_len}; raise model.seq_len or use positions=rope|sinusoidal|alibi")
+    if t.checkpoint and not Path(t.checkpoint).is_file():
+        raise ConfigError(f"task.checkpoint={t.checkpoint!r} is not a file")
 
 
 def _validate_attention_task(t: DictConfig) -> None:

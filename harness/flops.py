@@ -125,3 +125,15 @@ def attention_memory_estimate(variant: str, *, batch: int, heads: int, seq_len: 
         return 0.0
     square = batch * heads * seq_len * seq_len * max(bytes_per_element, 4)  # softmax runs in fp32
     return float(square * (4 if backward else 2))
+
+
+def kv_cache_bytes(*, n_layer: int, kv_heads: int, head_dim: int, context: int, batch: int, bytes_per_element: int) -> int:
+    """Keys and values of every layer: 2 x layers x kv_heads x head_dim x context x batch x bytes per element."""
+    return 2 * n_layer * kv_heads * head_dim * context * batch * bytes_per_element
+
+
+def context_where_cache_exceeds(weights_bytes: int, *, n_layer: int, kv_heads: int, head_dim: int, batch: int,
+                                bytes_per_element: int) -> float:
+    """The context length at which the KV cache for `batch` sequences holds as many bytes as the weights."""
+    return weights_bytes / kv_cache_bytes(n_layer=n_layer, kv_heads=kv_heads, head_dim=head_dim, context=1,
+                                          batch=batch, bytes_per_element=bytes_per_element)

@@ -183,3 +183,85 @@ def power_law(x, loss, fit, name: str, out_dir: Path, file_name: str) -> list[Pa
     ax.set(xscale="log", xlabel=name, ylabel="validation loss (nats/token)", title=f"L({name})")
     ax.legend(fontsize=8)
     return save(fig, out_dir, file_name)
+
+
+def precision_comparison(modes: pd.DataFrame, curves: pd.DataFrame, out_dir: Path, name: str = "precision") -> list[Path]:
+    """Bars of tokens/s and model-state memory per precision mode, and their validation-loss curves overlaid."""
+    sns.set_theme(style="whitegrid")
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
+    order = list(modes["mode"])
+    palette = dict(zip(order, sns.color_palette("colorblind", len(order))))
+    sns.barplot(modes, x="mode", y="tokens_per_s", hue="mode", order=order, palette=palette, legend=False, ax=axes[0])
+    axes[0].set(xlabel="", ylabel="tokens/s", title="Training throughput")
+    sns.barplot(modes, x="mode", y="model_state_mb", hue="mode", order=order, palette=palette, legend=False, ax=axes[1])
+    axes[1].set(xlabel="", ylabel="MB", title="Parameters + gradients + optimizer state")
+    sns.lineplot(curves, x="tokens", y="val_loss", hue="mode", hue_order=order, palette=palette, marker="o",
+                 markersize=3, ax=axes[2])
+    axes[2].set(xlabel="training tokens", ylabel="validation loss (nats/token)", title="Loss curves")
+    fig.tight_layout()
+    return save(fig, out_dir, name)
+
+
+def parallel_comparison(strategies: pd.DataFrame, memory: pd.DataFrame, curves: pd.DataFrame, out_dir: Path,
+                        name: str = "parallel") -> list[Path]:
+    """Tokens/s per strategy; rank 0's model-state bytes measured (bars) against the ZeRO model (markers); losses."""
+    sns.set_theme(style="whitegrid")
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.4))
+    order = list(strategies["strategy"])
+    sns.barplot(strategies, x="strategy", y="tokens_per_s", hue="strategy", order=order, palette="colorblind",
+                legend=False, ax=axes[0])
+    axes[0].set(xlabel="", ylabel="tokens/s (global batch)", title="Throughput")
+    axes[0].tick_params(axis="x", rotation=45)
+    rank0 = memory[memory["rank"] == 0]
+    sns.barplot(rank0, x="strategy", y="measured_mb", hue="component", order=order, ax=axes[1], palette="muted")
+    for i, component in enumerate(rank0["component"].unique()):  # the model's prediction on each bar
+        part = rank0[rank0["component"] == component].set_index("strategy").reindex(order)
+        offsets = [j + (i - 1) * 0.8 / 3 for j in range(len(order))]
+        axes[1].scatter(offsets, part["predicted_mb"], color="black", marker="_", s=200, zorder=3,
+                        label="ZeRO model" if i == 0 else None)
+    axes[1].set(xlabel="", ylabel="MB on rank 0", title="Model states per rank: measured vs ZeRO model")
+    axes[1].tick_params(axis="x", rotation=45)
+    axes[1].legend(fontsize=8)
+    sns.lineplot(curves, x="tokens", y="val_loss", hue="strategy", hue_order=order, palette="colorblind",
+                 marker="o", markersize=3, ax=axes[2])
+    axes[2].set(xlabel="training tokens", ylabel="validation loss (nats/token)", title="Loss curves (overlap)")
+    fig.tight_layout()
+    return save(fig, out_dir, name)
+
+
+def inference_costs(table: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """Decode time per token with and without the KV cache, and prefill time, against context (log-log); and the
+    cache's measured memory against its formula, with the weights' bytes for scale."""
+    sns.set_theme(style="whitegrid")
+    paths = []
+    fig, ax = plt.subplots(figsize=(6.8, 4.4))
+    for (batch, group), colour in zip(table.groupby("batch"), sns.color_palette("colorblind")):
+        ax.plot(group["context"], group["decode_ms_per_token"], "o-", color=colour, label=f"decode, KV cache (batch {batch})")
+        ax.plot(group["context"], group["decode_ms_per_token_recompute"], "s--", color=colour, label=f"decode, recompute (batch {batch})")
+        ax.plot(group["context"], group["prefill_s"] * 1e3, "^:", color=colour, alpha=0.7, label=f"prefill, whole prompt (batch {batch})")
+    ax.set(xscale="log", yscale="log", xlabel="context (tokens)", ylabel="milliseconds", title="Latency against context")
+    ax.legend(fontsize=7)
+    paths += save(fig, out_dir, "inference_latency")
+
+    fig, ax = plt.subplots(figsize=(6.8, 4.4))
+    for (batch, group), colour in zip(table.groupby("batch"), sns.color_palette("colorblind")):
+        ax.plot(group["context"], group["kv_cache_formula_mb"], "-", color=colour, label=f"formula (batch {batch})")
+        ax.plot(group["context"], group["kv_cache_mb"], "o", color=colour, label=f"measured (batch {batch})")
+    ax.axhline(table["weights_mb"].iloc[0], color="black", linestyle="--", label="weights")
+    ax.set(xscale="log", yscale="log", xlabel="context (tokens)", ylabel="MB", title="KV cache memory against context")
+    ax.legend(fontsize=7)
+    paths += save(fig, out_dir, "inference_memory")
+    return paths
+
+
+def length_extrapolation(table: pd.DataFrame, out_dir: Path, name: str = "length_extrapolation") -> list[Path]:
+    """Validation loss against evaluation length (log2 x), one line per positional encoding; the training length marked."""
+    sns.set_theme(style="whitegrid")
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    sns.lineplot(table, x="eval_len", y="val_loss", hue="positions", marker="o", ax=ax, palette="colorblind")
+    ax.axvline(table["train_len"].iloc[0], color="grey", linestyle=":", label="training length")
+    ax.set_xscale("log", base=2)
+    ax.set(xlabel="evaluation length (tokens)", ylabel="validation loss (nats/token)",
+           title="Loss beyond the training length")
+    ax.legend(fontsize=8)
+    return save(fig, out_dir, name)

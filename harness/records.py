@@ -17,6 +17,7 @@ from typing import Iterable
 import pandas as pd
 
 RECORD_NAME = "record.json"
+MODEL_NAME = "model.pt"
 STATUSES = ("ok", "failed", "oom", "unsupported", "diverged")
 # Keys that change where or how a run reports, not what it computes.
 NON_SEMANTIC_KEYS = ("resume", "progress")
@@ -40,6 +41,24 @@ def write_record(directory: str | Path, record: dict) -> Path:
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(record, f, indent=1, default=_json_default, allow_nan=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def write_model(directory: str | Path, state_dict: dict) -> Path:
+    """The trained weights beside the record (model.pt, torch.save), written atomically as the record is."""
+    import torch
+    directory = Path(directory)
+    target = directory / MODEL_NAME
+    fd, tmp = tempfile.mkstemp(prefix=f".{MODEL_NAME}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state_dict, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, target)

@@ -43,6 +43,20 @@ def curves_table(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def in_order(table: pd.DataFrame, key: str, order) -> pd.DataFrame:
+    """Rows sorted by where their `key` comes in `order` (a study's own order of modes or strategies)."""
+    rank = {name: i for i, name in enumerate(order)}
+    return table.sort_values(key, key=lambda column: column.map(rank), kind="stable").reset_index(drop=True)
+
+
+def versus(table: pd.DataFrame, key: str, reference: str, column: str, how: str = "ratio") -> pd.Series | None:
+    """Each ok row's `column` against the reference row's: value / reference, or value - reference."""
+    ok = table[table["status"] == "ok"].set_index(key)[column]
+    if reference not in ok.index:
+        return None
+    return table[key].map(ok / ok[reference] if how == "ratio" else ok - ok[reference])
+
+
 def markdown_table(table: pd.DataFrame) -> str:
     def cell(value):
         if isinstance(value, float):
@@ -57,6 +71,10 @@ def markdown_table(table: pd.DataFrame) -> str:
 def _write_tables(df: pd.DataFrame, out: Path) -> None:
     flat = df.assign(curve=df["curve"].map(json.dumps)) if "curve" in df.columns else df
     flat = flat.drop(columns=[c for c in flat.columns if flat[c].map(lambda v: isinstance(v, (list, dict))).any()])
+    for column in flat.columns:  # a key set to a number in one run and a word in another (world_size 1 / auto)
+        kinds = {type(v) for v in flat[column] if v is not None and not (isinstance(v, float) and v != v)}
+        if len(kinds) > 1 and str in kinds:
+            flat[column] = flat[column].map(lambda v: None if v is None else str(v))
     flat.to_parquet(out / "results.parquet", index=False)
     flat.to_csv(out / "results.csv", index=False)
 

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models import attention as attention_registry
-from models.positions import KINDS as POSITION_KINDS, Rotary, sinusoidal_table
+from models.positions import KINDS as POSITION_KINDS, TABLE_KINDS, Rotary, alibi_bias, alibi_slopes, sinusoidal_table
 
 
 @dataclass
@@ -39,23 +39,66 @@ class GPTConfig:
         return int(round(self.mlp_ratio * self.d_model))
 
 
+class KVCache:
+    """Keys and values of every layer for `max_len` positions, allocated once: 2 x layers x batch x heads x
+    max_len x head_dim elements, the figure harness.flops.kv_cache_bytes computes."""
+
+    def __init__(self, cfg: "GPTConfig", batch: int, max_len: int, dtype: torch.dtype, device: torch.device):
+        shape = (cfg.n_layer, batch, cfg.n_head, max_len, cfg.head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.length = 0
+
+    @property
+    def max_len(self) -> int:
+        return self.k.shape[3]
+
+    def nbytes(self) -> int:
+        return self.k.numel() * self.k.element_size() + self.v.numel() * self.v.element_size()
+
+    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store this step's keys and values for one layer; returns all of that layer's keys and values so far."""
+        end = self.length + k.shape[2]
+        self.k[layer, :, :, self.length:end] = k
+        self.v[layer, :, :, self.length:end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+
 class CausalSelfAttention(nn.Module):
-    def __init__(self, cfg: GPTConfig):
+    def __init__(self, cfg: GPTConfig, layer: int = 0):
         super().__init__()
-        self.n_head = cfg.n_head
+        self.head_dim, self.layer = cfg.head_dim, layer
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=cfg.bias)
         self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
         self.rotary = Rotary(cfg.head_dim) if cfg.positions == "rope" else None
+        if cfg.positions == "alibi":  # a per-head bias on the scores: computed by sdpa with an additive mask
+            self.register_buffer("alibi_slopes", alibi_slopes(cfg.n_head), persistent=False)
+        else:
+            self.alibi_slopes = None
         self.attend = attention_registry.get_attention(cfg.attention, causal=True, **cfg.attention_options)
+        # A decoding step's queries are the newest positions: they see every cached key.
+        self.attend_cached = attention_registry.get_attention(cfg.attention, causal=False, **cfg.attention_options)
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x_bnd: torch.Tensor) -> torch.Tensor:
-        b, n, d = x_bnd.shape
-        q, k, v = self.qkv(x_bnd).view(b, n, 3, self.n_head, d // self.n_head).permute(2, 0, 3, 1, 4)
+    def forward(self, x_bnd: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        b, n, _ = x_bnd.shape
+        # The fused projection's columns are grouped by head ([q k v] of head 0, then head 1, ...), so a
+        # column split across tensor-parallel ranks gives each rank whole heads (Megatron's layout).
+        q, k, v = self.qkv(x_bnd).view(b, n, -1, 3, self.head_dim).permute(3, 0, 2, 1, 4)
+        start = cache.length if cache is not None else 0
         if self.rotary is not None:
-            q, k = self.rotary(q), self.rotary(k)
-        y_bhnd = self.attend(q, k, v)
-        return self.dropout(self.proj(y_bhnd.transpose(1, 2).reshape(b, n, d)))
+            q, k = self.rotary(q, start), self.rotary(k, start)
+        decoding = cache is not None and start > 0
+        if cache is not None:
+            if decoding and n > 1:
+                raise ValueError("a cached forward takes one new token at a time after the prompt")
+            k, v = cache.append(self.layer, k, v)
+        if self.alibi_slopes is not None:
+            bias = alibi_bias(self.alibi_slopes, n, k.shape[2], causal=not decoding, dtype=q.dtype)
+            y_bhnd = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        else:
+            y_bhnd = (self.attend_cached if decoding else self.attend)(q, k, v)
+        return self.dropout(self.proj(y_bhnd.transpose(1, 2).reshape(b, n, -1)))
 
 
 class MLP(nn.Module):
@@ -70,15 +113,15 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: GPTConfig):
+    def __init__(self, cfg: GPTConfig, layer: int = 0):
         super().__init__()
         self.ln_attn = nn.LayerNorm(cfg.d_model, bias=cfg.bias)
-        self.attn = CausalSelfAttention(cfg)
+        self.attn = CausalSelfAttention(cfg, layer)
         self.ln_mlp = nn.LayerNorm(cfg.d_model, bias=cfg.bias)
         self.mlp = MLP(cfg)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln_attn(x))
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_attn(x), cache)
         return x + self.mlp(self.ln_mlp(x))
 
 
@@ -93,7 +136,7 @@ class GPT(nn.Module):
         if cfg.positions == "sinusoidal":
             self.register_buffer("sinusoids", sinusoidal_table(cfg.seq_len, cfg.d_model), persistent=False)
         self.dropout = nn.Dropout(cfg.dropout)
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.blocks = nn.ModuleList(Block(cfg, layer) for layer in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.d_model, bias=cfg.bias)
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
@@ -111,22 +154,33 @@ class GPT(nn.Module):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
-    def forward(self, idx_bn: torch.Tensor, targets_bn: torch.Tensor | None = None):
+    def forward(self, idx_bn: torch.Tensor, targets_bn: torch.Tensor | None = None, cache: KVCache | None = None):
+        """Logits (and the mean cross-entropy against targets). With a cache: the prompt first, then one token at
+        a time, each attending to the cached keys and values of everything before it."""
         n = idx_bn.shape[1]
-        if n > self.cfg.seq_len and self.cfg.positions != "rope":
-            raise ValueError(f"sequence of {n} tokens exceeds model.seq_len={self.cfg.seq_len} ({self.cfg.positions} positions)")
+        start = cache.length if cache is not None else 0
+        if start + n > self.cfg.seq_len and self.cfg.positions in TABLE_KINDS:
+            raise ValueError(f"position {start + n} exceeds the learned table of model.seq_len={self.cfg.seq_len} positions")
         x = self.wte(idx_bn)
         if self.wpe is not None:
-            x = x + self.wpe(torch.arange(n, device=idx_bn.device))
+            x = x + self.wpe(torch.arange(start, start + n, device=idx_bn.device))
         elif self.cfg.positions == "sinusoidal":
-            x = x + self.sinusoids[:n].to(x.dtype)
+            x = x + self._sinusoids(start + n)[start:].to(x.dtype)
         x = self.dropout(x)
         for block in self.blocks:
-            x = block(x)
+            x = block(x, cache)
+        if cache is not None:
+            cache.length += n
         logits = self.lm_head(self.ln_f(x))
         if targets_bn is None:
             return logits
         return logits, F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets_bn.reshape(-1))
+
+    def _sinusoids(self, n: int) -> torch.Tensor:
+        """The fixed table, extended past model.seq_len when a longer sequence asks (sinusoids are defined everywhere)."""
+        if n <= self.sinusoids.shape[0]:
+            return self.sinusoids[:n]
+        return sinusoidal_table(n, self.cfg.d_model).to(self.sinusoids.device)
 
     def param_counts(self) -> dict[str, int]:
         """Exact counts. Non-embedding (Kaplan et al. 2020) excludes the token and position tables and an untied output head."""

@@ -4,11 +4,11 @@ import math
 import pytest
 import torch
 
-from models.gpt import GPT, GPTConfig
-from models.positions import Rotary, sinusoidal_table
+from models.gpt import GPT, GPTConfig, KVCache
+from models.positions import Rotary, alibi_bias, alibi_slopes, sinusoidal_table
 
 
-@pytest.mark.parametrize("positions", ["learned", "sinusoidal", "rope"])
+@pytest.mark.parametrize("positions", ["learned", "sinusoidal", "rope", "alibi"])
 @pytest.mark.parametrize("attention", ["dense", "sdpa"])
 def test_outputs_never_depend_on_future_tokens(positions, attention):
     torch.manual_seed(0)
@@ -64,3 +64,47 @@ def test_initial_loss_is_near_uniform():
     idx, targets = torch.randint(0, 256, (2, 4, 32))
     _, loss = model(idx, targets)
     assert loss.item() == pytest.approx(math.log(256), rel=0.02)
+
+
+@pytest.mark.parametrize("positions", ["learned", "sinusoidal", "rope", "alibi"])
+def test_decoding_with_the_kv_cache_gives_the_full_forward_logits(positions):
+    torch.manual_seed(0)
+    cfg = GPTConfig(vocab_size=50, seq_len=24, n_layer=2, d_model=32, n_head=4, positions=positions)
+    model = GPT(cfg).eval()
+    idx = torch.randint(0, 50, (2, 21))
+    cache = KVCache(cfg, batch=2, max_len=24, dtype=torch.float32, device=torch.device("cpu"))
+    with torch.no_grad():
+        full = model(idx)
+        stepwise = [model(idx[:, :13], cache=cache)] + [model(idx[:, i:i + 1], cache=cache) for i in range(13, 21)]
+    torch.testing.assert_close(torch.cat(stepwise, dim=1), full, rtol=1e-5, atol=1e-5)
+    assert cache.length == 21
+    assert cache.nbytes() == 2 * 2 * 4 * 8 * 24 * 2 * 4  # k and v x layers x heads x head_dim x positions x batch x fp32
+
+
+def test_alibi_matches_the_papers_slopes_and_a_float64_reference():
+    # Press et al. 2022: 8 heads get 1/2, 1/4, ..., 1/256; 6 heads take 4 from 2^-2k and 2 more from the 8-head set.
+    assert alibi_slopes(8).tolist() == [2.0 ** -k for k in range(1, 9)]
+    assert alibi_slopes(6).tolist() == [2.0 ** -2, 2.0 ** -4, 2.0 ** -6, 2.0 ** -8, 2.0 ** -1, 2.0 ** -3]
+    torch.manual_seed(0)
+    cfg = GPTConfig(vocab_size=50, seq_len=16, n_layer=1, d_model=32, n_head=4, positions="alibi")
+    attn = GPT(cfg).blocks[0].attn.eval()
+    x = torch.randn(2, 11, 32)
+    q, k, v = attn.qkv(x).view(2, 11, 4, 3, 8).permute(3, 0, 2, 1, 4).double()
+    i, j = torch.arange(11)[:, None], torch.arange(11)[None, :]
+    scores = q @ k.transpose(-1, -2) / 8 ** 0.5 - alibi_slopes(4).double()[:, None, None] * (i - j)
+    reference = attn.proj(torch.softmax(scores.masked_fill(j > i, float("-inf")), -1).matmul(v)
+                          .transpose(1, 2).reshape(2, 11, 32).float())
+    with torch.no_grad():
+        torch.testing.assert_close(attn(x), reference, rtol=1e-5, atol=1e-6)
+    # 4 heads: slopes 1/4, 1/16, ...; one decoding query at the last of 5 positions, head 0
+    assert alibi_bias(alibi_slopes(4), 1, 5, causal=False)[0, 0].tolist() == [-1.0, -0.75, -0.5, -0.25, 0.0]
+
+
+def test_a_learned_table_refuses_positions_past_it_and_the_others_extend():
+    for positions, ok in (("learned", False), ("sinusoidal", True), ("rope", True), ("alibi", True)):
+        model = GPT(GPTConfig(vocab_size=50, seq_len=8, n_layer=1, d_model=16, n_head=2, positions=positions))
+        if ok:
+            assert model(torch.zeros(1, 20, dtype=torch.long)).shape == (1, 20, 50)
+        else:
+            with pytest.raises(ValueError, match="exceeds the learned table of model.seq_len=8"):
+                model(torch.zeros(1, 20, dtype=torch.long))

@@ -6,21 +6,25 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import math
+import os
 import statistics
 import time
+import warnings
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from harness import data as data_sources
-from harness import flops, measure, precision, quantize
+from harness import distributed, flops, measure, parallel, precision, quantize
 from harness.config import attention_options, check_data_fits, gpt_config
 from harness.progress import Progress
 from harness.tasks import Diverged, Unsupported
 from models import attention as attention_registry
 from models.gpt import GPT
+from models.positions import TABLE_KINDS
 from models.sizing import non_embedding_params
 
 
@@ -31,67 +35,101 @@ def lr_at(step: int, total_steps: int, peak: float, warmup_steps: int, min_ratio
     return peak * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def make_optimizer(model: torch.nn.Module, t: DictConfig) -> torch.optim.Optimizer:
+def make_optimizer(model: torch.nn.Module, t: DictConfig, zero: bool = False) -> torch.optim.Optimizer:
+    """AdamW; with zero=True each data-parallel rank keeps the state of its share only (ZeroRedundancyOptimizer)."""
     # Decay matrices only, not biases, norms or (as in GPT-2) nothing 1-D (nanoGPT's configure_optimizers).
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": float(t.weight_decay)}, {"params": no_decay, "weight_decay": 0.0}]
+    if zero:
+        from torch.distributed.optim import ZeroRedundancyOptimizer
+        return ZeroRedundancyOptimizer(groups, optimizer_class=torch.optim.AdamW, lr=float(t.lr),
+                                       betas=(float(t.beta1), float(t.beta2)))
     return torch.optim.AdamW(groups, lr=float(t.lr), betas=(float(t.beta1), float(t.beta2)))
 
 
-def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-               grad_clip: float, cast=contextlib.nullcontext, scaler: torch.amp.GradScaler | None = None):
-    """One optimizer step; returns (loss, whether the gradient scaler skipped the step)."""
-    with cast():
-        _, loss = model(x, y)
+def train_step(layout: parallel.Layout, x: torch.Tensor, y: torch.Tensor, grad_clip: float,
+               cast=contextlib.nullcontext, scaler: torch.amp.GradScaler | None = None, *, measure_params: bool = False):
+    """One optimizer step on the global batch (x, y); returns (mean loss, whether the gradient scaler skipped it)."""
+    optimizer = layout.optimizer
     optimizer.zero_grad(set_to_none=True)
+    loss = parallel.forward_backward(layout, x, y, cast, scaler, measure_params=measure_params)
     if scaler is None:
-        loss.backward()
         if grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            parallel.clip_grad_norm(layout, grad_clip)
         optimizer.step()
         return loss, False
     scale = scaler.get_scale()
-    scaler.scale(loss).backward()
     scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
     if grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        parallel.clip_grad_norm(layout, grad_clip)
     scaler.step(optimizer)      # skipped when the gradients hold inf/NaN; update() then lowers the scale
     scaler.update()
     return loss, scaler.get_scale() < scale
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, windows: np.ndarray, batch_size: int, device: torch.device,
-             cast=contextlib.nullcontext) -> float:
-    model.eval()
+def evaluate(layout: parallel.Layout, windows: np.ndarray, batch_size: int, cast=contextlib.nullcontext) -> float:
+    layout.model.eval()
     total, count = 0.0, 0
     for i in range(0, len(windows), batch_size):
-        chunk = torch.from_numpy(windows[i:i + batch_size]).to(device)
-        with cast():
-            _, loss = model(chunk[:, :-1], chunk[:, 1:])
-        total += loss.item() * chunk[:, 1:].numel()
+        chunk = torch.from_numpy(windows[i:i + batch_size]).to(layout.device)
+        loss = parallel.eval_loss(layout, chunk[:, :-1], chunk[:, 1:], cast)
+        total += loss * chunk[:, 1:].numel()
         count += chunk[:, 1:].numel()
-    model.train()
+    layout.model.train()
     return total / count
 
 
 def run(cfg: DictConfig) -> dict:
-    """Train one model; returns the record's metrics, model and data info, and loss curve."""
+    """Train one model on the ranks its parallel layout asks for; returns the record's sections."""
     wall_start = time.perf_counter()
     device = measure.resolve_device(cfg.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise Unsupported(f"device={cfg.device!r} but CUDA is not available")
     mode = precision.MODES[cfg.precision.name]
-    refused = precision.unsupported(mode.name, device)
+    refused = precision.unsupported(mode.name, device) or parallel.unsupported_precision(cfg.parallel.name, mode.name)
     if refused:
         raise Unsupported(refused)
     availability = attention_registry.available(cfg.attention.name, device, mode.autocast or mode.params,
                                                 **attention_options(cfg))
     if not availability:
         raise Unsupported(f"attention={cfg.attention.name}: {availability.reason}")
+    world = distributed.world_size(cfg.parallel.get("world_size"), device.type)
+    if distributed.too_many_ranks(world, device.type):
+        raise Unsupported(distributed.too_many_ranks(world, device.type))
 
+    if cfg.parallel.name == "single":
+        result = train(cfg)
+    else:
+        container = OmegaConf.to_container(cfg, resolve=True)
+        result = distributed.launch(_train_rank, (container,), world, device.type,
+                                    backend_name=cfg.parallel.get("backend", "auto"),
+                                    timeout_s=float(cfg.parallel.get("timeout_s", 600)))[0]
+    result["metrics"]["wall_time_s"] = time.perf_counter() - wall_start
+    return result
+
+
+def _train_rank(container: dict) -> dict:
+    return train(OmegaConf.create(container))
+
+
+def train(cfg: DictConfig) -> dict:
+    """Train on this process's rank (the only one for parallel=single)."""
+    device = measure.resolve_device(cfg.device)
+    multi_rank = cfg.parallel.name != "single"
+    if multi_rank:
+        local_rank, local_world = int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+        if device.type == "cuda":
+            device = torch.device("cuda", local_rank)
+        else:  # ranks share the cores instead of each starting a thread per core
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
+        # Advice that does not apply here: the GPT's logits are never modified in place, and a 2-D mesh's
+        # gradient-norm reduction over two dimensions is two small all-reduces once per step.
+        warnings.filterwarnings("ignore", message="FSDP2-wrapped module")
+        logging.getLogger("torch.distributed.tensor._redistribute").setLevel(logging.ERROR)
+    mode = precision.MODES[cfg.precision.name]
     dataset = data_sources.load(cfg.data)
     model_cfg = gpt_config(cfg, dataset.vocab_size)
     per_token = flops.training_flops_per_token(model_cfg, non_embedding_params(model_cfg))
@@ -111,15 +149,21 @@ def run(cfg: DictConfig) -> dict:
         torch.use_deterministic_algorithms(True)
     model = precision.prepare(GPT(model_cfg).to(device), mode.name)
     counts = model.param_counts()
-    optimizer = make_optimizer(model, t)
+    param_dtype = next(model.parameters()).dtype
     cast = functools.partial(precision.autocast, mode.name, device)
+    p = cfg.parallel
+    layout = parallel.build(p.name, model, functools.partial(make_optimizer, t=t), device, batch_size,
+                            tp_degree=p.get("tp_degree"), schedule=p.get("schedule", "1f1b"),
+                            microbatches=int(p.get("microbatches", 1)), cast=cast)
+    del model  # a pipeline stage keeps only its own blocks
     scaler = precision.grad_scaler(mode.name, device, float(cfg.precision.get("init_scale", 2.0**16)))
     skipped_steps = 0
     batches = data_sources.Batches(dataset.train, seq_len, batch_size, seed=int(cfg.seed))
     val_windows = data_sources.validation_windows(dataset.val, seq_len, int(t.eval_tokens))
 
     measure.reset_peak_memory(device)
-    progress = Progress(total_steps * tokens_per_step, cfg.progress)
+    is_rank0 = layout.rank == 0
+    progress = Progress(total_steps * tokens_per_step, cfg.progress if is_rank0 else "off")
     step_times: list[float] = []
     train_seconds = 0.0
     curve: list[dict] = []
@@ -127,11 +171,12 @@ def run(cfg: DictConfig) -> dict:
     try:
         for step in range(total_steps):
             lr = lr_at(step, total_steps, float(t.lr), warmup_steps, float(t.min_lr_ratio))
-            for group in optimizer.param_groups:
+            for group in layout.optimizer.param_groups:
                 group["lr"] = lr
             start = measure.timer(device)
             batch = torch.from_numpy(batches.next()).to(device, non_blocking=True)
-            loss, skipped = train_step(model, optimizer, batch[:, :-1], batch[:, 1:], grad_clip, cast, scaler)
+            loss, skipped = train_step(layout, batch[:, :-1], batch[:, 1:], grad_clip, cast, scaler,
+                                       measure_params=step == total_steps - 1)
             loss = loss.item()
             skipped_steps += skipped
             step_times.append(measure.timer(device) - start)
@@ -143,7 +188,7 @@ def run(cfg: DictConfig) -> dict:
                 tokens_done = (step + 1) * tokens_per_step
                 curve.append({"step": step + 1, "tokens": tokens_done, "flops": tokens_done * per_token.causal,
                               "train_loss": statistics.fmean(interval_losses),
-                              "val_loss": evaluate(model, val_windows, batch_size, device, cast), "lr": lr})
+                              "val_loss": evaluate(layout, val_windows, batch_size, cast), "lr": lr})
                 interval_losses = []
             progress.update(tokens_per_step, loss, tokens_per_step * (step + 1) / train_seconds)
     finally:
@@ -151,7 +196,14 @@ def run(cfg: DictConfig) -> dict:
 
     timed = step_times[int(t.timing_warmup_steps):] or step_times
     tokens = total_steps * tokens_per_step
-    tokens_per_s = tokens_per_step * len(timed) / sum(timed)
+    rank_info = _rank_info(layout, mode, param_dtype, timed, tokens_per_step, device)
+    per_rank = [rank_info]
+    if multi_rank:
+        per_rank = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(per_rank, rank_info)
+    # The step is as slow as the slowest rank's.
+    step_time_total = max(sum(r["step_times_s"]) for r in per_rank)
+    tokens_per_s = tokens_per_step * len(timed) / step_time_total
     quantiles = np.quantile(timed, [0.1, 0.5, 0.9])
     peak = flops.peak_flops(measure.device_name(device), mode.compute)
     val_loss = curve[-1]["val_loss"]
@@ -167,41 +219,97 @@ def run(cfg: DictConfig) -> dict:
         "flops_dense": tokens * per_token.dense,
         "flops_6nd": tokens * per_token.six_n,
         "tokens_per_s": tokens_per_s,
+        "tokens_per_s_per_rank": tokens_per_s / len(per_rank),
         "step_time_median_s": float(quantiles[1]),
         "step_time_p10_s": float(quantiles[0]),
         "step_time_p90_s": float(quantiles[2]),
-        "wall_time_s": time.perf_counter() - wall_start,
-        "peak_memory_bytes": measure.peak_memory_bytes(device),
-        "mfu": tokens_per_s * per_token.causal / peak if peak else None,
+        "peak_memory_bytes": max(r["peak_memory_bytes"] for r in per_rank),
+        # MFU over every rank's peak: world_size devices did the work
+        "mfu": tokens_per_s * per_token.causal / (peak * len(per_rank)) if peak else None,
         "mfu_flops": "causal",
     }
+    for r in per_rank:
+        del r["step_times_s"]
     model_info = {
         "family": "gpt", "n_layer": model_cfg.n_layer, "d_model": model_cfg.d_model, "n_head": model_cfg.n_head,
         "d_mlp": model_cfg.d_mlp, "vocab_size": model_cfg.vocab_size, "seq_len": seq_len,
         "params_total": counts["total"], "params_non_embedding": counts["non_embedding"], "params_embedding": counts["embedding"],
         "flops_per_token_dense": per_token.dense, "flops_per_token_causal": per_token.causal, "flops_per_token_6n": per_token.six_n,
-        "param_dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+        "param_dtype": str(param_dtype).removeprefix("torch."),
     }
     data_info = {"train_tokens": len(dataset.train), "val_tokens": len(dataset.val), "vocab_size": dataset.vocab_size,
                  "val_eval_tokens": int(val_windows[:, 1:].size), **dataset.info}
-    quantized = {}
-    if t.get("eval_quantized"):
-        quantized["full_bytes"] = quantize.model_bytes(model)
-        for method in t.eval_quantized:
-            try:  # a quantization that fails costs its own entry, never the training result
-                copy, kept = quantize.quantized_copy(model, method)
-                loss = evaluate(copy, val_windows, batch_size, device)
-                quantized[method] = {"model_bytes": quantize.model_bytes(copy), "val_loss": loss,
-                                     "val_loss_change": loss - val_loss, "layers_left_full_precision": kept}
-            except Exception as error:
-                quantized[method] = {"error": f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"}
+    extrapolation = _length_extrapolation(layout, model_cfg, dataset.val, t, cast) if t.get("eval_lengths") else {}
+    quantized = _quantized_evaluation(layout.model, t, val_windows, batch_size, device, val_loss) if t.get("eval_quantized") else {}
     precision_info = {  # what was in effect, read off the model and the scaler, not the config
-        "mode": mode.name, "param_dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+        "mode": mode.name, "param_dtype": str(param_dtype).removeprefix("torch."),
         "autocast_dtype": str(mode.autocast).removeprefix("torch.") if mode.autocast else None,
         "matmul_precision": torch.get_float32_matmul_precision(), "grad_scaling": scaler is not None,
         "final_scale": scaler.get_scale() if scaler else None, "skipped_steps": skipped_steps,
         "slow_here": precision.slow_here(mode.name, device),
     }
-    return {"metrics": metrics, "model_info": model_info, "data_info": data_info, "precision_info": precision_info,
-            "quantized": quantized, "curve": curve}
+    deg = layout.degrees
+    parallel_info = {
+        "strategy": layout.name, "world_size": len(per_rank), "dp": deg.dp, "tp": deg.tp, "pp": deg.pp,
+        "backend": torch.distributed.get_backend() if multi_rank else None,
+        "zero_stage": parallel.ZERO_STAGE[layout.name],
+        "schedule": cfg.parallel.get("schedule") if layout.name == "pp" else None,
+        "microbatches": int(cfg.parallel.microbatches) if layout.name == "pp" else None,
+        "bytes_per_param": per_rank[0]["bytes_per_param"],
+        "per_rank": per_rank,
+    }
+    saved = {"model_state": {k: v.detach().cpu() for k, v in layout.model.state_dict().items()}} if t.get("save_model") else {}
+    return {**saved, "metrics": metrics, "model_info": model_info, "data_info": data_info, "precision_info": precision_info,
+            "parallel_info": parallel_info, "quantized": quantized, "length_extrapolation": extrapolation, "curve": curve}
 
+
+def _rank_info(layout: parallel.Layout, mode, param_dtype: torch.dtype, timed: list[float], tokens_per_step: int,
+               device: torch.device) -> dict:
+    """This rank's own figures: memory held and predicted, and its speed on its share of the batch."""
+    held = parallel.rank_memory(layout)
+    width = torch.finfo(param_dtype).bits // 8
+    bytes_per_param = {"param": width, "grad": width, "optimizer": 2 * width}  # AdamW: exp_avg and exp_avg_sq
+    psi = parallel.model_parallel_params(layout)
+    predicted = parallel.zero_prediction(psi, parallel.ZERO_STAGE[layout.name], layout.degrees.dp,
+                                         bytes_per_param["param"], bytes_per_param["grad"], bytes_per_param["optimizer"])
+    rank_tokens = tokens_per_step // layout.degrees.dp
+    return {"rank": layout.rank, "peak_memory_bytes": measure.peak_memory_bytes(device), **held,
+            "psi": psi, **{f"predicted_{k}": v for k, v in predicted.items()}, "bytes_per_param": bytes_per_param,
+            "tokens_per_s": rank_tokens * len(timed) / sum(timed), "step_time_median_s": float(np.median(timed)),
+            "torch_threads": torch.get_num_threads(), "step_times_s": timed}
+
+
+def _length_extrapolation(layout: parallel.Layout, model_cfg, val_tokens: np.ndarray, t: DictConfig, cast) -> dict:
+    """Validation loss on windows of `multiple` x model.seq_len tokens, the loss averaged over every position.
+
+    A learned position table has no entry past model.seq_len, so longer windows are recorded as unsupported."""
+    results = {}
+    for multiple in t.eval_lengths:
+        length = int(round(float(multiple) * model_cfg.seq_len))
+        key = f"x{multiple:g}"
+        if model_cfg.positions in TABLE_KINDS and length > model_cfg.seq_len:
+            results[key] = {"seq_len": length, "val_loss": None,
+                            "unsupported": f"{model_cfg.positions} positions stop at model.seq_len={model_cfg.seq_len}"}
+            continue
+        if len(val_tokens) < length + 1:
+            results[key] = {"seq_len": length, "val_loss": None,
+                            "unsupported": f"the validation split ({len(val_tokens)} tokens) is shorter than {length + 1}"}
+            continue
+        windows = data_sources.validation_windows(val_tokens, length, int(t.eval_tokens))
+        results[key] = {"seq_len": length, "val_loss": evaluate(layout, windows, max(1, int(t.batch_size) * model_cfg.seq_len // length), cast),
+                        "windows": len(windows)}
+    return results
+
+
+def _quantized_evaluation(model: torch.nn.Module, t: DictConfig, val_windows: np.ndarray, batch_size: int,
+                          device: torch.device, val_loss: float) -> dict:
+    quantized = {"full_bytes": quantize.model_bytes(model)}
+    for method in t.eval_quantized:
+        try:  # a quantization that fails costs its own entry, never the training result
+            copy, kept = quantize.quantized_copy(model, method)
+            loss = evaluate(parallel.local(copy, device), val_windows, batch_size)
+            quantized[method] = {"model_bytes": quantize.model_bytes(copy), "val_loss": loss,
+                                 "val_loss_change": loss - val_loss, "layers_left_full_precision": kept}
+        except Exception as error:
+            quantized[method] = {"error": f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"}
+    return quantized

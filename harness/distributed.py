@@ -1,0 +1,148 @@
+"""Ranks: how many, starting them, and joining them into one process group.
+
+A multi-rank job starts its own ranks with torch.distributed's elastic launcher (what `torchrun` runs), each
+rank calling `entry(*args)` in a fresh process. Under SLURM with several tasks (submitit's `tasks_per_node`)
+the ranks already exist: each task runs the job itself and only rank 0 writes the record.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import re
+import subprocess
+import tempfile
+import uuid
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from harness.tasks import Diverged, Unsupported, is_out_of_memory
+
+
+def too_many_ranks(world: int, device_type: str) -> str | None:
+    """One rank per GPU. On a CPU every rank is a process sharing the cores, so any number can run (slowly)."""
+    if device_type == "cuda" and world > torch.cuda.device_count():
+        return f"parallel.world_size={world} but this machine has {torch.cuda.device_count()} GPU(s)"
+    return None
+
+
+def world_size(setting, device_type: str) -> int:
+    """`auto`: every local GPU, or 2 ranks on a CPU (enough to show every strategy's mechanism)."""
+    if setting in (None, "auto"):
+        slurm = slurm_ranks()
+        if slurm is not None:
+            return slurm["world_size"]
+        return max(1, torch.cuda.device_count()) if device_type == "cuda" else 2
+    return int(setting)
+
+
+def backend(setting, device_type: str) -> str:
+    if setting in (None, "auto"):
+        return "nccl" if device_type == "cuda" else "gloo"
+    return str(setting)
+
+
+def slurm_ranks() -> dict | None:
+    """The ranks SLURM started (srun with several tasks), or None when this is not such a job."""
+    tasks = int(os.environ.get("SLURM_NTASKS", "1") or 1)
+    if tasks <= 1 or "SLURM_PROCID" not in os.environ:
+        return None
+    nodes = os.environ.get("SLURM_JOB_NODELIST") or os.environ.get("SLURM_NODELIST") or "localhost"
+    return {"rank": int(os.environ["SLURM_PROCID"]), "world_size": tasks,
+            "local_rank": int(os.environ.get("SLURM_LOCALID", "0")),
+            "master_addr": first_host(nodes), "master_port": 20000 + int(os.environ.get("SLURM_JOB_ID", "0")) % 20000}
+
+
+def first_host(nodelist: str) -> str:
+    """The first host of a SLURM node list: `gpu[03-05,07],cpu1` -> `gpu03`."""
+    try:
+        out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, timeout=10)
+        if out.returncode == 0 and out.stdout.split():
+            return out.stdout.split()[0]
+    except (OSError, subprocess.SubprocessError):
+        pass
+    match = re.match(r"([^,\[]+)(?:\[([^\]]+)\])?", nodelist)
+    prefix, ranges = match.group(1), match.group(2)
+    if not ranges:
+        return prefix
+    return prefix + ranges.split(",")[0].split("-")[0]
+
+
+def is_secondary_slurm_rank() -> bool:
+    ranks = slurm_ranks()
+    return ranks is not None and ranks["rank"] != 0
+
+
+class RankFailed(RuntimeError):
+    """A rank failed in a way that is not a result (a crash, not OOM/unsupported/diverged)."""
+
+
+_ERRORS = {"Unsupported": Unsupported, "Diverged": Diverged, "OutOfMemoryError": torch.OutOfMemoryError}
+
+
+def launch(entry, args: tuple, world: int, device_type: str, *, backend_name: str = "auto", timeout_s: float = 600) -> list:
+    """Run entry(*args) on `world` ranks; returns every rank's return value, rank 0 first.
+
+    A rank that raises records its error to a file before dying, so the first failure comes back here as the
+    same exception type (Unsupported, Diverged, out of memory) with its message, not as a launcher traceback.
+    """
+    ranks = slurm_ranks()
+    if ranks is not None:
+        os.environ.update(RANK=str(ranks["rank"]), WORLD_SIZE=str(ranks["world_size"]),
+                          LOCAL_RANK=str(ranks["local_rank"]), MASTER_ADDR=ranks["master_addr"],
+                          MASTER_PORT=str(ranks["master_port"]))
+        return [run_rank(entry, args, device_type, backend_name, timeout_s, None)]
+
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=world, run_id=uuid.uuid4().hex,
+                          rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=0.1)
+    with tempfile.TemporaryDirectory(prefix="harness-ranks-") as error_dir:
+        try:
+            results = elastic_launch(config, run_rank)(entry, args, device_type, backend_name, timeout_s, error_dir)
+        except ChildFailedError as failure:
+            raise _first_error(Path(error_dir), failure) from None
+    return [results[rank] for rank in sorted(results)]
+
+
+def run_rank(entry, args: tuple, device_type: str, backend_name: str, timeout_s: float, error_dir: str | None):
+    """One rank: join the group, run the entry, leave the group; a failure is written down, then re-raised."""
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device_type == "cuda":
+        torch.cuda.set_device(local_rank)
+    dist.init_process_group(backend(backend_name, device_type), timeout=dt.timedelta(seconds=timeout_s))
+    try:
+        return entry(*args)
+    except BaseException as error:
+        if error_dir is not None:
+            kind = type(error).__name__
+            if kind not in _ERRORS and is_out_of_memory(error):
+                kind = "OutOfMemoryError"
+            message = (str(error) or kind).splitlines()[0]
+            Path(error_dir, f"rank{dist.get_rank()}.json").write_text(json.dumps({"kind": kind, "message": message}))
+        raise
+    finally:
+        dist.destroy_process_group()
+
+
+def _first_error(error_dir: Path, failure) -> BaseException:
+    """The first rank's own error; a rank that died of another's failure (a broken collective) comes later."""
+    written = sorted(error_dir.glob("rank*.json"), key=lambda p: int(p.stem.removeprefix("rank")))
+    reports = [json.loads(p.read_text()) for p in written]
+    for report in reports:  # a result-kind error (unsupported, OOM, diverged) beats the connection errors it caused
+        if report["kind"] in _ERRORS:
+            return _ERRORS[report["kind"]](report["message"])
+    if reports:
+        return RankFailed(f"{reports[0]['kind']}: {reports[0]['message']}")
+    first = min(failure.failures) if failure.failures else None
+    detail = failure.failures[first].message if first is not None else str(failure)
+    return RankFailed(f"rank {first} died: {detail or 'no message (killed by a signal?)'}")
+
+
+def all_mean(value: float | torch.Tensor, device: torch.device, group=None) -> float:
+    t = torch.as_tensor(value, dtype=torch.float64, device=device).clone()
+    dist.all_reduce(t, group=group)
+    return float(t) / dist.get_world_size(group)

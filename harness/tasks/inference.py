@@ -1,0 +1,190 @@
+"""task=inference: prefill latency, greedy decode throughput with a KV cache and without one (recomputing the
+whole sequence for every new token), the cache's memory against its formula, and the weights' precision.
+
+The prompts are `task.batch_size` windows of real validation text, `task.context` tokens each. The model is
+randomly initialised (seeded) unless `task.checkpoint` names a `model.pt` saved by `task=train task.save_model=true`.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from harness import data as data_sources
+from harness import flops, measure, quantize, records
+from harness.config import CONF_DIR, attention_options, gpt_config
+from harness.parallel import local
+from harness.tasks import Unsupported
+from harness.tasks.train import evaluate
+from models import attention as attention_registry
+from models.gpt import GPT, KVCache
+
+log = logging.getLogger("harness")
+
+WEIGHTS = ("fp32", "bf16", "int8", "nf4")
+
+
+def weights_copy(model: GPT, name: str) -> GPT:
+    """The model with its weights in `name`: fp32 as is, bf16 cast, int8/nf4 weight-only quantized (torchao)."""
+    if name == "fp32":
+        return model
+    if name == "bf16":
+        return copy.deepcopy(model).to(torch.bfloat16)
+    quantized, _ = quantize.quantized_copy(model, name)
+    return quantized
+
+
+def compute_dtype(model: GPT) -> torch.dtype:
+    """Activations (and so the cache) follow the embedding table: fp32 for fp32 and weight-only quantized, bf16 for bf16."""
+    return model.wte.weight.dtype
+
+
+@torch.no_grad()
+def generate(model: GPT, prompt: torch.Tensor, new_tokens: int, *, cache: bool) -> tuple[torch.Tensor, float, float]:
+    """Greedy decoding: (the new tokens, prefill seconds, decode seconds)."""
+    device = prompt.device
+    kv = KVCache(model.cfg, prompt.shape[0], prompt.shape[1] + new_tokens, compute_dtype(model), device) if cache else None
+    start = measure.timer(device)
+    logits = model(prompt, cache=kv)
+    token = logits[:, -1].argmax(-1, keepdim=True)
+    prefill = measure.timer(device) - start
+    tokens, sequence = [token], prompt
+    start = measure.timer(device)
+    for _ in range(new_tokens - 1):
+        if cache:
+            logits = model(token, cache=kv)
+        else:
+            sequence = torch.cat([sequence, token], dim=1)
+            logits = model(sequence)
+        token = logits[:, -1].argmax(-1, keepdim=True)
+        tokens.append(token)
+    decode = measure.timer(device) - start
+    return torch.cat(tokens, dim=1), prefill, decode
+
+
+def trained_weights(cfg: DictConfig) -> Path:
+    """Weights trained by task=train (its defaults) on task.train_tokens of this data, cached by everything that
+    determines them, so the points of a sweep train once."""
+    from harness.tasks import train
+    settings = OmegaConf.to_container(cfg, resolve=True)
+    settings.update(task={**OmegaConf.to_container(OmegaConf.load(CONF_DIR / "task" / "train.yaml")), "save_model": True},
+                    compute=None, parallel={"name": "single", "world_size": 1}, precision={"name": "fp32"}, progress="off")
+    settings["data"]["tokens"] = float(cfg.task.train_tokens)
+    train_cfg = OmegaConf.create(settings)
+    key = records.config_hash(OmegaConf.to_container(OmegaConf.masked_copy(train_cfg, ["model", "data", "attention", "task", "seed"]),
+                                                     resolve=True))
+    directory = Path(os.path.expanduser(cfg.data.get("cache_dir") or "~/.cache/scaling-harness")) / "models" / key
+    if not (directory / records.MODEL_NAME).exists():
+        log.info("training the model to measure (%s tokens, cached in %s)", cfg.task.train_tokens, directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        records.write_model(directory, train.train(train_cfg)["model_state"])
+    return directory / records.MODEL_NAME
+
+
+def measured_cache_bytes(cfg, batch: int, length: int, dtype: torch.dtype, device: torch.device) -> tuple[int, int]:
+    """(bytes of the cache's tensor storage, memory the process gains by allocating and zero-filling it: CUDA
+    allocator bytes, or the resident set on a CPU, where small caches come from already-mapped heap and show 0)."""
+    before = measure.current_memory_bytes(device)
+    kv = KVCache(cfg, batch, length, dtype, device)
+    measure.synchronize(device)
+    grown = measure.current_memory_bytes(device) - before
+    storage = kv.k.untyped_storage().nbytes() + kv.v.untyped_storage().nbytes()
+    del kv
+    return storage, grown
+
+
+def run(cfg: DictConfig) -> dict:
+    wall_start = time.perf_counter()
+    device = measure.resolve_device(cfg.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise Unsupported(f"device={cfg.device!r} but CUDA is not available")
+    t = cfg.task
+    for name in [t.weights, *(t.compare_weights or [])]:
+        if name in ("int8", "nf4") and quantize.unavailable(name):
+            raise Unsupported(f"task.weights={name}: {quantize.unavailable(name)}")
+    availability = attention_registry.available(cfg.attention.name, device, torch.float32, **attention_options(cfg))
+    if not availability:
+        raise Unsupported(f"attention={cfg.attention.name}: {availability.reason}")
+
+    dataset = data_sources.load(cfg.data)
+    model_cfg = gpt_config(cfg, dataset.vocab_size)
+    context, new_tokens, batch = int(t.context), int(t.new_tokens), int(t.batch_size)
+    if len(dataset.val) < batch * context + 1:
+        raise Unsupported(f"the validation split ({len(dataset.val)} tokens) is too short for "
+                          f"task.batch_size={batch} prompts of task.context={context} tokens")
+    torch.manual_seed(int(cfg.seed))
+    model = GPT(model_cfg).to(device).eval()
+    weights_source = "random (seeded)"
+    if t.checkpoint:
+        model.load_state_dict(torch.load(t.checkpoint, map_location=device, weights_only=True))
+        weights_source = str(t.checkpoint)
+    elif t.train_tokens:
+        path = trained_weights(cfg)
+        model.load_state_dict(torch.load(path, map_location=device, weights_only=True))
+        weights_source = f"trained here on {float(t.train_tokens):.3g} tokens (task=train defaults; cached at {path})"
+    prompt = torch.from_numpy(dataset.val[: batch * context].astype("int64").reshape(batch, context)).to(device)
+    val_windows = data_sources.validation_windows(dataset.val, model_cfg.seq_len, int(t.eval_tokens))
+    repeats = int(t.repeats)
+
+    def timed(m: GPT, cache: bool) -> dict:
+        generate(m, prompt[:, : min(context, 16)], 2, cache=cache)  # warm-up: first-call allocations and dispatch
+        runs = [generate(m, prompt, new_tokens, cache=cache) for _ in range(repeats)]
+        prefill = statistics.median(r[1] for r in runs)
+        decode = statistics.median(r[2] for r in runs)
+        steps = max(1, new_tokens - 1) * batch
+        return {"tokens": runs[0][0], "prefill_s": prefill, "prefill_tokens_per_s": batch * context / prefill,
+                "decode_s": decode, "decode_tokens_per_s": steps / decode, "decode_ms_per_token": 1e3 * decode / max(1, new_tokens - 1)}
+
+    main = weights_copy(model, t.weights)
+    measure.reset_peak_memory(device)
+    with_cache = timed(main, cache=True)
+    recompute = timed(main, cache=False) if t.recompute else None
+    dtype = compute_dtype(main)
+    element = torch.finfo(dtype).bits // 8
+    shape = {"n_layer": model_cfg.n_layer, "kv_heads": model_cfg.n_head, "head_dim": model_cfg.head_dim, "batch": batch,
+             "bytes_per_element": element}
+    weights_bytes = quantize.model_bytes(main)
+    cache_formula = flops.kv_cache_bytes(context=context + new_tokens, **shape)
+    cache_storage, cache_growth = measured_cache_bytes(model_cfg, batch, context + new_tokens, dtype, device)
+    reference_loss = evaluate(local(model, device), val_windows, batch_size=8)
+    loss = reference_loss if main is model else evaluate(local(main, device), val_windows, batch_size=8)
+    metrics = {
+        "prefill_s": with_cache["prefill_s"], "prefill_tokens_per_s": with_cache["prefill_tokens_per_s"],
+        "decode_tokens_per_s": with_cache["decode_tokens_per_s"], "decode_ms_per_token": with_cache["decode_ms_per_token"],
+        "decode_tokens_per_s_recompute": recompute["decode_tokens_per_s"] if recompute else None,
+        "decode_ms_per_token_recompute": recompute["decode_ms_per_token"] if recompute else None,
+        "cache_speedup": with_cache["decode_tokens_per_s"] / recompute["decode_tokens_per_s"] if recompute else None,
+        "cache_matches_recompute": bool(torch.equal(with_cache["tokens"], recompute["tokens"])) if recompute else None,
+        "kv_cache_bytes": cache_storage, "kv_cache_memory_growth_bytes": cache_growth,
+        "kv_cache_bytes_formula": cache_formula,
+        "weights_bytes": weights_bytes,
+        "cache_exceeds_weights_at_context": flops.context_where_cache_exceeds(weights_bytes, **shape),
+        "val_loss": loss, "val_loss_change": loss - reference_loss,
+        "peak_memory_bytes": measure.peak_memory_bytes(device),
+        "wall_time_s": 0.0,
+    }
+    reference_tokens = with_cache["tokens"] if main is model else generate(model, prompt, new_tokens, cache=True)[0]
+    compared = {}
+    for name in t.compare_weights or []:
+        other = weights_copy(model, name)
+        result = timed(other, cache=True)
+        other_loss = reference_loss if other is model else evaluate(local(other, device), val_windows, batch_size=8)
+        compared[name] = {"weights_bytes": quantize.model_bytes(other), "decode_tokens_per_s": result["decode_tokens_per_s"],
+                          "prefill_s": result["prefill_s"], "val_loss": other_loss, "val_loss_change": other_loss - reference_loss,
+                          "same_tokens_as_fp32": bool(torch.equal(result["tokens"], reference_tokens))}
+    metrics["wall_time_s"] = time.perf_counter() - wall_start
+    counts = model.param_counts()
+    model_info = {"family": "gpt", "n_layer": model_cfg.n_layer, "d_model": model_cfg.d_model, "n_head": model_cfg.n_head,
+                  "head_dim": model_cfg.head_dim, "seq_len": model_cfg.seq_len, "positions": model_cfg.positions,
+                  "params_total": counts["total"], "params_non_embedding": counts["non_embedding"],
+                  "weights": t.weights, "cache_dtype": str(dtype).removeprefix("torch."),
+                  "weights_source": weights_source}
+    return {"metrics": metrics, "model_info": model_info, "weights": compared,
+            "data_info": {"val_tokens": len(dataset.val), **dataset.info}}
+

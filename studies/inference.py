@@ -1,0 +1,100 @@
+"""Inference costs: latency and memory against context length, the KV cache against its formula, and weight precision.
+
+Sweep: conf/study/inference.yaml (task=inference over context and batch). The cache formula and the context at
+which the cache outgrows the weights come from harness/flops.py.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from harness import plots
+from harness.report import markdown_table
+
+
+def points(df: pd.DataFrame) -> pd.DataFrame:
+    ok = df[(df["status"] == "ok") & (df["task.name"] == "inference")]
+    return pd.DataFrame({
+        "batch": ok["task.batch_size"].astype(int), "context": ok["task.context"].astype(int),
+        "prefill_s": ok["metrics.prefill_s"], "decode_ms_per_token": ok["metrics.decode_ms_per_token"],
+        "decode_ms_per_token_recompute": ok["metrics.decode_ms_per_token_recompute"],
+        "decode_tokens_per_s": ok["metrics.decode_tokens_per_s"],
+        "decode_tokens_per_s_recompute": ok["metrics.decode_tokens_per_s_recompute"],
+        "cache_speedup": ok["metrics.cache_speedup"], "same_tokens": ok["metrics.cache_matches_recompute"],
+        "kv_cache_mb": ok["metrics.kv_cache_bytes"] / 1e6, "kv_cache_formula_mb": ok["metrics.kv_cache_bytes_formula"] / 1e6,
+        "memory_growth_mb": ok["metrics.kv_cache_memory_growth_bytes"] / 1e6,
+        "weights_mb": ok["metrics.weights_bytes"] / 1e6,
+        "cache_exceeds_weights_at": ok["metrics.cache_exceeds_weights_at_context"],
+    }).sort_values(["batch", "context"]).reset_index(drop=True)
+
+
+def weights_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Per weight precision: bytes, decode speed with the cache (median over the sweep's points), validation loss."""
+    ok = df[(df["status"] == "ok") & (df["task.name"] == "inference")]
+    rows = []
+    for name in ("fp32", "bf16", "int8", "nf4"):
+        if name == "fp32":
+            part = ok.assign(**{"weights.fp32.weights_bytes": ok["metrics.weights_bytes"],
+                                "weights.fp32.decode_tokens_per_s": ok["metrics.decode_tokens_per_s"],
+                                "weights.fp32.val_loss": ok["metrics.val_loss"], "weights.fp32.val_loss_change": 0.0,
+                                "weights.fp32.same_tokens_as_fp32": True})
+        elif f"weights.{name}.weights_bytes" in ok.columns:
+            part = ok
+        else:
+            continue
+        for (batch, context), row in part.set_index(["task.batch_size", "task.context"]).iterrows():
+            rows.append({"weights": name, "batch": int(batch), "context": int(context),
+                         "weights_mb": row[f"weights.{name}.weights_bytes"] / 1e6,
+                         "decode_tokens_per_s": row[f"weights.{name}.decode_tokens_per_s"],
+                         "val_loss": row[f"weights.{name}.val_loss"], "val_loss_change": row[f"weights.{name}.val_loss_change"],
+                         "same_tokens_as_fp32": bool(row[f"weights.{name}.same_tokens_as_fp32"])})
+    return pd.DataFrame(rows)
+
+
+def analyse(df: pd.DataFrame, out: Path) -> list[str]:
+    table = points(df)
+    if table.empty:
+        return ["No inference measurement finished ok."]
+    weights = weights_table(df)
+    plots.inference_costs(table, out)
+    ok = df[(df["status"] == "ok") & (df["task.name"] == "inference")]
+    first = ok.iloc[0]
+    at_2k = table[table["context"] == 2048]
+    summary = weights.groupby("weights", sort=False).agg(
+        weights_mb=("weights_mb", "first"), decode_tokens_per_s_median=("decode_tokens_per_s", "median"),
+        val_loss=("val_loss", "first"), val_loss_change=("val_loss_change", "first"),
+        same_tokens_as_fp32=("same_tokens_as_fp32", "mean")).reset_index() if not weights.empty else weights
+    if not summary.empty:
+        summary["speed_vs_fp32"] = summary["decode_tokens_per_s_median"] / summary.loc[summary["weights"] == "fp32", "decode_tokens_per_s_median"].iloc[0]
+    crossover = table.groupby("batch")["cache_exceeds_weights_at"].first().reset_index()
+    formula_error = float(np.max(np.abs(table["kv_cache_mb"] / table["kv_cache_formula_mb"] - 1)))
+    large = table[table["kv_cache_formula_mb"] >= 4]  # below a few MB the allocator reuses mapped heap
+    growth_error = float(np.max(np.abs(large["memory_growth_mb"] / large["kv_cache_formula_mb"] - 1))) if len(large) else None
+    (out / "fits.json").write_text(json.dumps({
+        "cache_speedup_at_2048": at_2k[["batch", "cache_speedup"]].to_dict(orient="records"),
+        "cache_exceeds_weights_at": crossover.to_dict(orient="records"),
+        "kv_cache_max_relative_error_vs_formula": formula_error,
+        "memory_growth_max_relative_error_vs_formula_from_4mb": growth_error}, indent=1, default=float))
+    source = str(first["model_info.weights_source"])
+    weights_note = f"weights {source}" + ("; the validation-loss changes of bf16/int8/nf4 are those of an untrained "
+                                          "model (set task.train_tokens or task.checkpoint)" if source.startswith("random") else "")
+    return [
+        f"Device: {first['env.device_name']} ({first['env.device']}). Model: GPT, {int(first['model_info.n_layer'])} layers, "
+        f"d_model {int(first['model_info.d_model'])}, {int(first['model_info.n_head'])} heads of {int(first['model_info.head_dim'])}, "
+        f"{first['model_info.positions']} positions, {int(first['model_info.params_total']):,} parameters; {weights_note}. "
+        f"Greedy decoding of {int(first['task.new_tokens'])} tokens after a prompt of real validation text; medians of "
+        f"{int(first['task.repeats'])} generations.",
+        "## Latency, decode speed and the KV cache\n\nkv_cache_mb is the cache's allocated tensor storage; "
+        "memory_growth_mb what the process gained when it was allocated and zero-filled (CUDA allocator, or resident "
+        "set on a CPU); kv_cache_formula_mb is 2 x layers x kv_heads x head_dim x (context + new tokens) x batch x bytes. same_tokens: greedy decoding with the cache produced exactly the tokens of recomputing.\n\n"
+        + markdown_table(table),
+        f"The cache holds as many bytes as the weights from context {', '.join(f'{r.cache_exceeds_weights_at:,.0f} (batch {r.batch})' for r in crossover.itertuples())}; "
+        f"The cache's storage is within {formula_error:.1%} of the formula at every point"
+        + (f"; the process's memory growth within {growth_error:.1%} wherever the cache is 4 MB or more." if growth_error is not None else "."),
+        "## Weight precision\n\nDecode speed with the cache, median over the sweep's points; validation loss on "
+        "model.seq_len windows.\n\n" + (markdown_table(summary) if not summary.empty else "No weight comparison."),
+        "![latency vs context](inference_latency.png)\n\n![KV cache memory vs context](inference_memory.png)",
+    ]

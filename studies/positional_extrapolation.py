@@ -1,0 +1,54 @@
+"""Positional extrapolation: validation loss at 1x, 2x, 4x and 8x the training length, per positional encoding.
+
+Sweep: conf/study/positional_extrapolation.yaml. The loss at each length is averaged over every position of
+the longer windows, as Press et al. (2022) evaluate ALiBi.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from harness import plots
+from harness.report import markdown_table
+
+ORDER = ("learned", "sinusoidal", "rope", "alibi")
+
+
+def losses(df: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    for _, run in df[df["status"] == "ok"].iterrows():
+        train_len = int(run["model_info.seq_len"])
+        for multiple in run["task.eval_lengths"]:
+            key = f"length_extrapolation.x{float(multiple):g}"
+            rows.append({"positions": run["model.positions"], "multiple": float(multiple),
+                         "eval_len": int(run[f"{key}.seq_len"]), "train_len": train_len,
+                         "val_loss": run.get(f"{key}.val_loss"), "note": run.get(f"{key}.unsupported") or ""})
+    table = pd.DataFrame(rows)
+    table["order"] = table["positions"].map({p: i for i, p in enumerate(ORDER)})
+    return table.sort_values(["order", "multiple"]).drop(columns="order").reset_index(drop=True)
+
+
+def analyse(df: pd.DataFrame, out: Path) -> list[str]:
+    ok = df[df["status"] == "ok"]
+    if ok.empty or "task.eval_lengths" not in ok.columns:
+        return ["No run with task.eval_lengths finished ok."]
+    table = losses(df)
+    measured = table.dropna(subset=["val_loss"])
+    plots.length_extrapolation(measured, out)
+    (out / "fits.json").write_text(json.dumps({"losses": table.to_dict(orient="records")}, indent=1, default=float))
+    wide = measured.pivot_table(index="positions", columns="multiple", values="val_loss", sort=False)
+    wide.columns = [f"loss at {m:g}x" for m in wide.columns]
+    base = wide.iloc[:, 0]
+    for column in wide.columns[1:]:
+        wide[f"{column.removeprefix('loss at ')} - 1x"] = wide[column] - base
+    first = ok.iloc[0]
+    return [
+        f"Device: {first['env.device_name']}. GPT {int(first['model_info.n_layer'])} layers, d_model "
+        f"{int(first['model_info.d_model'])}, trained on {int(first['metrics.tokens']):,} tokens of data={first['data.name']} "
+        f"at sequence length {int(first['model_info.seq_len'])}; the same data, initialisation seed and batches for every encoding.",
+        "## Validation loss by evaluation length\n\n" + markdown_table(wide.reset_index()),
+        "## Every evaluation\n\n" + markdown_table(table.fillna("")),
+        "![loss against evaluation length](length_extrapolation.png)",
+    ]

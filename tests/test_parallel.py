@@ -1,0 +1,208 @@
+"""Parallel strategies on 2 (and 4) gloo ranks on CPU: every layout trains what the single process trains.
+
+These are the guard against silent parallelism bugs: a wrong gradient average, a TP plan that mixes up heads,
+a pipeline that drops a microbatch or forgets the tied embedding all show up as a different loss trajectory.
+"""
+import json
+
+import pandas as pd
+import pytest
+import torch
+import torch.distributed as dist
+
+from harness import distributed, load_results, parallel
+from models.gpt import GPT, GPTConfig
+from tests.conftest import harness_cmd
+
+# Six optimizer steps, the loss recorded after every one of them (eval_points = steps).
+STEPS = ["data=markov", "data.train_tokens=2e5", "data.val_tokens=2e4", "data.tokens=1536", "model.n_layer=2",
+         "model.d_model=32", "model.n_head=2", "model.seq_len=32", "task.batch_size=8", "task.eval_points=6",
+         "task.eval_tokens=1024", "progress=off"]
+DATA_PARALLEL = ("ddp", "zero1", "fsdp_zero2", "fsdp_zero3")
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    cwd = tmp_path_factory.mktemp("parallel")
+    result = harness_cmd("-m", *STEPS, "parallel=single,ddp,zero1,fsdp_zero2,fsdp_zero3,tp,pp",
+                         "hydra.sweep.dir=sweep", cwd=cwd)
+    assert result.returncode == 0, result.stderr
+    more = harness_cmd("-m", *STEPS, "parallel=pp", "parallel.schedule=gpipe", "hydra.sweep.dir=gpipe", cwd=cwd)
+    assert more.returncode == 0, more.stderr
+    two_d = harness_cmd("-m", *STEPS, "parallel=fsdp_tp", "parallel.world_size=4", "hydra.sweep.dir=fsdp_tp", cwd=cwd)
+    assert two_d.returncode == 0, two_d.stderr
+    df = load_results([cwd / "sweep", cwd / "gpipe", cwd / "fsdp_tp"])
+    df["layout"] = df["parallel.name"] + df["parallel.schedule"].fillna("").map(lambda s: f"_{s}" if s else "")
+    assert (df.status == "ok").all(), df[["layout", "status", "error"]]
+    return df.set_index("layout")
+
+
+def trajectory(row) -> list[float]:
+    return [point[key] for point in row.curve for key in ("train_loss", "val_loss")]
+
+
+def test_every_strategy_reproduces_the_single_process_loss_trajectory(sweep):
+    reference = trajectory(sweep.loc["single"])
+    assert len(reference) == 12
+    for layout in ("ddp", "zero1", "fsdp_zero2", "fsdp_zero3", "tp", "pp_1f1b", "pp_gpipe", "fsdp_tp"):
+        assert trajectory(sweep.loc[layout]) == pytest.approx(reference, rel=1e-5, abs=0), layout
+
+
+def test_data_parallel_strategies_agree_bit_for_bit(sweep):
+    # Same arithmetic: the same gradient average, the same elementwise AdamW, sharded or not.
+    first = trajectory(sweep.loc["ddp"])
+    for layout in DATA_PARALLEL[1:]:
+        assert trajectory(sweep.loc[layout]) == first, layout
+
+
+def test_records_say_the_layout_and_every_rank(sweep):
+    for layout, (world, dp, tp, pp) in {"ddp": (2, 2, 1, 1), "tp": (2, 1, 2, 1), "pp_1f1b": (2, 1, 1, 2),
+                                        "fsdp_tp": (4, 2, 2, 1), "single": (1, 1, 1, 1)}.items():
+        row = sweep.loc[layout]
+        assert (row["parallel_info.world_size"], row["parallel_info.dp"], row["parallel_info.tp"], row["parallel_info.pp"]) == (world, dp, tp, pp)
+        assert [r["rank"] for r in row["parallel_info.per_rank"]] == list(range(world))
+        assert (row["parallel_info.backend"] == "gloo") if world > 1 else pd.isna(row["parallel_info.backend"])
+
+
+def test_memory_held_per_rank_matches_the_zero_model(sweep):
+    full = sweep.loc["ddp", "parallel_info.per_rank"][0]
+    assert full["param_bytes"] == full["grad_bytes"] == full["optimizer_bytes"] / 2 == 4 * full["psi"]
+    # What the ZeRO stage shards; the rest every rank holds whole. Parameters are compared mid-step, when
+    # ZeRO-2 (FSDP2 without resharding after forward) holds all of them gathered.
+    for layout, sharded in {"ddp": (), "zero1": ("optimizer_bytes",), "fsdp_zero2": ("grad_bytes", "optimizer_bytes"),
+                            "fsdp_zero3": ("param_bytes_in_step", "grad_bytes", "optimizer_bytes")}.items():
+        ranks = sweep.loc[layout, "parallel_info.per_rank"]
+        # ZeroRedundancyOptimizer gives whole parameters to ranks, so its halves differ by up to the largest one.
+        slack = max(p.numel() for p in tiny_model().parameters()) * 8 if layout == "zero1" else 64
+        for key in ("param_bytes_in_step", "grad_bytes", "optimizer_bytes"):
+            predicted = f"predicted_{key.removesuffix('_in_step')}"
+            held = [r[key] for r in ranks]
+            if key in sharded:
+                assert all(abs(r[key] - r[predicted]) <= slack for r in ranks), (layout, key, ranks)
+                assert all(r[predicted] == full[key.removesuffix("_in_step")] / 2 for r in ranks)
+            else:
+                assert held == [full[key]] * 2 and all(r[predicted] == full[key] for r in ranks), (layout, key)
+        if sharded:  # at rest every FSDP rank keeps only its shard: together the shards are the whole
+            for key in ("param_bytes", "grad_bytes", "optimizer_bytes") if layout != "zero1" else ("optimizer_bytes",):
+                assert sum(r[key] for r in ranks) == full[key], (layout, key)
+
+
+def tiny_model(**overrides) -> GPT:
+    torch.manual_seed(0)
+    return GPT(GPTConfig(**{"vocab_size": 64, "seq_len": 16, "n_layer": 4, "d_model": 32, "n_head": 4, **overrides}))
+
+
+def _tensor_parallel_errors(positions: str) -> dict:
+    """On every rank: the TP model's logits and gradients against the unsharded model's."""
+    from torch.distributed.device_mesh import init_device_mesh
+    reference, model = tiny_model(positions=positions), tiny_model(positions=positions)
+    parallel.tensor_parallel(model, init_device_mesh("cpu", (dist.get_world_size(),)))
+    x = torch.randint(0, 64, (3, 16), generator=torch.Generator().manual_seed(1))
+    expected, got = reference(x), model(x)
+    expected.square().mean().backward()
+    got.square().mean().backward()
+    grads = {name: (p.grad.full_tensor() - dict(reference.named_parameters())[name].grad).norm().item()
+             / dict(reference.named_parameters())[name].grad.norm().item() for name, p in model.named_parameters()}
+    return {"logits": ((got - expected).norm() / expected.norm()).item(), "grads": grads,
+            "tied": model.lm_head.weight is model.wte.weight}
+
+
+@pytest.mark.parametrize("positions", ["learned", "sinusoidal", "rope"])
+def test_tensor_parallel_outputs_and_gradients_match_the_unsharded_model(positions):
+    results = distributed.launch(_tensor_parallel_errors, (positions,), 2, "cpu", timeout_s=60)
+    for result in results:
+        assert result["logits"] < 1e-6
+        assert result["tied"] and len(result["grads"]) == len(list(tiny_model(positions=positions).parameters()))
+        assert max(result["grads"].values()) < 1e-5, result["grads"]
+
+
+def _pipeline_gradient_errors(schedule: str) -> dict:
+    """Pipeline gradients over 4 microbatches against one full-batch backward of the whole model."""
+    reference = tiny_model()
+    x = torch.randint(0, 64, (8, 16), generator=torch.Generator().manual_seed(1))
+    y = torch.randint(0, 64, (8, 16), generator=torch.Generator().manual_seed(2))
+    _, loss = reference(x, y)
+    loss.backward()
+    layout = parallel.build("pp", tiny_model(), lambda m, zero=False: torch.optim.SGD(m.parameters()), torch.device("cpu"),
+                            8, schedule=schedule, microbatches=4)
+    pp_loss = parallel.forward_backward(layout, x, y, cast=lambda: torch.autocast("cpu", enabled=False))
+    lo, hi = layout.extra["stage_blocks"]
+    errors = {}
+    for name, p in layout.model.named_parameters():
+        if name.startswith("blocks."):
+            index, rest = name.split(".", 2)[1:]
+            name = f"blocks.{lo + int(index)}.{rest}"
+        if name == "lm_head.weight":
+            name = "wte.weight"   # the last stage's copy of the tied table, its gradient summed with the first's
+        ref = dict(reference.named_parameters())[name].grad
+        errors[name] = ((p.grad - ref).norm() / ref.norm()).item()
+    return {"loss": (pp_loss.item(), loss.item()), "errors": errors, "blocks": [lo, hi]}
+
+
+@pytest.mark.parametrize("schedule", ["gpipe", "1f1b"])
+def test_pipeline_gradients_match_the_full_batch_gradients(schedule):
+    results = distributed.launch(_pipeline_gradient_errors, (schedule,), 2, "cpu", timeout_s=60)
+    assert [r["blocks"] for r in results] == [[0, 2], [2, 4]]
+    for result in results:
+        assert result["loss"][0] == pytest.approx(result["loss"][1], rel=1e-6)
+        assert max(result["errors"].values()) < 1e-5, result["errors"]
+    assert "wte.weight" in results[0]["errors"] and "wte.weight" in results[1]["errors"]
+
+
+@pytest.mark.parametrize("override,message", [
+    (["parallel=tp", "model.n_head=4", "model.d_model=48", "parallel.world_size=3"],
+     "error: parallel=tp: tensor-parallel degree 3 does not divide model.n_head=4"),
+    (["parallel=pp", "parallel.world_size=3"],
+     "error: parallel=pp: 3 pipeline stages (world_size) is more than model.n_layer=2"),
+    (["parallel=pp", "parallel.microbatches=3"], "error: parallel.microbatches=3 does not divide task.batch_size=8"),
+    (["parallel=ddp", "task.batch_size=7"], "error: task.batch_size=7 does not split evenly over 2 data-parallel ranks"),
+    (["parallel=single", "parallel.world_size=2"], "error: parallel=single runs one rank, got parallel.world_size=2"),
+    (["parallel=fsdp_tp", "parallel.tp_degree=4", "parallel.world_size=2"],
+     "error: parallel.tp_degree=4 does not divide parallel.world_size=2"),
+])
+def test_impossible_layouts_are_one_line_before_any_work(tmp_path, override, message):
+    result = harness_cmd(*STEPS, *override, "hydra.run.dir=run", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip() == message
+    assert not (tmp_path / "run" / "record.json").exists()
+
+
+def test_more_ranks_than_gpus_is_refused(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert distributed.too_many_ranks(2, "cuda") == "parallel.world_size=2 but this machine has 1 GPU(s)"
+    assert distributed.too_many_ranks(1, "cuda") is None
+    assert distributed.too_many_ranks(8, "cpu") is None  # CPU ranks are processes sharing the cores
+
+
+def test_unsupported_precision_layouts_and_divergence_are_records_in_a_sweep(tmp_path):
+    result = harness_cmd("-m", *STEPS, "parallel=fsdp_zero3", "precision=fp16,bf16", "hydra.sweep.dir=s", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    df = load_results(tmp_path / "s").set_index("precision.name")
+    assert df.loc["fp16", "status"] == "unsupported" and "gradient scaling" in df.loc["fp16", "error"]
+    assert df.loc["bf16", "status"] == "ok"
+    # A loss that blows up on every rank comes back from the ranks as `diverged`, not as a launcher traceback.
+    result = harness_cmd(*STEPS, "parallel=ddp", "task.lr=1e6", "task.grad_clip=0", "hydra.run.dir=run", cwd=tmp_path)
+    record = json.loads((tmp_path / "run" / "record.json").read_text())
+    assert record["status"] == "diverged" and "training loss became" in record["error"], record["error"]
+
+
+def test_zero_model_reproduces_the_papers_figure_1_example():
+    # Rajbhandari et al. 2020, Figure 1: Psi = 7.5B, N_d = 64, K = 12 (mixed-precision Adam).
+    gb = {stage: sum(parallel.zero_prediction(7.5e9, stage, 64, 2, 2, 12).values()) / 1e9 for stage in range(4)}
+    assert gb[0] == pytest.approx(120)
+    assert gb[1] == pytest.approx(31.4, abs=0.05)
+    assert gb[2] == pytest.approx(16.6, abs=0.05)
+    assert gb[3] == pytest.approx(1.88, abs=0.01)
+
+
+def test_slurm_ranks_come_from_the_environment(monkeypatch):
+    monkeypatch.setattr(distributed.subprocess, "run", lambda *a, **k: (_ for _ in ()).throw(OSError("no scontrol")))
+    assert distributed.first_host("gpu[03-05,07],cpu1") == "gpu03"
+    assert distributed.first_host("node7") == "node7"
+    for key, value in {"SLURM_NTASKS": "4", "SLURM_PROCID": "3", "SLURM_LOCALID": "1", "SLURM_JOB_ID": "12345",
+                       "SLURM_JOB_NODELIST": "gpu[03-04]"}.items():
+        monkeypatch.setenv(key, value)
+    assert distributed.slurm_ranks() == {"rank": 3, "world_size": 4, "local_rank": 1, "master_addr": "gpu03",
+                                         "master_port": 32345}
+    assert distributed.world_size("auto", "cuda") == 4
+    assert distributed.is_secondary_slurm_rank()
