@@ -75,6 +75,35 @@ def current_memory_bytes(device: torch.device) -> int:
     return _process_status_bytes("VmRSS") or 0
 
 
+def cpu_peak_tensor_bytes(fn) -> int:
+    """Peak bytes of tensors alive at once during fn(), beyond those that existed before (profiler timeline)."""
+    from torch.profiler import ProfilerActivity, profile
+    from torch.profiler._memory_profiler import Action  # the timeline behind profile.export_memory_timeline
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
+        fn()
+    live = peak = 0
+    for _, action, _, size in prof._memory_profile().timeline:
+        if action == Action.CREATE:
+            live += size
+        elif action == Action.DESTROY:
+            live -= size
+        peak = max(peak, live)
+    return int(peak)
+
+
+def peak_tensor_bytes(fn, device: torch.device) -> int:
+    """Peak bytes of tensors fn() allocates beyond those alive before: the CUDA allocator's count, or on a CPU
+    the profiler's memory timeline (the allocator has no peak counter there)."""
+    if device.type == "cuda":
+        synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        fn()
+        synchronize(device)
+        return int(torch.cuda.max_memory_allocated(device) - before)
+    return cpu_peak_tensor_bytes(fn)
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device) if torch.cuda.is_available() else "cuda (not available)"

@@ -15,6 +15,12 @@ from models import attention as attention_registry
 from models.positions import KINDS as POSITION_KINDS, TABLE_KINDS, Rotary, alibi_bias, alibi_slopes, sinusoidal_table
 
 
+# Sinusoids have a per-channel RMS of 1/sqrt(2); token embeddings start at std 0.02 (GPT-2). Scaled to the
+# embeddings' size, position and token signals start level, as Vaswani et al.'s sqrt(d_model) embedding scaling
+# levels them there; unscaled, the positions drown the tokens and training suffers.
+SINUSOID_SCALE = 0.02 * 2 ** 0.5
+
+
 @dataclass
 class GPTConfig:
     vocab_size: int = 256
@@ -134,7 +140,7 @@ class GPT(nn.Module):
         self.wte = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.wpe = nn.Embedding(cfg.seq_len, cfg.d_model) if cfg.positions == "learned" else None
         if cfg.positions == "sinusoidal":
-            self.register_buffer("sinusoids", sinusoidal_table(cfg.seq_len, cfg.d_model), persistent=False)
+            self.register_buffer("sinusoids", SINUSOID_SCALE * sinusoidal_table(cfg.seq_len, cfg.d_model), persistent=False)
         self.dropout = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg, layer) for layer in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.d_model, bias=cfg.bias)
@@ -180,7 +186,7 @@ class GPT(nn.Module):
         """The fixed table, extended past model.seq_len when a longer sequence asks (sinusoids are defined everywhere)."""
         if n <= self.sinusoids.shape[0]:
             return self.sinusoids[:n]
-        return sinusoidal_table(n, self.cfg.d_model).to(self.sinusoids.device)
+        return SINUSOID_SCALE * sinusoidal_table(n, self.cfg.d_model).to(self.sinusoids.device)
 
     def param_counts(self) -> dict[str, int]:
         """Exact counts. Non-embedding (Kaplan et al. 2020) excludes the token and position tables and an untied output head."""

@@ -40,15 +40,19 @@ def analyse(df: pd.DataFrame, out: Path) -> list[str]:
     (out / "fits.json").write_text(json.dumps({"losses": table.to_dict(orient="records")}, indent=1, default=float))
     wide = measured.pivot_table(index="positions", columns="multiple", values="val_loss", sort=False)
     wide.columns = [f"loss at {m:g}x" for m in wide.columns]
-    base = wide.iloc[:, 0]
+    base, longest = wide.iloc[:, 0], wide.columns[-1]
     for column in wide.columns[1:]:
         wide[f"{column.removeprefix('loss at ')} - 1x"] = wide[column] - base
     first = ok.iloc[0]
+    changes = [f"{p} {wide.loc[p, longest] - base[p]:+.3f}" for p in wide.index if pd.notna(wide.loc[p, longest])]
+    missing = [p for p in wide.index if pd.isna(wide.loc[p, longest])]
+    finding = (f"Change in validation loss from 1x to {longest.removeprefix('loss at ')} the training length (nats/token): "
+               + ", ".join(changes) + (f"; {', '.join(missing)} cannot be evaluated there." if missing else "."))
     return [
         f"Device: {first['env.device_name']}. GPT {int(first['model_info.n_layer'])} layers, d_model "
         f"{int(first['model_info.d_model'])}, trained on {int(first['metrics.tokens']):,} tokens of data={first['data.name']} "
         f"at sequence length {int(first['model_info.seq_len'])}; the same data, initialisation seed and batches for every encoding.",
-        "## Validation loss by evaluation length\n\n" + markdown_table(wide.reset_index()),
+        "## Validation loss by evaluation length\n\n" + finding + "\n\n" + markdown_table(wide.reset_index().fillna("unsupported")),
         "## Every evaluation\n\n" + markdown_table(table.fillna("")),
         "![loss against evaluation length](length_extrapolation.png)",
     ]

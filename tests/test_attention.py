@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from harness import flops
-from harness.tasks.attention import cpu_peak_tensor_bytes
+from harness.measure import cpu_peak_tensor_bytes
 from models import attention
 from models.attention import masks, performer
 from models.attention.reference import reference, relative_error

@@ -32,33 +32,6 @@ def _call(attn, q, k, v, grad_out):
     return out
 
 
-def cpu_peak_tensor_bytes(fn) -> int:
-    """Peak bytes of tensors alive at once during fn(), beyond those that existed before (profiler timeline)."""
-    from torch.profiler import ProfilerActivity, profile
-    from torch.profiler._memory_profiler import Action  # the timeline behind profile.export_memory_timeline
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
-        fn()
-    live = peak = 0
-    for _, action, _, size in prof._memory_profile().timeline:
-        if action == Action.CREATE:
-            live += size
-        elif action == Action.DESTROY:
-            live -= size
-        peak = max(peak, live)
-    return int(peak)
-
-
-def peak_memory(fn, device: torch.device) -> int:
-    if device.type == "cuda":
-        measure.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        before = torch.cuda.memory_allocated(device)
-        fn()
-        measure.synchronize(device)
-        return int(torch.cuda.max_memory_allocated(device) - before)
-    return cpu_peak_tensor_bytes(fn)
-
-
 def mask_options(cfg: DictConfig) -> dict:
     if cfg.attention.name != "longformer":
         return {}
@@ -107,7 +80,7 @@ def run(cfg: DictConfig) -> dict:
             times = measure.time_calls(lambda: _call(attn, q, k, v, grad_out), device, warmup=int(t.warmup),
                                        min_repeats=int(t.min_repeats), max_repeats=int(t.max_repeats),
                                        max_seconds=float(t.max_seconds))
-            memory = peak_memory(lambda: _call(attn, q, k, v, grad_out), device)
+            memory = measure.peak_tensor_bytes(lambda: _call(attn, q, k, v, grad_out), device)
             accuracy = errors(attn, cfg, dtype, device, backward)
     except NotImplementedError as error:  # e.g. FlexAttention's missing CPU backward, xformers' missing kernels
         raise Unsupported(f"attention={name}: {str(error).strip().splitlines()[0]}") from None

@@ -87,16 +87,9 @@ def trained_weights(cfg: DictConfig) -> Path:
     return directory / records.MODEL_NAME
 
 
-def measured_cache_bytes(cfg, batch: int, length: int, dtype: torch.dtype, device: torch.device) -> tuple[int, int]:
-    """(bytes of the cache's tensor storage, memory the process gains by allocating and zero-filling it: CUDA
-    allocator bytes, or the resident set on a CPU, where small caches come from already-mapped heap and show 0)."""
-    before = measure.current_memory_bytes(device)
-    kv = KVCache(cfg, batch, length, dtype, device)
-    measure.synchronize(device)
-    grown = measure.current_memory_bytes(device) - before
-    storage = kv.k.untyped_storage().nbytes() + kv.v.untyped_storage().nbytes()
-    del kv
-    return storage, grown
+def allocated_cache_bytes(cfg, batch: int, length: int, dtype: torch.dtype, device: torch.device) -> int:
+    """Bytes the allocator hands out for the cache (CUDA allocator, or the profiler's memory timeline on a CPU)."""
+    return measure.peak_tensor_bytes(lambda: KVCache(cfg, batch, length, dtype, device), device)
 
 
 def run(cfg: DictConfig) -> dict:
@@ -151,7 +144,8 @@ def run(cfg: DictConfig) -> dict:
              "bytes_per_element": element}
     weights_bytes = quantize.model_bytes(main)
     cache_formula = flops.kv_cache_bytes(context=context + new_tokens, **shape)
-    cache_storage, cache_growth = measured_cache_bytes(model_cfg, batch, context + new_tokens, dtype, device)
+    # Everything a cached generation allocates beyond the weights: the cache plus the prompt's activations.
+    generation_peak = measure.peak_tensor_bytes(lambda: generate(main, prompt, new_tokens, cache=True), device)
     reference_loss = evaluate(local(model, device), val_windows, batch_size=8)
     loss = reference_loss if main is model else evaluate(local(main, device), val_windows, batch_size=8)
     metrics = {
@@ -161,7 +155,8 @@ def run(cfg: DictConfig) -> dict:
         "decode_ms_per_token_recompute": recompute["decode_ms_per_token"] if recompute else None,
         "cache_speedup": with_cache["decode_tokens_per_s"] / recompute["decode_tokens_per_s"] if recompute else None,
         "cache_matches_recompute": bool(torch.equal(with_cache["tokens"], recompute["tokens"])) if recompute else None,
-        "kv_cache_bytes": cache_storage, "kv_cache_memory_growth_bytes": cache_growth,
+        "kv_cache_bytes": allocated_cache_bytes(model_cfg, batch, context + new_tokens, dtype, device),
+        "generation_peak_bytes": generation_peak,
         "kv_cache_bytes_formula": cache_formula,
         "weights_bytes": weights_bytes,
         "cache_exceeds_weights_at_context": flops.context_where_cache_exceeds(weights_bytes, **shape),

@@ -20,8 +20,7 @@ from pathlib import Path
 import torch
 
 from harness.fit import fit_power_law
-from harness.measure import interleaved_medians
-from harness.tasks.attention import cpu_peak_tensor_bytes
+from harness.measure import cpu_peak_tensor_bytes, interleaved_medians
 from models.attention import get_attention
 from models.attention.reference import reference, relative_error
 
