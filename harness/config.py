@@ -133,6 +133,8 @@ def _check_parallel(cfg: DictConfig) -> None:
     if cfg.task.get("eval_quantized") and p.name != "single":
         raise ConfigError(f"task.eval_quantized needs parallel=single, got parallel={p.name}")
     world = distributed.world_size(setting, measure.resolve_device(cfg.device).type)
+    if setting == "auto" and world < 2 and p.name != "single":
+        return  # one GPU here: the run records `unsupported`, so a sweep over strategies goes on
     n_layer, _, n_head = model_shape(cfg.model)
     problem = parallel.problems(p.name, world, parallel.degrees(p.name, world, p.get("tp_degree")), n_head=n_head,
                                 n_layer=n_layer, batch_size=int(cfg.task.batch_size),

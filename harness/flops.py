@@ -93,7 +93,7 @@ ATTENTION_BACKWARD_FACTOR = {"exact": 2.5, "performer": 2.0}
 def attention_flops(variant: str, *, batch: int, heads: int, seq_len: int, head_dim: int, causal: bool,
                     backward: bool, options: dict | None = None) -> float:
     from models.attention.masks import attended_pairs
-    from models.attention.performer import default_num_features
+    from models.attention.performer import DEFAULT_CHUNK, default_num_features
 
     options = options or {}
     n, d = seq_len, head_dim
@@ -101,7 +101,7 @@ def attention_flops(variant: str, *, batch: int, heads: int, seq_len: int, head_
         m = options.get("num_features") or default_num_features(d)
         forward = 2 * (2 * n * m * d) + 2 * (2 * n * m * (d + 1))
         if causal:
-            c = min(options.get("chunk_size", 256), n)
+            c = min(options.get("chunk_size") or DEFAULT_CHUNK[True], n)
             forward += 2 * n * c * m + 2 * n * c * (d + 1)
         factor = ATTENTION_BACKWARD_FACTOR["performer"]
     else:

@@ -206,3 +206,17 @@ def test_slurm_ranks_come_from_the_environment(monkeypatch):
                                          "master_port": 32345}
     assert distributed.world_size("auto", "cuda") == 4
     assert distributed.is_secondary_slurm_rank()
+
+
+def test_one_gpu_makes_multi_rank_strategies_unsupported_records_not_a_stopped_sweep(monkeypatch):
+    from hydra import compose, initialize_config_dir
+
+    from harness.config import CONF_DIR, validate
+    from harness.tasks import Unsupported, train
+
+    monkeypatch.setattr(distributed, "world_size", lambda setting, device_type: 1 if setting == "auto" else int(setting))
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+        cfg = compose("config", overrides=[*STEPS, "parallel=fsdp_tp"])
+    validate(cfg)  # world_size=auto on a one-GPU machine is not a config error...
+    with pytest.raises(Unsupported, match="parallel=fsdp_tp needs 2 or more ranks; parallel.world_size=auto found 1"):
+        train.run(cfg)  # ...but a record saying why this machine cannot run it

@@ -99,6 +99,9 @@ def run(cfg: DictConfig) -> dict:
     world = distributed.world_size(cfg.parallel.get("world_size"), device.type)
     if distributed.too_many_ranks(world, device.type):
         raise Unsupported(distributed.too_many_ranks(world, device.type))
+    if cfg.parallel.name != "single" and world < 2:
+        raise Unsupported(f"parallel={cfg.parallel.name} needs 2 or more ranks; parallel.world_size=auto found "
+                          f"{world} GPU on this machine")
 
     if cfg.parallel.name == "single":
         result = train(cfg)

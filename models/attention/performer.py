@@ -77,18 +77,27 @@ def _with_ones(v: torch.Tensor) -> torch.Tensor:
 def linear_attention(q, k, v, projection_md, eps: float, chunk: int):
     """Non-causal: context = sum_j phi(k_j)^T [v_j, 1], then out_i = phi(q_i) context, numerator / normaliser.
 
-    Features are made one chunk of rows at a time (projection, exp and matmul on a cache-sized block): the
-    key maximum comes from a first, gradient-free pass, and each chunk's projection is recomputed where used.
-    With phi = e + eps, the eps terms are applied to the small context instead of every feature:
+    Features are made one chunk of rows at a time (projection, exp and matmul on a cache-sized block). The keys'
+    stabiliser is their running maximum, as online softmax keeps it: when a chunk raises it, the context summed
+    so far is rescaled by exp(old - new), so the keys are projected once. With phi = e + eps, the eps terms are
+    applied to the small context instead of every feature:
     sum_j (e_j + eps)^T [v_j, 1] = sum_j e_j^T [v_j, 1] + eps * sum_j [v_j, 1], and likewise for the queries.
     """
-    peak = _key_peak(k, projection_md, chunk)
     v_ones = _with_ones(v)
-    context = eps * v_ones.sum(dim=-2, keepdim=True)  # (b, h, 1, d+1), broadcast over the features
+    context, peak = None, None
     for start in range(0, k.shape[-2], chunk):
         rows = slice(start, start + chunk)
         projected, half_norm = _projections(k[:, :, rows], projection_md)
-        context = context + _positive(projected, half_norm + peak, 0.0).transpose(-1, -2) @ v_ones[:, :, rows]
+        chunk_peak = projected.detach().amax(dim=(-1, -2), keepdim=True)
+        if peak is None:
+            peak = chunk_peak
+        else:
+            new_peak = torch.maximum(peak, chunk_peak)
+            context = context * torch.exp(peak - new_peak)
+            peak = new_peak
+        part = _positive(projected, half_norm + peak, 0.0).transpose(-1, -2) @ v_ones[:, :, rows]
+        context = part if context is None else context + part
+    context = context + eps * v_ones.sum(dim=-2, keepdim=True)  # (b, h, 1, d+1), broadcast over the features
     context_sum = eps * context.sum(dim=-2, keepdim=True)
     outputs = []
     for start in range(0, q.shape[-2], chunk):
@@ -96,7 +105,7 @@ def linear_attention(q, k, v, projection_md, eps: float, chunk: int):
         q_exp = _positive(projected, half_norm + projected.amax(dim=-1, keepdim=True).detach(), 0.0)
         both = q_exp @ context + context_sum
         outputs.append(both[..., :-1] / both[..., -1:].clamp_min(torch.finfo(both.dtype).tiny))
-    return torch.cat(outputs, dim=-2)
+    return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=-2)
 
 
 def causal_linear_attention(q, k, v, projection_md, eps: float, chunk: int):
@@ -117,13 +126,18 @@ def causal_linear_attention(q, k, v, projection_md, eps: float, chunk: int):
     return torch.cat(outputs, dim=-2)
 
 
+# Rows per block when not given: measured best on 2 CPU cores at n = 4096 with 256 features (causal, non-causal).
+DEFAULT_CHUNK = {True: 256, False: 512}
+
+
 class Performer:
     """Holds the random projection (redrawn every `redraw_interval` training calls when > 0)."""
 
     def __init__(self, causal: bool, num_features: int | None = None, redraw_interval: int = 0,
-                 chunk_size: int = 256, eps: float = 1e-4, seed: int = 0):
+                 chunk_size: int | None = None, eps: float = 1e-4, seed: int = 0):
         if num_features is not None and num_features < 1:
             raise ValueError(f"performer num_features={num_features} must be positive")
+        chunk_size = chunk_size or DEFAULT_CHUNK[causal]
         if chunk_size < 1:
             raise ValueError(f"performer chunk_size={chunk_size} must be positive")
         if eps < 0:
