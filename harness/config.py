@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from harness import distributed, measure, parallel, precision, quantize
+from harness import distributed, families, measure, parallel, precision, quantize
 
 from models import attention as attention_registry
 from models.gpt import GPTConfig
@@ -20,7 +20,6 @@ from models.sizing import shape_for_params
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 GROUPS = ("task", "model", "data", "attention", "precision", "parallel", "study")
 TASKS = ("train", "attention", "inference")
-FAMILIES = ("gpt",)
 ATTENTION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 ATTENTION_MODES = ("fwd", "fwd_bwd")
 ALIBI_ATTENTION = ("sdpa", "dense")
@@ -64,8 +63,8 @@ def validate(cfg: DictConfig) -> None:
         _validate_attention_task(cfg.task)
         return
     m = cfg.model
-    if m.get("family", "gpt") not in FAMILIES:
-        raise ConfigError(f"model.family={m.family!r}; known: {', '.join(FAMILIES)}")
+    if m.get("family", "gpt") not in families.FAMILIES:
+        raise ConfigError(f"model.family={m.family!r}; known: {', '.join(families.FAMILIES)}")
     if m.params is not None:
         _positive(m.params, "model.params")
         _positive(m.aspect_ratio, "model.aspect_ratio")
@@ -87,6 +86,17 @@ def validate(cfg: DictConfig) -> None:
     if m.positions == "alibi" and cfg.attention.name not in ALIBI_ATTENTION:
         raise ConfigError(f"model.positions=alibi biases the full score matrix: it needs attention=sdpa or dense, "
                           f"got attention={cfg.attention.name}")
+    if m.get("family", "gpt") == "encdec":
+        if cfg.attention.name not in ALIBI_ATTENTION:
+            raise ConfigError(f"model.family=encdec cross-attends queries to a different number of keys: it needs "
+                              f"attention=sdpa or dense, got attention={cfg.attention.name}")
+        if m.positions == "alibi":
+            raise ConfigError("model.family=encdec supports positions learned, sinusoidal, rope; got alibi")
+        if cfg.parallel.name not in ("single", "ddp", "zero1", "fsdp_zero2", "fsdp_zero3"):
+            raise ConfigError(f"model.family=encdec runs with parallel=single, ddp, zero1, fsdp_zero2, fsdp_zero3; "
+                              f"got parallel={cfg.parallel.name}")
+        if cfg.task.get("eval_lengths"):
+            raise ConfigError("task.eval_lengths needs a family that reads windows of any length (gpt, encoder)")
     if m.positions == "alibi" and cfg.parallel.name in ("tp", "fsdp_tp"):
         raise ConfigError(f"model.positions=alibi is not supported with parallel={cfg.parallel.name}")
 
@@ -155,6 +165,10 @@ def _check_attention(cfg: DictConfig) -> None:
 def _validate_inference_task(cfg: DictConfig) -> None:
     from harness.tasks.inference import WEIGHTS
     t, m = cfg.task, cfg.model
+    if m.get("family", "gpt") == "encoder":
+        raise ConfigError("task=inference decodes left to right with a KV cache; model.family=encoder is not a decoder")
+    if m.get("family", "gpt") != "gpt":
+        raise ConfigError(f"task=inference measures the decoder-only GPT; model.family={m.family} is not supported there")
     if cfg.parallel.name != "single":
         raise ConfigError(f"task=inference runs on one device, got parallel={cfg.parallel.name}")
     for key in ("context", "new_tokens", "batch_size", "repeats", "eval_tokens"):
@@ -189,16 +203,18 @@ def model_shape(m: DictConfig) -> tuple[int, int, int]:
         return int(m.n_layer), int(m.d_model), int(m.n_head)
     try:
         return shape_for_params(float(m.params), aspect_ratio=float(m.aspect_ratio), head_dim=int(m.head_dim),
-                                mlp_ratio=float(m.mlp_ratio), bias=bool(m.bias))
+                                mlp_ratio=float(m.mlp_ratio), bias=bool(m.bias), family=str(m.get("family", "gpt")))
     except ValueError as error:
         raise ConfigError(str(error)) from None
 
 
-def gpt_config(cfg: DictConfig, vocab_size: int) -> GPTConfig:
+def gpt_config(cfg: DictConfig, data_vocab: int) -> GPTConfig:
+    """The model's shape; its vocabulary is the data's plus what the family adds (an encoder's [MASK])."""
     m = cfg.model
+    family = m.get("family", "gpt")
     n_layer, d_model, n_head = model_shape(m)
     return GPTConfig(
-        vocab_size=vocab_size, seq_len=int(m.seq_len), n_layer=n_layer, d_model=d_model, n_head=n_head,
+        causal=families.causal(family), vocab_size=families.model_vocab(family, data_vocab, int(m.seq_len)), seq_len=int(m.seq_len), n_layer=n_layer, d_model=d_model, n_head=n_head,
         mlp_ratio=float(m.mlp_ratio), bias=bool(m.bias), dropout=float(m.dropout),
         tie_embeddings=bool(m.tie_embeddings), positions=str(m.positions),
         attention=str(cfg.attention.name), attention_options=attention_options(cfg),

@@ -10,8 +10,9 @@ this; that recomputation is hardware work, not model work, and is not counted.
 
 Attention's score (QK^T) and value (AV) products are counted two ways:
   dense:  every query against every key, as a dense kernel performs them;
-  causal: only the keys a causal mask lets through, (n+1)/2 per query on average,
-          which is the "half" in PaLM's and Chinchilla's accounting.
+  causal: only the keys the model's mask lets through: (n+1)/2 per query on average for a causal
+          decoder, which is the "half" in PaLM's and Chinchilla's accounting; all n for an encoder.
+An encoder's masked-token head runs over every position, as it is computed, so it counts like the GPT's.
 """
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ def forward_attention_flops_per_token(cfg: GPTConfig, *, causal: bool) -> float:
 def training_flops_per_token(cfg: GPTConfig, non_embedding_params: int) -> FlopsPerToken:
     matmul = forward_matmul_flops_per_token(cfg)
     attn_dense = forward_attention_flops_per_token(cfg, causal=False)
-    attn_causal = forward_attention_flops_per_token(cfg, causal=True)
+    attn_causal = forward_attention_flops_per_token(cfg, causal=cfg.causal)  # an encoder's mask lets every key through
     return FlopsPerToken(
         dense=3 * (matmul + attn_dense),
         causal=3 * (matmul + attn_causal),
@@ -137,3 +138,29 @@ def context_where_cache_exceeds(weights_bytes: int, *, n_layer: int, kv_heads: i
     """The context length at which the KV cache for `batch` sequences holds as many bytes as the weights."""
     return weights_bytes / kv_cache_bytes(n_layer=n_layer, kv_heads=kv_heads, head_dim=head_dim, context=1,
                                           batch=batch, bytes_per_element=bytes_per_element)
+
+
+def encdec_training_flops_per_token(cfg: GPTConfig, non_embedding_params: int) -> FlopsPerToken:
+    """Training FLOPs per token of the window an encoder-decoder is trained on (models/encdec.py): the encoder
+    reads encoder_len tokens, the decoder writes decoder_len; each decoder layer also projects the encoder's
+    output to keys and values and attends to all of it. Per window, divided by its seq_len tokens."""
+    from models.encdec import span_layout
+    layout = span_layout(cfg.seq_len)
+    enc, dec, d, layers = layout.encoder_len, layout.decoder_len, cfg.d_model, cfg.n_layer
+    block = 2 * d * 3 * d + 2 * d * d + 2 * 2 * d * cfg.d_mlp           # QKV, output projection, MLP
+    cross = 2 * d * d + 2 * d * d                                       # cross-attention query and output projections
+    encoder = enc * layers * (block + 2 * 2 * enc * d)                  # bidirectional: every key
+    cross_kv = enc * layers * 2 * d * 2 * d                             # encoder output -> keys and values, per decoder layer
+    decoder_fixed = dec * layers * (block + cross + 2 * 2 * enc * d) + dec * 2 * d * cfg.vocab_size
+    self_dense = dec * layers * 2 * 2 * dec * d
+    self_causal = dec * layers * 2 * 2 * (dec + 1) / 2 * d
+    attention_dense = layers * 2 * 2 * d * (enc * enc + dec * dec + dec * enc)
+    attention_causal = attention_dense - self_dense + self_causal
+    fixed = encoder + cross_kv + decoder_fixed
+    return FlopsPerToken(
+        dense=3 * (fixed + self_dense) / cfg.seq_len,
+        causal=3 * (fixed + self_causal) / cfg.seq_len,
+        six_n=6.0 * non_embedding_params,
+        attention_dense=3 * attention_dense / cfg.seq_len,
+        attention_causal=3 * attention_causal / cfg.seq_len,
+    )

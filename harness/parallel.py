@@ -158,7 +158,7 @@ def build(name: str, model: nn.Module, make_optimizer, device: torch.device, bat
 
 def _fully_shard(model: nn.Module, mesh, *, reshard_after_forward: bool) -> None:
     from torch.distributed.fsdp import fully_shard
-    for block in model.blocks:
+    for block in [*model.blocks, *getattr(model, "decoder_blocks", [])]:
         fully_shard(block, mesh=mesh, reshard_after_forward=reshard_after_forward)
     fully_shard(model, mesh=mesh, reshard_after_forward=reshard_after_forward)
 

@@ -1,6 +1,8 @@
-"""Decoder-only GPT: pre-LayerNorm blocks, GELU MLP, attention from the registry.
+"""The transformer both families use: pre-LayerNorm blocks, GELU MLP, attention from the registry.
 
-The model never knows how it is parallelised or timed; it only builds the network.
+causal=True is the decoder-only GPT (next-token prediction); causal=False is the BERT-style encoder
+(models/encoder.py: the same blocks without the mask, trained by masked-token prediction). Targets equal to
+IGNORE (-100) add nothing to the loss. The model never knows how it is parallelised or timed.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from models.positions import KINDS as POSITION_KINDS, TABLE_KINDS, Rotary, alibi
 # embeddings' size, position and token signals start level, as Vaswani et al.'s sqrt(d_model) embedding scaling
 # levels them there; unscaled, the positions drown the tokens and training suffers.
 SINUSOID_SCALE = 0.02 * 2 ** 0.5
+IGNORE = -100  # a target that is not predicted (an unmasked position of a masked-token batch)
 
 
 @dataclass
@@ -35,6 +38,7 @@ class GPTConfig:
     positions: str = "learned"
     attention: str = "sdpa"
     attention_options: dict = field(default_factory=dict)
+    causal: bool = True
 
     @property
     def head_dim(self) -> int:
@@ -70,7 +74,7 @@ class KVCache:
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
 
 
-class CausalSelfAttention(nn.Module):
+class SelfAttention(nn.Module):
     def __init__(self, cfg: GPTConfig, layer: int = 0):
         super().__init__()
         self.head_dim, self.layer = cfg.head_dim, layer
@@ -81,7 +85,8 @@ class CausalSelfAttention(nn.Module):
             self.register_buffer("alibi_slopes", alibi_slopes(cfg.n_head), persistent=False)
         else:
             self.alibi_slopes = None
-        self.attend = attention_registry.get_attention(cfg.attention, causal=True, **cfg.attention_options)
+        self.causal = cfg.causal
+        self.attend = attention_registry.get_attention(cfg.attention, causal=cfg.causal, **cfg.attention_options)
         # A decoding step's queries are the newest positions: they see every cached key.
         self.attend_cached = attention_registry.get_attention(cfg.attention, causal=False, **cfg.attention_options)
         self.dropout = nn.Dropout(cfg.dropout)
@@ -100,7 +105,7 @@ class CausalSelfAttention(nn.Module):
                 raise ValueError("a cached forward takes one new token at a time after the prompt")
             k, v = cache.append(self.layer, k, v)
         if self.alibi_slopes is not None:
-            bias = alibi_bias(self.alibi_slopes, n, k.shape[2], causal=not decoding, dtype=q.dtype)
+            bias = alibi_bias(self.alibi_slopes, n, k.shape[2], causal=self.causal and not decoding, dtype=q.dtype)
             y_bhnd = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
         else:
             y_bhnd = (self.attend_cached if decoding else self.attend)(q, k, v)
@@ -122,13 +127,29 @@ class Block(nn.Module):
     def __init__(self, cfg: GPTConfig, layer: int = 0):
         super().__init__()
         self.ln_attn = nn.LayerNorm(cfg.d_model, bias=cfg.bias)
-        self.attn = CausalSelfAttention(cfg, layer)
+        self.attn = SelfAttention(cfg, layer)
         self.ln_mlp = nn.LayerNorm(cfg.d_model, bias=cfg.bias)
         self.mlp = MLP(cfg)
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         x = x + self.attn(self.ln_attn(x), cache)
         return x + self.mlp(self.ln_mlp(x))
+
+
+def _init_module(module: nn.Module) -> None:
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, mean=0.0, std=0.02)
+    if isinstance(module, nn.Linear) and module.bias is not None:
+        nn.init.zeros_(module.bias)
+
+
+def init_weights(model: nn.Module, residual_layers: int) -> None:
+    """GPT-2's initialisation: N(0, 0.02) weights, zero biases, and the projections that write into the residual
+    stream scaled by 1/sqrt(2 x the layers that write there), so the stream's variance stays put with depth."""
+    model.apply(_init_module)
+    for name, p in model.named_parameters():
+        if name.endswith(("attn.proj.weight", "cross.proj.weight", "mlp.down.weight")):
+            nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * residual_layers))
 
 
 class GPT(nn.Module):
@@ -147,23 +168,14 @@ class GPT(nn.Module):
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.wte.weight
-        self.apply(self._init_weights)
-        # GPT-2: scale the residual projections by 1/sqrt(2 * n_layer) so the residual stream's variance stays put.
-        for name, p in self.named_parameters():
-            if name.endswith(("attn.proj.weight", "mlp.down.weight")):
-                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
-
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            nn.init.zeros_(module.bias)
+        init_weights(self, residual_layers=cfg.n_layer)
 
     def forward(self, idx_bn: torch.Tensor, targets_bn: torch.Tensor | None = None, cache: KVCache | None = None):
         """Logits (and the mean cross-entropy against targets). With a cache: the prompt first, then one token at
         a time, each attending to the cached keys and values of everything before it."""
         n = idx_bn.shape[1]
+        if cache is not None and not self.cfg.causal:
+            raise ValueError("a KV cache decodes left to right; this model is a bidirectional encoder")
         start = cache.length if cache is not None else 0
         if start + n > self.cfg.seq_len and self.cfg.positions in TABLE_KINDS:
             raise ValueError(f"position {start + n} exceeds the learned table of model.seq_len={self.cfg.seq_len} positions")
@@ -180,7 +192,7 @@ class GPT(nn.Module):
         logits = self.lm_head(self.ln_f(x))
         if targets_bn is None:
             return logits
-        return logits, F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets_bn.reshape(-1))
+        return logits, F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets_bn.reshape(-1), ignore_index=IGNORE)
 
     def _sinusoids(self, n: int) -> torch.Tensor:
         """The fixed table, extended past model.seq_len when a longer sequence asks (sinusoids are defined everywhere)."""

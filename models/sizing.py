@@ -12,17 +12,22 @@ import math
 from models.gpt import GPTConfig
 
 
-def non_embedding_params(cfg: GPTConfig) -> int:
+def non_embedding_params(cfg: GPTConfig, family: str = "gpt") -> int:
+    """One stack of n_layer blocks and a final norm; an encoder-decoder has two, the decoder's blocks with
+    cross-attention (query, key-value and output projections) and a third norm."""
     d, h, bias = cfg.d_model, cfg.d_mlp, int(cfg.bias)
     attention = 4 * d * d + bias * 4 * d
     mlp = 2 * d * h + bias * (h + d)
-    norms = 2 * (d + bias * d)
-    final_norm = d + bias * d
-    return cfg.n_layer * (attention + mlp + norms) + final_norm
+    norm = d + bias * d
+    stack = cfg.n_layer * (attention + mlp + 2 * norm) + norm
+    if family != "encdec":
+        return stack
+    return 2 * stack + cfg.n_layer * (attention + norm)
 
 
 def shape_for_params(target: float, *, aspect_ratio: float = 32.0, head_dim: int = 32,
-                     mlp_ratio: float = 4.0, bias: bool = True, tolerance: float = 0.10) -> tuple[int, int, int]:
+                     mlp_ratio: float = 4.0, bias: bool = True, tolerance: float = 0.10,
+                     family: str = "gpt") -> tuple[int, int, int]:
     """(n_layer, d_model, n_head) with non-embedding params within `tolerance` of `target`."""
     if target <= 0:
         raise ValueError(f"model.params={target:g} must be positive")
@@ -30,7 +35,8 @@ def shape_for_params(target: float, *, aspect_ratio: float = 32.0, head_dim: int
     for n_layer in range(1, 257):
         for n_head in range(1, 1025):
             d_model = n_head * head_dim
-            n = non_embedding_params(GPTConfig(n_layer=n_layer, d_model=d_model, n_head=n_head, mlp_ratio=mlp_ratio, bias=bias))
+            n = non_embedding_params(GPTConfig(n_layer=n_layer, d_model=d_model, n_head=n_head, mlp_ratio=mlp_ratio,
+                                               bias=bias), family)
             if n > target * (1 + tolerance):
                 break
             if n >= target * (1 - tolerance):

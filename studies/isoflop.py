@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from harness import plots
+from harness import families, plots
 from harness.fit import FitError, fit_envelope, fit_isoflop, fit_parametric
 from harness.report import curves_table, generic_analysis, markdown_table, runs_table
 
@@ -60,8 +60,16 @@ def extrapolation(runs: pd.DataFrame, full_isoflop=None) -> dict:
     return result
 
 
+def family_line(df: pd.DataFrame) -> str:
+    """Which architecture family the fits are of (the loss each family reports is a different quantity)."""
+    names = sorted(set(df["model_info.family"].dropna())) if "model_info.family" in df else ["gpt"]
+    if len(names) > 1:
+        return f"Model families: {', '.join(names)}. These runs mix families whose losses differ; fit each family apart."
+    return f"Model family: {names[0]} (loss: {families.LOSS.get(names[0], 'its training loss')})."
+
+
 def analyse(df: pd.DataFrame, out: Path) -> list[str]:
-    sections = generic_analysis(df, out)
+    sections = [family_line(df), *generic_analysis(df, out)]
     runs = runs_of(df)
     fits: dict = {}
     iso = None

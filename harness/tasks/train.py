@@ -18,14 +18,13 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from harness import data as data_sources
-from harness import distributed, flops, measure, parallel, precision, quantize
+from harness import distributed, families, flops, measure, parallel, precision, quantize
 from harness.config import attention_options, check_data_fits, gpt_config
 from harness.progress import Progress
 from harness.tasks import Diverged, Unsupported
 from models import attention as attention_registry
-from models.gpt import GPT
+from models.gpt import IGNORE
 from models.positions import TABLE_KINDS
-from models.sizing import non_embedding_params
 
 
 def lr_at(step: int, total_steps: int, peak: float, warmup_steps: int, min_ratio: float) -> float:
@@ -70,14 +69,18 @@ def train_step(layout: parallel.Layout, x: torch.Tensor, y: torch.Tensor, grad_c
 
 
 @torch.no_grad()
-def evaluate(layout: parallel.Layout, windows: np.ndarray, batch_size: int, cast=contextlib.nullcontext) -> float:
+def evaluate(layout: parallel.Layout, windows: np.ndarray, batch_size: int, cast=contextlib.nullcontext,
+             examples: families.Examples | None = None) -> float:
+    """Mean loss per predicted token over the windows (for an encoder, over the masked tokens)."""
     layout.model.eval()
     total, count = 0.0, 0
-    for i in range(0, len(windows), batch_size):
+    for index, i in enumerate(range(0, len(windows), batch_size)):
         chunk = torch.from_numpy(windows[i:i + batch_size]).to(layout.device)
-        loss = parallel.eval_loss(layout, chunk[:, :-1], chunk[:, 1:], cast)
-        total += loss * chunk[:, 1:].numel()
-        count += chunk[:, 1:].numel()
+        x, y = examples.for_evaluation(index)(chunk) if examples else (chunk[:, :-1], chunk[:, 1:])
+        predicted = int((y != IGNORE).sum())
+        if predicted:
+            total += parallel.eval_loss(layout, x, y, cast) * predicted
+            count += predicted
     layout.model.train()
     return total / count
 
@@ -135,7 +138,8 @@ def train(cfg: DictConfig) -> dict:
     mode = precision.MODES[cfg.precision.name]
     dataset = data_sources.load(cfg.data)
     model_cfg = gpt_config(cfg, dataset.vocab_size)
-    per_token = flops.training_flops_per_token(model_cfg, non_embedding_params(model_cfg))
+    family = cfg.model.get("family", "gpt")
+    per_token = families.flops_per_token(family, model_cfg)
     tokens_requested = float(cfg.compute) / per_token.causal if cfg.compute is not None else float(cfg.data.tokens)
     check_data_fits(cfg, len(dataset.train), len(dataset.val), tokens_requested)
 
@@ -150,7 +154,8 @@ def train(cfg: DictConfig) -> dict:
     torch.manual_seed(int(cfg.seed))
     if device.type == "cpu":
         torch.use_deterministic_algorithms(True)
-    model = precision.prepare(GPT(model_cfg).to(device), mode.name)
+    model = precision.prepare(families.build(family, model_cfg).to(device), mode.name)
+    examples = families.Examples(family, dataset.vocab_size, seed=int(cfg.seed))
     counts = model.param_counts()
     param_dtype = next(model.parameters()).dtype
     cast = functools.partial(precision.autocast, mode.name, device)
@@ -178,7 +183,7 @@ def train(cfg: DictConfig) -> dict:
                 group["lr"] = lr
             start = measure.timer(device)
             batch = torch.from_numpy(batches.next()).to(device, non_blocking=True)
-            loss, skipped = train_step(layout, batch[:, :-1], batch[:, 1:], grad_clip, cast, scaler,
+            loss, skipped = train_step(layout, *examples(batch), grad_clip, cast, scaler,
                                        measure_params=step == total_steps - 1)
             loss = loss.item()
             skipped_steps += skipped
@@ -191,7 +196,7 @@ def train(cfg: DictConfig) -> dict:
                 tokens_done = (step + 1) * tokens_per_step
                 curve.append({"step": step + 1, "tokens": tokens_done, "flops": tokens_done * per_token.causal,
                               "train_loss": statistics.fmean(interval_losses),
-                              "val_loss": evaluate(layout, val_windows, batch_size, cast), "lr": lr})
+                              "val_loss": evaluate(layout, val_windows, batch_size, cast, examples), "lr": lr})
                 interval_losses = []
             progress.update(tokens_per_step, loss, tokens_per_step * (step + 1) / train_seconds)
     finally:
@@ -234,16 +239,19 @@ def train(cfg: DictConfig) -> dict:
     for r in per_rank:
         del r["step_times_s"]
     model_info = {
-        "family": "gpt", "n_layer": model_cfg.n_layer, "d_model": model_cfg.d_model, "n_head": model_cfg.n_head,
+        "family": family, "n_layer": model_cfg.n_layer, "d_model": model_cfg.d_model, "n_head": model_cfg.n_head,
         "d_mlp": model_cfg.d_mlp, "vocab_size": model_cfg.vocab_size, "seq_len": seq_len,
         "params_total": counts["total"], "params_non_embedding": counts["non_embedding"], "params_embedding": counts["embedding"],
+        "params_encoder": counts.get("encoder", counts["non_embedding"] if family == "encoder" else 0),
+        "params_decoder": counts.get("decoder", counts["non_embedding"] if family == "gpt" else 0),
         "flops_per_token_dense": per_token.dense, "flops_per_token_causal": per_token.causal, "flops_per_token_6n": per_token.six_n,
         "param_dtype": str(param_dtype).removeprefix("torch."),
     }
     data_info = {"train_tokens": len(dataset.train), "val_tokens": len(dataset.val), "vocab_size": dataset.vocab_size,
                  "val_eval_tokens": int(val_windows[:, 1:].size), **dataset.info}
-    extrapolation = _length_extrapolation(layout, model_cfg, dataset.val, t, cast) if t.get("eval_lengths") else {}
-    quantized = _quantized_evaluation(layout.model, t, val_windows, batch_size, device, val_loss) if t.get("eval_quantized") else {}
+    extrapolation = _length_extrapolation(layout, model_cfg, dataset.val, t, cast, examples) if t.get("eval_lengths") else {}
+    quantized = (_quantized_evaluation(layout.model, t, val_windows, batch_size, device, val_loss, examples)
+                 if t.get("eval_quantized") else {})
     precision_info = {  # what was in effect, read off the model and the scaler, not the config
         "mode": mode.name, "param_dtype": str(param_dtype).removeprefix("torch."),
         "autocast_dtype": str(mode.autocast).removeprefix("torch.") if mode.autocast else None,
@@ -282,7 +290,8 @@ def _rank_info(layout: parallel.Layout, mode, param_dtype: torch.dtype, timed: l
             "torch_threads": torch.get_num_threads(), "step_times_s": timed}
 
 
-def _length_extrapolation(layout: parallel.Layout, model_cfg, val_tokens: np.ndarray, t: DictConfig, cast) -> dict:
+def _length_extrapolation(layout: parallel.Layout, model_cfg, val_tokens: np.ndarray, t: DictConfig, cast,
+                          examples: families.Examples) -> dict:
     """Validation loss on windows of `multiple` x model.seq_len tokens, the loss averaged over every position.
 
     A learned position table has no entry past model.seq_len, so longer windows are recorded as unsupported."""
@@ -299,18 +308,18 @@ def _length_extrapolation(layout: parallel.Layout, model_cfg, val_tokens: np.nda
                             "unsupported": f"the validation split ({len(val_tokens)} tokens) is shorter than {length + 1}"}
             continue
         windows = data_sources.validation_windows(val_tokens, length, int(t.eval_tokens))
-        results[key] = {"seq_len": length, "val_loss": evaluate(layout, windows, max(1, int(t.batch_size) * model_cfg.seq_len // length), cast),
+        results[key] = {"seq_len": length, "val_loss": evaluate(layout, windows, max(1, int(t.batch_size) * model_cfg.seq_len // length), cast, examples),
                         "windows": len(windows)}
     return results
 
 
 def _quantized_evaluation(model: torch.nn.Module, t: DictConfig, val_windows: np.ndarray, batch_size: int,
-                          device: torch.device, val_loss: float) -> dict:
+                          device: torch.device, val_loss: float, examples: families.Examples) -> dict:
     quantized = {"full_bytes": quantize.model_bytes(model)}
     for method in t.eval_quantized:
         try:  # a quantization that fails costs its own entry, never the training result
             copy, kept = quantize.quantized_copy(model, method)
-            loss = evaluate(parallel.local(copy, device), val_windows, batch_size)
+            loss = evaluate(parallel.local(copy, device), val_windows, batch_size, examples=examples)
             quantized[method] = {"model_bytes": quantize.model_bytes(copy), "val_loss": loss,
                                  "val_loss_change": loss - val_loss, "layers_left_full_precision": kept}
         except Exception as error:

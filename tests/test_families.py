@@ -1,0 +1,133 @@
+"""The encoder family: bidirectional blocks, BERT's masking, exact FLOPs, and training through the same runner."""
+import json
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from harness import flops
+from models import encoder
+from models.gpt import IGNORE, GPTConfig
+from models.sizing import non_embedding_params
+from tests.conftest import harness_cmd
+
+
+def test_masking_follows_bert():
+    tokens = torch.randint(0, 50, (64, 512), generator=torch.Generator().manual_seed(0))
+    inputs, targets = encoder.mask_tokens(tokens, 50, torch.Generator().manual_seed(1))
+    chosen = targets != IGNORE
+    assert chosen.float().mean().item() == pytest.approx(0.15, abs=0.005)
+    assert torch.equal(targets[chosen], tokens[chosen]) and torch.equal(inputs[~chosen], tokens[~chosen])
+    masked = (inputs == 50) & chosen
+    kept = (inputs == tokens) & chosen
+    assert masked.sum() / chosen.sum() == pytest.approx(0.8, abs=0.01)
+    # The random 10% keep their token 1 time in 50 by chance: kept = 10% + 10% / 50.
+    assert kept.sum() / chosen.sum() == pytest.approx(0.1 + 0.1 / 50, abs=0.01)
+    assert (inputs[~masked] < 50).all() and (inputs[masked] == 50).all()  # the [MASK] id only where masked
+
+
+def test_every_output_sees_the_whole_sequence():
+    torch.manual_seed(0)
+    model = encoder.build(GPTConfig(vocab_size=51, n_layer=2, d_model=32, n_head=4, seq_len=24, positions="alibi")).eval()
+    idx = torch.randint(0, 50, (2, 24))
+    changed = idx.clone()
+    changed[:, 20:] = (changed[:, 20:] + 1) % 50
+    with torch.no_grad():
+        assert not torch.allclose(model(idx)[:, :5], model(changed)[:, :5])  # early positions read later tokens
+
+
+@pytest.mark.parametrize("seq_len", [16, 64])
+def test_encoder_flops_match_the_flop_counter(seq_len):
+    cfg = GPTConfig(attention="dense", causal=False, n_layer=2, d_model=64, n_head=4, seq_len=seq_len, vocab_size=257)
+    model = encoder.build(cfg)
+    idx = torch.randint(0, 256, (2, seq_len))
+    with FlopCounterMode(display=False) as counter:
+        _, loss = model(*encoder.mask_tokens(idx, 256, torch.Generator().manual_seed(0)))
+        loss.backward()
+    per_token = flops.training_flops_per_token(cfg, non_embedding_params(cfg))
+    assert per_token.causal == per_token.dense  # no mask: every key is needed
+    assert per_token.dense == pytest.approx(counter.get_total_flops() / (2 * seq_len), rel=0.02)
+
+
+TINY = ["data=markov", "data.train_tokens=2e5", "data.val_tokens=2e4", "model.n_layer=2", "model.d_model=64",
+        "model.n_head=2", "model.seq_len=32", "task.batch_size=16", "task.eval_tokens=4096", "progress=off"]
+
+
+def test_the_encoder_trains_through_the_same_runner_and_its_record_says_so(tmp_path):
+    result = harness_cmd("model=encoder", *TINY, "data.tokens=1e5", "task.eval_points=4", "hydra.run.dir=run", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    record = json.loads((tmp_path / "run" / "record.json").read_text())
+    info = record["model_info"]
+    assert (info["family"], info["vocab_size"]) == ("encoder", 17)  # 16 symbols + [MASK]
+    assert info["params_encoder"] == info["params_non_embedding"] and info["params_decoder"] == 0
+    losses = [point["val_loss"] for point in record["curve"]]
+    assert losses[-1] < losses[0] < 2.85  # masked tokens over 16 symbols: uniform is ln 16 = 2.77
+    assert record["metrics"]["flops"] == record["metrics"]["flops_dense"]
+
+
+def test_an_encoder_has_no_kv_cache_to_decode_with(tmp_path):
+    result = harness_cmd("model=encoder", "task=inference", *TINY, "hydra.run.dir=run", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip() == ("error: task=inference decodes left to right with a KV cache; "
+                                     "model.family=encoder is not a decoder")
+
+
+def test_span_corruption_hides_15_percent_in_spans_the_decoder_writes_back():
+    import numpy as np
+
+    from models import encdec
+    windows = torch.randint(0, 50, (8, 128), generator=torch.Generator().manual_seed(0))
+    packed, targets = encdec.corrupt_spans(windows, 50, np.random.default_rng(0))
+    layout = encdec.span_layout(128)
+    assert (layout.noise, layout.spans, layout.encoder_len, layout.decoder_len) == (19, 6, 115, 25)
+    assert packed.shape == (8, 115 + 25) and targets.shape == (8, 25)
+    for row in range(8):
+        hidden, current = {}, None
+        for token in targets[row].tolist():  # sentinel, its span, next sentinel, ...
+            if token >= 50:
+                current = hidden.setdefault(token, [])
+            else:
+                current.append(token)
+        rebuilt = [t for token in packed[row, :115].tolist() for t in (hidden[token] if token >= 50 else [token])]
+        assert rebuilt == windows[row].tolist()
+        assert sorted(hidden) == list(range(50, 56)) and all(hidden.values())
+        # the decoder reads the targets shifted right after its start token (50 + 6 sentinels = 56)
+        assert packed[row, 115:].tolist() == [56] + targets[row, :-1].tolist()
+
+
+@pytest.mark.parametrize("seq_len", [40, 128])
+def test_encoder_decoder_flops_and_parameter_split_are_exact(seq_len):
+    import numpy as np
+
+    from models import encdec
+    cfg = GPTConfig(attention="dense", n_layer=2, d_model=64, n_head=4, seq_len=seq_len,
+                    vocab_size=encdec.model_vocab(256, seq_len))
+    model = encdec.EncoderDecoder(cfg)
+    counts = model.param_counts()
+    assert counts["encoder"] + counts["decoder"] == counts["non_embedding"] == non_embedding_params(cfg, "encdec")
+    packed, targets = encdec.corrupt_spans(torch.randint(0, 256, (2, seq_len)), 256, np.random.default_rng(0))
+    with FlopCounterMode(display=False) as counter:
+        _, loss = model(packed, targets)
+        loss.backward()
+    per_token = flops.encdec_training_flops_per_token(cfg, counts["non_embedding"])
+    assert per_token.dense == pytest.approx(counter.get_total_flops() / (2 * seq_len), rel=1e-9)
+    assert per_token.causal < per_token.dense  # the decoder's self-attention is causal
+
+
+def test_the_encoder_decoder_trains_and_bad_layouts_are_one_line(tmp_path):
+    result = harness_cmd("model=encdec", *TINY, "data.tokens=4e4", "task.eval_points=3", "hydra.run.dir=run", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    record = json.loads((tmp_path / "run" / "record.json").read_text())
+    info = record["model_info"]
+    assert info["family"] == "encdec" and info["params_encoder"] + info["params_decoder"] == info["params_non_embedding"]
+    losses = [point["val_loss"] for point in record["curve"]]
+    assert losses[-1] < losses[0]
+    for override, message in (
+            ("attention=performer", "error: model.family=encdec cross-attends queries to a different number of keys: "
+                                    "it needs attention=sdpa or dense, got attention=performer"),
+            ("parallel=tp", "error: model.family=encdec runs with parallel=single, ddp, zero1, fsdp_zero2, fsdp_zero3; "
+                            "got parallel=tp"),
+            ("task=inference", "error: task=inference measures the decoder-only GPT; model.family=encdec is not "
+                               "supported there")):
+        result = harness_cmd("model=encdec", *TINY, override, "hydra.run.dir=bad", cwd=tmp_path)
+        assert (result.returncode, result.stderr.strip()) == (2, message)
