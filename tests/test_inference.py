@@ -42,7 +42,7 @@ def test_cached_decoding_matches_recomputation_and_the_cache_matches_its_formula
      "raise model.seq_len or use positions=rope|sinusoidal|alibi"),
     (["parallel=ddp"], "error: task=inference runs on one device, got parallel=ddp"),
     (["task.weights=int4"], "error: task.weights='int4'; known: fp32, bf16, int8, nf4"),
-    (["model.family=mamba"], "error: model.family='mamba'; known: gpt"),
+    (["model.family=mamba"], "error: model.family='mamba'; known: gpt, encoder, encdec"),
 ])
 def test_bad_inference_requests_are_one_line(tmp_path, override, message):
     result = harness_cmd(*TINY, "task=inference", *override, "hydra.run.dir=run", cwd=tmp_path)
