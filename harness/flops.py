@@ -30,11 +30,15 @@ class FlopsPerToken:
     attention_causal: float
 
 
-def forward_matmul_flops_per_token(cfg: GPTConfig) -> float:
-    """Forward FLOPs per token for the dense (non-attention) matmuls: QKV, output projection, MLP, logits."""
+def block_matmul_flops_per_token(cfg: GPTConfig) -> float:
+    """Forward FLOPs per token of one block's dense matmuls: QKV, output projection, MLP."""
     d = cfg.d_model
-    per_layer = 2 * d * 3 * d + 2 * d * d + 2 * 2 * d * cfg.d_mlp
-    return cfg.n_layer * per_layer + 2 * d * cfg.vocab_size
+    return 2 * d * 3 * d + 2 * d * d + 2 * 2 * d * cfg.d_mlp
+
+
+def forward_matmul_flops_per_token(cfg: GPTConfig) -> float:
+    """Forward FLOPs per token for the dense (non-attention) matmuls: every block's, and the logits."""
+    return cfg.n_layer * block_matmul_flops_per_token(cfg) + 2 * cfg.d_model * cfg.vocab_size
 
 
 def forward_attention_flops_per_token(cfg: GPTConfig, *, causal: bool) -> float:
@@ -147,7 +151,7 @@ def encdec_training_flops_per_token(cfg: GPTConfig, non_embedding_params: int) -
     from models.encdec import span_layout
     layout = span_layout(cfg.seq_len)
     enc, dec, d, layers = layout.encoder_len, layout.decoder_len, cfg.d_model, cfg.n_layer
-    block = 2 * d * 3 * d + 2 * d * d + 2 * 2 * d * cfg.d_mlp           # QKV, output projection, MLP
+    block = block_matmul_flops_per_token(cfg)
     cross = 2 * d * d + 2 * d * d                                       # cross-attention query and output projections
     encoder = enc * layers * (block + 2 * 2 * enc * d)                  # bidirectional: every key
     cross_kv = enc * layers * 2 * d * 2 * d                             # encoder output -> keys and values, per decoder layer

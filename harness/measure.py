@@ -49,30 +49,17 @@ def reset_peak_memory(device: torch.device) -> None:
         pass
 
 
-def _process_status_bytes(field: str) -> int | None:
-    """A memory line of /proc/self/status (Linux), in bytes."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(f"{field}:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
 def peak_memory_bytes(device: torch.device) -> int:
     """CUDA: max bytes allocated by tensors. CPU: the process's peak resident set since the last reset."""
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
-    peak = _process_status_bytes("VmHWM")
-    return peak if peak is not None else int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
-
-
-def current_memory_bytes(device: torch.device) -> int:
-    """CUDA: bytes allocated by tensors now. CPU: the process's resident set now (VmRSS)."""
-    if device.type == "cuda":
-        return int(torch.cuda.memory_allocated(device))
-    return _process_status_bytes("VmRSS") or 0
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
 def cpu_peak_tensor_bytes(fn) -> int:

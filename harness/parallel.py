@@ -282,7 +282,7 @@ def forward_backward(layout: Layout, x: torch.Tensor, y: torch.Tensor, cast, sca
     if measure_params:  # what the parameters occupy mid-step (FSDP has gathered them by now)
         layout.params_in_step_bytes = tensor_bytes(layout.model.parameters())
     (scaler.scale(loss) if scaler is not None else loss).backward()
-    if layout.degrees.dp > 1:
+    if layout.degrees.dp > 1:  # every rank must see the same loss, or one rank's NaN stops it alone mid-collective
         loss = loss.detach().clone()
         dist.all_reduce(loss, group=layout.dp_group)
         loss /= layout.degrees.dp

@@ -31,16 +31,13 @@ def config_hash(config: dict) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
-def write_record(directory: str | Path, record: dict) -> Path:
-    if record.get("status") not in STATUSES:
-        raise ValueError(f"record status {record.get('status')!r}; known: {', '.join(STATUSES)}")
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    target = directory / RECORD_NAME
-    fd, tmp = tempfile.mkstemp(prefix=f".{RECORD_NAME}.", suffix=".tmp", dir=directory)
+def _write_atomically(target: Path, mode: str, write) -> Path:
+    """write(file) into a temporary file beside target, fsync, rename: the file is whole or absent."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(record, f, indent=1, default=_json_default, allow_nan=True)
+        with os.fdopen(fd, mode) as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, target)
@@ -48,24 +45,19 @@ def write_record(directory: str | Path, record: dict) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return target
+
+
+def write_record(directory: str | Path, record: dict) -> Path:
+    if record.get("status") not in STATUSES:
+        raise ValueError(f"record status {record.get('status')!r}; known: {', '.join(STATUSES)}")
+    return _write_atomically(Path(directory) / RECORD_NAME, "w",
+                             lambda f: json.dump(record, f, indent=1, default=_json_default, allow_nan=True))
 
 
 def write_model(directory: str | Path, state_dict: dict) -> Path:
     """The trained weights beside the record (model.pt, torch.save), written atomically as the record is."""
     import torch
-    directory = Path(directory)
-    target = directory / MODEL_NAME
-    fd, tmp = tempfile.mkstemp(prefix=f".{MODEL_NAME}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state_dict, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
+    return _write_atomically(Path(directory) / MODEL_NAME, "wb", lambda f: torch.save(state_dict, f))
 
 
 def _json_default(value):

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from harness import plots
-from harness.report import markdown_table
+from harness.report import in_order, markdown_table
 
 ORDER = ("learned", "sinusoidal", "rope", "alibi")
 
@@ -25,9 +25,7 @@ def losses(df: pd.DataFrame) -> pd.DataFrame:
             rows.append({"positions": run["model.positions"], "multiple": float(multiple),
                          "eval_len": int(run[f"{key}.seq_len"]), "train_len": train_len,
                          "val_loss": run.get(f"{key}.val_loss"), "note": run.get(f"{key}.unsupported") or ""})
-    table = pd.DataFrame(rows)
-    table["order"] = table["positions"].map({p: i for i, p in enumerate(ORDER)})
-    return table.sort_values(["order", "multiple"]).drop(columns="order").reset_index(drop=True)
+    return in_order(pd.DataFrame(rows).sort_values("multiple", kind="stable"), "positions", ORDER)
 
 
 def analyse(df: pd.DataFrame, out: Path) -> list[str]:
