@@ -71,12 +71,19 @@ def validate(cfg: DictConfig) -> None:
         _positive(m.head_dim, "model.head_dim", integer=True)
         model_shape(m)
     else:
-        for key in ("n_layer", "d_model", "n_head"):
+        for key in ("n_layer", "d_model"):
             _positive(m[key], f"model.{key}", integer=True)
-        if m.d_model % m.n_head:
-            raise ConfigError(f"model.n_head={m.n_head} does not divide model.d_model={m.d_model}")
-        if m.positions == "rope" and (m.d_model // m.n_head) % 2:
-            raise ConfigError(f"model.positions=rope needs an even head size, got d_model/n_head={m.d_model // m.n_head}")
+        if m.n_head is None:  # heads of model.head_dim channels
+            _positive(m.head_dim, "model.head_dim", integer=True)
+            if m.d_model % m.head_dim:
+                raise ConfigError(f"model.head_dim={m.head_dim} does not divide model.d_model={m.d_model}")
+        else:
+            _positive(m.n_head, "model.n_head", integer=True)
+            if m.d_model % m.n_head:
+                raise ConfigError(f"model.n_head={m.n_head} does not divide model.d_model={m.d_model}")
+        _, d_model, n_head = model_shape(m)
+        if m.positions == "rope" and (d_model // n_head) % 2:
+            raise ConfigError(f"model.positions=rope needs an even head size, got d_model/n_head={d_model // n_head}")
     _positive(m.seq_len, "model.seq_len", integer=True)
     _positive(m.mlp_ratio, "model.mlp_ratio")
     if not 0 <= m.dropout < 1:
@@ -167,8 +174,6 @@ def _validate_inference_task(cfg: DictConfig) -> None:
     t, m = cfg.task, cfg.model
     if m.get("family", "gpt") == "encoder":
         raise ConfigError("task=inference decodes left to right with a KV cache; model.family=encoder is not a decoder")
-    if m.get("family", "gpt") != "gpt":
-        raise ConfigError(f"task=inference measures the decoder-only GPT; model.family={m.family} is not supported there")
     if cfg.parallel.name != "single":
         raise ConfigError(f"task=inference runs on one device, got parallel={cfg.parallel.name}")
     for key in ("context", "new_tokens", "batch_size", "repeats", "eval_tokens"):
@@ -176,7 +181,14 @@ def _validate_inference_task(cfg: DictConfig) -> None:
     for name in [t.weights, *(t.compare_weights or [])]:
         if name not in WEIGHTS:
             raise ConfigError(f"task.weights={name!r}; known: {', '.join(WEIGHTS)}")
-    if m.positions in TABLE_KINDS and t.context + t.new_tokens > m.seq_len:
+    if m.get("family", "gpt") == "encdec" and m.positions in TABLE_KINDS:
+        from models.encdec import span_layout
+        layout = span_layout(m.seq_len)
+        if t.context > layout.encoder_len or t.new_tokens > layout.decoder_len:
+            raise ConfigError(f"task.context={t.context} and task.new_tokens={t.new_tokens} must fit the learned tables of "
+                              f"model.seq_len={m.seq_len}: {layout.encoder_len} encoder and {layout.decoder_len} decoder "
+                              "positions; raise model.seq_len or use positions=rope|sinusoidal")
+    elif m.positions in TABLE_KINDS and t.context + t.new_tokens > m.seq_len:
         raise ConfigError(f"task.context={t.context} + task.new_tokens={t.new_tokens} exceeds the learned position "
                           f"table of model.seq_len={m.seq_len}; raise model.seq_len or use positions=rope|sinusoidal|alibi")
     if t.checkpoint and not Path(t.checkpoint).is_file():
@@ -200,7 +212,8 @@ def attention_options(cfg: DictConfig) -> dict:
 def model_shape(m: DictConfig) -> tuple[int, int, int]:
     """(n_layer, d_model, n_head): as given, or picked for the target `model.params`."""
     if m.params is None:
-        return int(m.n_layer), int(m.d_model), int(m.n_head)
+        n_head = int(m.n_head) if m.n_head is not None else int(m.d_model) // int(m.head_dim)
+        return int(m.n_layer), int(m.d_model), n_head
     try:
         return shape_for_params(float(m.params), aspect_ratio=float(m.aspect_ratio), head_dim=int(m.head_dim),
                                 mlp_ratio=float(m.mlp_ratio), bias=bool(m.bias), family=str(m.get("family", "gpt")))

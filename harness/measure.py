@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import os
 import platform
 import resource
@@ -157,3 +158,14 @@ def interleaved_medians(fns: dict, device: torch.device, *, rounds: int = 15, wa
             fn()
             times[name].append(timer(device) - start)
     return {name: float(sorted(t)[len(t) // 2]) for name, t in times.items()}
+
+
+@functools.lru_cache(maxsize=None)
+def matmul_flops_per_s(device: torch.device, dtype: torch.dtype, size: int | None = None) -> float:
+    """This device's measured rate for a square matrix product in `dtype` (median of 5 after warm-up): the
+    ceiling an attention kernel's achieved FLOP/s is read against. Default size: 8192 on a GPU, 2048 on a CPU."""
+    n = size or (8192 if device.type == "cuda" else 2048)
+    generator = torch.Generator(device=device).manual_seed(0)
+    a, b = (torch.randn(n, n, device=device, generator=generator).to(dtype) for _ in range(2))
+    times = time_calls(lambda: a @ b, device, warmup=2, min_repeats=5, max_repeats=5)
+    return 2 * n**3 / sorted(times)[len(times) // 2]

@@ -7,6 +7,10 @@ cross-attention to the encoder's output. Sentinels and the start token come afte
 
 Inputs are packed into one tensor, [encoder tokens | decoder tokens], split at `encoder_len`, so data-parallel
 layouts slice one batch tensor as for the other families; the targets are the decoder's.
+
+Decoding (task=inference) encodes the prompt once and writes with an EncDecCache: the decoder's self-attention
+keys and values grow by one position per token; each decoder layer's cross-attention keys and values of the
+encoder's output are projected once, at the first step.
 """
 from __future__ import annotations
 
@@ -18,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models import attention as attention_registry
-from models.gpt import IGNORE, MLP, SINUSOID_SCALE, Block, GPTConfig, SelfAttention, init_weights
+from models.gpt import IGNORE, MLP, SINUSOID_SCALE, Block, GPTConfig, KVCache, SelfAttention, init_weights
 from models.positions import sinusoidal_table
 
 NOISE_DENSITY = 0.15
@@ -81,22 +85,49 @@ def corrupt_spans(windows_bn: torch.Tensor, data_vocab: int, rng: np.random.Gene
     return packed, torch.from_numpy(targets).to(windows_bn.device)
 
 
+class EncDecCache:
+    """What decoding keeps between tokens: the decoder's self-attention keys and values (a KVCache of `max_len`
+    positions) and every decoder layer's cross-attention keys and values of the `encoder_len` encoder outputs.
+    Both are 2 x layers x batch x heads x positions x head_dim elements, so the whole cache is
+    harness.flops.kv_cache_bytes with context = encoder_len + max_len."""
+
+    def __init__(self, cfg: GPTConfig, batch: int, encoder_len: int, max_len: int, dtype: torch.dtype,
+                 device: torch.device):
+        self.self_attention = KVCache(cfg, batch, max_len, dtype, device)
+        shape = (cfg.n_layer, batch, cfg.n_head, encoder_len, cfg.head_dim)
+        self.cross_k = torch.zeros(shape, dtype=dtype, device=device)
+        self.cross_v = torch.zeros(shape, dtype=dtype, device=device)
+        self.cross_ready = False
+
+    @property
+    def length(self) -> int:
+        return self.self_attention.length
+
+    def nbytes(self) -> int:
+        return self.self_attention.nbytes() + 2 * self.cross_k.numel() * self.cross_k.element_size()
+
+
 class CrossAttention(nn.Module):
     """Decoder queries against the encoder's keys and values (no mask)."""
 
-    def __init__(self, cfg: GPTConfig):
+    def __init__(self, cfg: GPTConfig, layer: int = 0):
         super().__init__()
-        self.head_dim = cfg.head_dim
+        self.head_dim, self.layer = cfg.head_dim, layer
         self.q = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
         self.kv = nn.Linear(cfg.d_model, 2 * cfg.d_model, bias=cfg.bias)  # [k v] grouped by head
         self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
         self.attend = attention_registry.get_attention(cfg.attention, causal=False, **cfg.attention_options)
 
-    def forward(self, x_bnd: torch.Tensor, memory_bmd: torch.Tensor) -> torch.Tensor:
+    def forward(self, x_bnd: torch.Tensor, memory_bmd: torch.Tensor, cache: EncDecCache | None = None) -> torch.Tensor:
         b, n, _ = x_bnd.shape
-        m = memory_bmd.shape[1]
         q = self.q(x_bnd).view(b, n, -1, self.head_dim).transpose(1, 2)
-        k, v = self.kv(memory_bmd).view(b, m, -1, 2, self.head_dim).permute(3, 0, 2, 1, 4)
+        if cache is not None and cache.cross_ready:
+            k, v = cache.cross_k[self.layer], cache.cross_v[self.layer]
+        else:
+            m = memory_bmd.shape[1]
+            k, v = self.kv(memory_bmd).view(b, m, -1, 2, self.head_dim).permute(3, 0, 2, 1, 4)
+            if cache is not None:
+                cache.cross_k[self.layer], cache.cross_v[self.layer] = k, v
         return self.proj(self.attend(q, k, v).transpose(1, 2).reshape(b, n, -1))
 
 
@@ -106,13 +137,13 @@ class DecoderBlock(nn.Module):
         self.ln_attn = nn.LayerNorm(cfg.d_model, bias=cfg.bias)
         self.attn = SelfAttention(replace(cfg, causal=True), layer)
         self.ln_cross = nn.LayerNorm(cfg.d_model, bias=cfg.bias)
-        self.cross = CrossAttention(cfg)
+        self.cross = CrossAttention(cfg, layer)
         self.ln_mlp = nn.LayerNorm(cfg.d_model, bias=cfg.bias)
         self.mlp = MLP(cfg)
 
-    def forward(self, x: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln_attn(x))
-        x = x + self.cross(self.ln_cross(x), memory)
+    def forward(self, x: torch.Tensor, memory: torch.Tensor, cache: EncDecCache | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_attn(x), cache.self_attention if cache is not None else None)
+        x = x + self.cross(self.ln_cross(x), memory, cache)
         return x + self.mlp(self.ln_mlp(x))
 
 
@@ -139,29 +170,50 @@ class EncoderDecoder(nn.Module):
             self.lm_head.weight = self.wte.weight
         init_weights(self, residual_layers=2 * cfg.n_layer)  # both stacks' depth
 
-    def _embed(self, idx_bn: torch.Tensor, table: nn.Embedding | None) -> torch.Tensor:
+    @property
+    def start_token(self) -> int:
+        return self.cfg.vocab_size - 1
+
+    def first_sentinel(self) -> int:
+        return self.cfg.vocab_size - 1 - self.layout.spans
+
+    def _embed(self, idx_bn: torch.Tensor, side: str, start: int = 0) -> torch.Tensor:
         x = self.wte(idx_bn)
-        n = idx_bn.shape[1]
-        if table is not None:
-            x = x + table(torch.arange(n, device=idx_bn.device))
+        end = start + idx_bn.shape[1]
+        if self.cfg.positions == "learned":
+            table = self.wpe_encoder if side == "encoder" else self.wpe_decoder
+            if end > table.num_embeddings:
+                raise ValueError(f"{side} position {end} exceeds its learned table of {table.num_embeddings} positions "
+                                 f"(span corruption of model.seq_len={self.cfg.seq_len}); use positions=rope|sinusoidal")
+            x = x + table(torch.arange(start, end, device=idx_bn.device))
         elif self.cfg.positions == "sinusoidal":
-            x = x + self.sinusoids[:n].to(x.dtype)
+            table = self.sinusoids if end <= self.sinusoids.shape[0] else \
+                SINUSOID_SCALE * sinusoidal_table(end, self.cfg.d_model).to(x.device)
+            x = x + table[start:end].to(x.dtype)
         return x
+
+    def encode(self, idx_bn: torch.Tensor) -> torch.Tensor:
+        memory = self._embed(idx_bn, "encoder")
+        for block in self.blocks:
+            memory = block(memory)
+        return self.ln_encoder(memory)
+
+    def decode(self, idx_bn: torch.Tensor, memory_bmd: torch.Tensor, cache: EncDecCache | None = None) -> torch.Tensor:
+        """Decoder logits. With a cache: the start token first, then one token at a time."""
+        x = self._embed(idx_bn, "decoder", cache.length if cache is not None else 0)
+        for block in self.decoder_blocks:
+            x = block(x, memory_bmd, cache)
+        if cache is not None:
+            cache.self_attention.length += idx_bn.shape[1]
+            cache.cross_ready = True
+        return self.lm_head(self.ln_f(x))
 
     def forward(self, packed_bn: torch.Tensor, targets_bn: torch.Tensor | None = None):
         split = self.layout.encoder_len
         if packed_bn.shape[1] != split + self.layout.decoder_len:
             raise ValueError(f"packed inputs of {packed_bn.shape[1]} tokens; this model takes {split} encoder + "
                              f"{self.layout.decoder_len} decoder tokens (span corruption of model.seq_len={self.cfg.seq_len})")
-        learned = self.cfg.positions == "learned"
-        memory = self._embed(packed_bn[:, :split], self.wpe_encoder if learned else None)
-        for block in self.blocks:
-            memory = block(memory)
-        memory = self.ln_encoder(memory)
-        x = self._embed(packed_bn[:, split:], self.wpe_decoder if learned else None)
-        for block in self.decoder_blocks:
-            x = block(x, memory)
-        logits = self.lm_head(self.ln_f(x))
+        logits = self.decode(packed_bn[:, split:], self.encode(packed_bn[:, :split]))
         if targets_bn is None:
             return logits
         return logits, F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets_bn.reshape(-1), ignore_index=IGNORE)

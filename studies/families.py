@@ -37,14 +37,15 @@ def analyse(df: pd.DataFrame, out: Path) -> list[str]:
     (out / "fits.json").write_text(json.dumps(fits, indent=1, default=float))
     figures = "\n\n".join(f"![IsoFLOP profiles, {family}](isoflop_{family}.png)" for family in fits)
     return [
-        f"Device: {ok['env.device_name'].iloc[0]}. Data: {ok['data.name'].iloc[0]}; the same budgets and parameter "
-        "targets for every family.",
+        f"Device: {ok['env.device_name'].iloc[0]}. Data: {ok['data.name'].iloc[0]}; the same budgets and widths "
+        "for every family.",
         "## Compute-optimal exponents per family\n\nN_opt ~ C^a and D_opt ~ C^b from each family's IsoFLOP parabolas "
         f"(95% bootstrap intervals over runs, {RESAMPLES} resamples). Chinchilla (decoder): a = 0.49, b = 0.51.\n\n"
         + markdown_table(pd.DataFrame(rows)),
-        "A family without a fit had too few budgets whose loss has an interior minimum over the sizes tried. At "
-        "these CPU-sized budgets the encoder and encoder-decoder learn from the 15% of tokens that are masked or "
-        "hidden, so their losses are noisier than the decoder's; widen the grid (more budgets and sizes, e.g. "
-        "`harness study=families compute=1e12,3e12,1e13`) on a faster machine to fit them.",
+        "These are CPU-sized budgets (5e10-4.5e11 FLOPs, one-layer models of 1e3-1e5 parameters), so the "
+        "intervals are wide; the exponents say how each family's optimum moves, not what it does at scale. The "
+        "encoder and the encoder-decoder learn from the 15% of tokens that are masked or hidden, so their losses "
+        "are noisier than the decoder's. A family without a fit had too few budgets with an interior minimum over "
+        "the widths tried: widen the grid (`model.d_model=...`, more budgets) on a faster machine.",
         figures,
     ]

@@ -23,6 +23,9 @@ def test_attention_point_records_time_flops_memory_and_error(tmp_path):
     assert m["flops_per_s"] == pytest.approx(m["flops"] / m["time_median_s"])
     assert m["peak_memory_bytes"] > 0 and m["error_fwd"] < 1e-5 and m["error_grad"] < 1e-5
     assert record["kernel_info"]["exact"] is True
+    # a 2048^3 fp32 product on this CPU: between 1 GFLOP/s and 10 TFLOP/s, and the attention runs below it
+    assert 1e9 < m["matmul_flops_per_s"] < 1e13
+    assert m["fraction_of_matmul"] == pytest.approx(m["flops_per_s"] / m["matmul_flops_per_s"]) and m["fraction_of_matmul"] < 1
 
 
 def test_unsupported_and_too_large_points_are_records_and_the_sweep_goes_on(tmp_path):
@@ -50,3 +53,20 @@ def test_gpt_trains_with_each_cpu_variant(tmp_path, tiny, variant):
     record = json.loads((tmp_path / "run" / "record.json").read_text())
     # It learns: below the uniform guess over the Markov source's 16 tokens.
     assert record["status"] == "ok" and record["metrics"]["val_loss"] < math.log(16) - 0.1
+
+
+def test_attention_kernels_study_reads_each_exact_kernel_against_the_matmul_rate(tmp_path):
+    result = harness_cmd("study=attention_kernels", "task.seq_len=256", "task.batch=1", "task.heads=2", "task.head_dim=32",
+                         "task.min_repeats=2", "task.max_repeats=2", "progress=off", "hydra.sweep.dir=sweep", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    found = json.loads((tmp_path / "sweep" / "report" / "kernels.json").read_text())
+    ran = {(row["kernel"], row["causal"]) for row in found["kernels"]}
+    assert {("sdpa (flash)", True), ("sdpa (math)", False), ("dense", True)} <= ran  # the CPU's kernels
+    for row in found["kernels"]:
+        assert row["fraction_of_matmul"] == pytest.approx(row["tflops_per_s"] / row["matmul_tflops_per_s"])
+    for best in found["best"]:
+        mine = [row for row in found["kernels"] if row["causal"] == best["causal"]]
+        assert best["fraction_of_matmul"] == max(row["fraction_of_matmul"] for row in mine)
+        assert best["met"] == (best["fraction_of_matmul"] >= 0.5)
+    report = (tmp_path / "sweep" / "report" / "report.md").read_text()
+    assert "sdpa backend 'cudnn' has no kernel on cpu" in report and "xformers has no cpu kernels" in report

@@ -64,6 +64,7 @@ def test_tokens_past_the_split_wrap_into_epochs(tmp_path, tiny):
 
 BAD = [
     (["model.n_head=3"], "model.n_head=3 does not divide model.d_model=32"),
+    (["model.n_head=null", "model.head_dim=12"], "model.head_dim=12 does not divide model.d_model=32"),
     (["model.seq_len=0"], "model.seq_len=0 must be a positive integer"),
     (["data.tokens=-5"], "data.tokens=-5"),
     (["model.d_model=-32"], "model.d_model=-32 must be a positive integer"),
@@ -89,6 +90,13 @@ def test_bad_config_fails_before_any_work_with_one_line(tmp_path, tiny, override
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
     assert not list(tmp_path.rglob("record.json"))
+
+
+def test_without_n_head_the_heads_are_head_dim_wide(tmp_path, tiny):
+    result = harness_cmd(*tiny, "model.n_head=null", "model.head_dim=8", "data.tokens=2e4", "hydra.run.dir=run", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    info = only_record(tmp_path / "run")["model_info"]
+    assert (info["d_model"], info["n_head"], info["head_dim"]) == (32, 4, 8)
 
 
 def test_bad_sweep_point_is_caught_before_the_first_job(tmp_path, tiny):

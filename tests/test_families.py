@@ -127,7 +127,27 @@ def test_the_encoder_decoder_trains_and_bad_layouts_are_one_line(tmp_path):
                                     "it needs attention=sdpa or dense, got attention=performer"),
             ("parallel=tp", "error: model.family=encdec runs with parallel=single, ddp, zero1, fsdp_zero2, fsdp_zero3; "
                             "got parallel=tp"),
-            ("task=inference", "error: task=inference measures the decoder-only GPT; model.family=encdec is not "
-                               "supported there")):
+            ("task=inference", "error: task.context=224 and task.new_tokens=32 must fit the learned tables of "
+                               "model.seq_len=32: 29 encoder and 7 decoder positions; raise model.seq_len or use "
+                               "positions=rope|sinusoidal")):
         result = harness_cmd("model=encdec", *TINY, override, "hydra.run.dir=bad", cwd=tmp_path)
         assert (result.returncode, result.stderr.strip()) == (2, message)
+
+
+@pytest.mark.parametrize("positions", ["learned", "sinusoidal", "rope"])
+def test_encoder_decoder_decoding_with_its_cache_gives_the_full_decoder_logits(positions):
+    from models import encdec
+    torch.manual_seed(0)
+    cfg = GPTConfig(n_layer=2, d_model=32, n_head=4, seq_len=64, vocab_size=encdec.model_vocab(256, 64), positions=positions)
+    model = encdec.EncoderDecoder(cfg).eval()
+    encoder_in, decoder_in = torch.randint(0, 256, (3, 21)), torch.randint(0, 256, (3, 9))
+    cache = encdec.EncDecCache(cfg, batch=3, encoder_len=21, max_len=9, dtype=torch.float32, device=torch.device("cpu"))
+    with torch.no_grad():
+        memory = model.encode(encoder_in)
+        full = model.decode(decoder_in, memory)
+        stepwise = [model.decode(decoder_in[:, i:i + 1], memory, cache) for i in range(9)]
+    assert torch.allclose(torch.cat(stepwise, dim=1), full, atol=1e-5, rtol=0)
+    assert cache.length == 9
+    # self-attention keys and values of 9 decoder positions, cross-attention ones of 21 encoder outputs
+    assert cache.nbytes() == flops.kv_cache_bytes(n_layer=2, kv_heads=4, head_dim=8, context=21 + 9, batch=3,
+                                                  bytes_per_element=4) == 2 * 2 * 4 * 8 * 30 * 3 * 4

@@ -1,9 +1,11 @@
 """task=inference and length extrapolation: the KV cache against recomputation and its formula, bad input."""
 import json
+import math
 
 import pytest
 
 from harness import flops
+from models import encdec
 from tests.conftest import harness_cmd
 
 TINY = ["data=markov", "data.train_tokens=2e5", "data.val_tokens=2e4", "model.n_layer=2", "model.d_model=32",
@@ -34,6 +36,19 @@ def test_cached_decoding_matches_recomputation_and_the_cache_matches_its_formula
     assert 0 < abs(w["bf16"]["val_loss_change"]) < 0.05
     assert "trained here" in record["model_info"]["weights_source"]
     assert list((tmp_path / "cache" / "models").glob("*/model.pt"))
+
+
+def test_an_encoder_decoder_decodes_with_cached_cross_attention_and_the_cache_matches_its_formula(tmp_path):
+    record = run(tmp_path, "task=inference", "model=encdec", "model.positions=rope", "model.seq_len=64", "task.context=150",
+                 "task.new_tokens=12", "task.batch_size=2", "task.repeats=1", "task.eval_tokens=2048")
+    m, info = record["metrics"], record["model_info"]
+    assert info["family"] == "encdec" and info["params_encoder"] + info["params_decoder"] == info["params_non_embedding"]
+    assert m["cache_matches_recompute"] is True
+    # 150 encoder outputs (cross-attention) + 12 decoder positions (self-attention), per decoder layer
+    formula = flops.kv_cache_bytes(n_layer=2, kv_heads=2, head_dim=16, context=162, batch=2, bytes_per_element=4)
+    assert formula == m["kv_cache_bytes_formula"] == m["kv_cache_bytes"]
+    # random weights: near uniform over the 16 symbols, the sentinels and the start token
+    assert m["val_loss"] == pytest.approx(math.log(encdec.model_vocab(16, 64)), abs=0.1)
 
 
 @pytest.mark.parametrize("override,message", [

@@ -91,6 +91,9 @@ def run(cfg: DictConfig) -> dict:
         "time_median_s": float(median), "time_p10_s": float(p10), "time_p90_s": float(p90), "repeats": len(times),
         "flops": needed, "flops_per_s": needed / float(median), "peak_memory_bytes": memory, **accuracy,
     }
+    # The same device's square matrix product in this dtype: what a kernel that only multiplied would reach.
+    metrics["matmul_flops_per_s"] = measure.matmul_flops_per_s(device, dtype)
+    metrics["fraction_of_matmul"] = metrics["flops_per_s"] / metrics["matmul_flops_per_s"]
     kernel_info = {"variant": name, "device_name": measure.device_name(device), "dtype": t.dtype,
                    "exact": name in attention_registry.EXACT, **{f"option_{k}": v for k, v in options.items()}}
     return {"metrics": metrics, "kernel_info": kernel_info}

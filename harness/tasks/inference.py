@@ -3,10 +3,16 @@ whole sequence for every new token), the cache's memory against its formula, and
 
 The prompts are `task.batch_size` windows of real validation text, `task.context` tokens each. The model is
 randomly initialised (seeded) unless `task.checkpoint` names a `model.pt` saved by `task=train task.save_model=true`.
+
+model=gpt continues the prompt. model=encdec reads the prompt's first context - 1 tokens and its first sentinel
+(span corruption's question "what is hidden here", asked at the end) and writes the answer: the encoder runs once
+in prefill, and decoding without the cache reruns the decoder over everything it has written (the encoder's
+output is kept, as transformers' generate does). Either way the cache holds context + new_tokens positions.
 """
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import os
 import statistics
@@ -17,20 +23,21 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from harness import data as data_sources
-from harness import flops, measure, quantize, records
+from harness import families, flops, measure, quantize, records
 from harness.config import CONF_DIR, attention_options, gpt_config
 from harness.parallel import local
 from harness.tasks import Unsupported
 from harness.tasks.train import evaluate
 from models import attention as attention_registry
-from models.gpt import GPT, KVCache
+from models.encdec import EncDecCache, EncoderDecoder
+from models.gpt import KVCache
 
 log = logging.getLogger("harness")
 
 WEIGHTS = ("fp32", "bf16", "int8", "nf4")
 
 
-def weights_copy(model: GPT, name: str) -> GPT:
+def weights_copy(model: torch.nn.Module, name: str) -> torch.nn.Module:
     """The model with its weights in `name`: fp32 as is, bf16 cast, int8/nf4 weight-only quantized (torchao)."""
     if name == "fp32":
         return model
@@ -40,28 +47,48 @@ def weights_copy(model: GPT, name: str) -> GPT:
     return quantized
 
 
-def compute_dtype(model: GPT) -> torch.dtype:
+def compute_dtype(model: torch.nn.Module) -> torch.dtype:
     """Activations (and so the cache) follow the embedding table: fp32 for fp32 and weight-only quantized, bf16 for bf16."""
     return model.wte.weight.dtype
 
 
+def new_cache(model: torch.nn.Module, batch: int, context: int, new_tokens: int, dtype: torch.dtype,
+              device: torch.device) -> KVCache | EncDecCache:
+    """The cache a generation of `new_tokens` after a prompt of `context` tokens fills: context + new_tokens positions."""
+    if isinstance(model, EncoderDecoder):
+        return EncDecCache(model.cfg, batch, context, new_tokens, dtype, device)
+    return KVCache(model.cfg, batch, context + new_tokens, dtype, device)
+
+
+def encdec_prompt(model: EncoderDecoder, text_bn: torch.Tensor) -> torch.Tensor:
+    """The text's first n - 1 tokens, then the first sentinel: the encoder-decoder writes what follows."""
+    return torch.cat([text_bn[:, :-1], torch.full_like(text_bn[:, :1], model.first_sentinel())], dim=1)
+
+
 @torch.no_grad()
-def generate(model: GPT, prompt: torch.Tensor, new_tokens: int, *, cache: bool) -> tuple[torch.Tensor, float, float]:
+def generate(model: torch.nn.Module, prompt: torch.Tensor, new_tokens: int, *, cache: bool) -> tuple[torch.Tensor, float, float]:
     """Greedy decoding: (the new tokens, prefill seconds, decode seconds)."""
     device = prompt.device
-    kv = KVCache(model.cfg, prompt.shape[0], prompt.shape[1] + new_tokens, compute_dtype(model), device) if cache else None
+    kv = new_cache(model, prompt.shape[0], prompt.shape[1], new_tokens, compute_dtype(model), device) if cache else None
     start = measure.timer(device)
-    logits = model(prompt, cache=kv)
+    if isinstance(model, EncoderDecoder):
+        memory = model.encode(prompt)
+        sequence = torch.full_like(prompt[:, :1], model.start_token)
+        step = functools.partial(model.decode, memory_bmd=memory, cache=kv)
+    else:
+        sequence = prompt
+        step = functools.partial(model, cache=kv)
+    logits = step(sequence)
     token = logits[:, -1].argmax(-1, keepdim=True)
     prefill = measure.timer(device) - start
-    tokens, sequence = [token], prompt
+    tokens = [token]
     start = measure.timer(device)
     for _ in range(new_tokens - 1):
         if cache:
-            logits = model(token, cache=kv)
+            logits = step(token)
         else:
             sequence = torch.cat([sequence, token], dim=1)
-            logits = model(sequence)
+            logits = step(sequence)
         token = logits[:, -1].argmax(-1, keepdim=True)
         tokens.append(token)
     decode = measure.timer(device) - start
@@ -87,9 +114,10 @@ def trained_weights(cfg: DictConfig) -> Path:
     return directory / records.MODEL_NAME
 
 
-def allocated_cache_bytes(cfg, batch: int, length: int, dtype: torch.dtype, device: torch.device) -> int:
+def allocated_cache_bytes(model: torch.nn.Module, batch: int, context: int, new_tokens: int, dtype: torch.dtype,
+                          device: torch.device) -> int:
     """Bytes the allocator hands out for the cache (CUDA allocator, or the profiler's memory timeline on a CPU)."""
-    return measure.peak_tensor_bytes(lambda: KVCache(cfg, batch, length, dtype, device), device)
+    return measure.peak_tensor_bytes(lambda: new_cache(model, batch, context, new_tokens, dtype, device), device)
 
 
 def run(cfg: DictConfig) -> dict:
@@ -111,8 +139,9 @@ def run(cfg: DictConfig) -> dict:
     if len(dataset.val) < batch * context + 1:
         raise Unsupported(f"the validation split ({len(dataset.val)} tokens) is too short for "
                           f"task.batch_size={batch} prompts of task.context={context} tokens")
+    family = cfg.model.get("family", "gpt")
     torch.manual_seed(int(cfg.seed))
-    model = GPT(model_cfg).to(device).eval()
+    model = families.build(family, model_cfg).to(device).eval()
     weights_source = "random (seeded)"
     if t.checkpoint:
         model.load_state_dict(torch.load(t.checkpoint, map_location=device, weights_only=True))
@@ -122,10 +151,16 @@ def run(cfg: DictConfig) -> dict:
         model.load_state_dict(torch.load(path, map_location=device, weights_only=True))
         weights_source = f"trained here on {float(t.train_tokens):.3g} tokens (task=train defaults; cached at {path})"
     prompt = torch.from_numpy(dataset.val[: batch * context].astype("int64").reshape(batch, context)).to(device)
+    if isinstance(model, EncoderDecoder):
+        prompt = encdec_prompt(model, prompt)
     val_windows = data_sources.validation_windows(dataset.val, model_cfg.seq_len, int(t.eval_tokens))
+    examples = None if family == "gpt" else families.Examples(family, dataset.vocab_size, int(cfg.seed))
     repeats = int(t.repeats)
 
-    def timed(m: GPT, cache: bool) -> dict:
+    def loss_of(m: torch.nn.Module) -> float:
+        return evaluate(local(m, device), val_windows, batch_size=8, examples=examples)
+
+    def timed(m: torch.nn.Module, cache: bool) -> dict:
         generate(m, prompt[:, : min(context, 16)], 2, cache=cache)  # warm-up: first-call allocations and dispatch
         runs = [generate(m, prompt, new_tokens, cache=cache) for _ in range(repeats)]
         prefill = statistics.median(r[1] for r in runs)
@@ -143,11 +178,11 @@ def run(cfg: DictConfig) -> dict:
     shape = {"n_layer": model_cfg.n_layer, "kv_heads": model_cfg.n_head, "head_dim": model_cfg.head_dim, "batch": batch,
              "bytes_per_element": element}
     weights_bytes = quantize.model_bytes(main)
-    cache_formula = flops.kv_cache_bytes(context=context + new_tokens, **shape)
+    cache_formula = flops.kv_cache_bytes(context=context + new_tokens, **shape)  # encdec: cross + self positions
     # Everything a cached generation allocates beyond the weights: the cache plus the prompt's activations.
     generation_peak = measure.peak_tensor_bytes(lambda: generate(main, prompt, new_tokens, cache=True), device)
-    reference_loss = evaluate(local(model, device), val_windows, batch_size=8)
-    loss = reference_loss if main is model else evaluate(local(main, device), val_windows, batch_size=8)
+    reference_loss = loss_of(model)
+    loss = reference_loss if main is model else loss_of(main)
     metrics = {
         "prefill_s": with_cache["prefill_s"], "prefill_tokens_per_s": with_cache["prefill_tokens_per_s"],
         "decode_tokens_per_s": with_cache["decode_tokens_per_s"], "decode_ms_per_token": with_cache["decode_ms_per_token"],
@@ -155,7 +190,7 @@ def run(cfg: DictConfig) -> dict:
         "decode_ms_per_token_recompute": recompute["decode_ms_per_token"] if recompute else None,
         "cache_speedup": with_cache["decode_tokens_per_s"] / recompute["decode_tokens_per_s"] if recompute else None,
         "cache_matches_recompute": bool(torch.equal(with_cache["tokens"], recompute["tokens"])) if recompute else None,
-        "kv_cache_bytes": allocated_cache_bytes(model_cfg, batch, context + new_tokens, dtype, device),
+        "kv_cache_bytes": allocated_cache_bytes(main, batch, context, new_tokens, dtype, device),
         "generation_peak_bytes": generation_peak,
         "kv_cache_bytes_formula": cache_formula,
         "weights_bytes": weights_bytes,
@@ -169,15 +204,16 @@ def run(cfg: DictConfig) -> dict:
     for name in t.compare_weights or []:
         other = weights_copy(model, name)
         result = timed(other, cache=True)
-        other_loss = reference_loss if other is model else evaluate(local(other, device), val_windows, batch_size=8)
+        other_loss = reference_loss if other is model else loss_of(other)
         compared[name] = {"weights_bytes": quantize.model_bytes(other), "decode_tokens_per_s": result["decode_tokens_per_s"],
                           "prefill_s": result["prefill_s"], "val_loss": other_loss, "val_loss_change": other_loss - reference_loss,
                           "same_tokens_as_fp32": bool(torch.equal(result["tokens"], reference_tokens))}
     metrics["wall_time_s"] = time.perf_counter() - wall_start
     counts = model.param_counts()
-    model_info = {"family": "gpt", "n_layer": model_cfg.n_layer, "d_model": model_cfg.d_model, "n_head": model_cfg.n_head,
+    model_info = {"family": family, "n_layer": model_cfg.n_layer, "d_model": model_cfg.d_model, "n_head": model_cfg.n_head,
                   "head_dim": model_cfg.head_dim, "seq_len": model_cfg.seq_len, "positions": model_cfg.positions,
                   "params_total": counts["total"], "params_non_embedding": counts["non_embedding"],
+                  **{f"params_{side}": counts[side] for side in ("encoder", "decoder") if side in counts},
                   "weights": t.weights, "cache_dtype": str(dtype).removeprefix("torch."),
                   "weights_source": weights_source}
     return {"metrics": metrics, "model_info": model_info, "weights": compared,

@@ -239,7 +239,7 @@ def train(cfg: DictConfig) -> dict:
     for r in per_rank:
         del r["step_times_s"]
     model_info = {
-        "family": family, "n_layer": model_cfg.n_layer, "d_model": model_cfg.d_model, "n_head": model_cfg.n_head,
+        "family": family, "n_layer": model_cfg.n_layer, "d_model": model_cfg.d_model, "n_head": model_cfg.n_head, "head_dim": model_cfg.head_dim,
         "d_mlp": model_cfg.d_mlp, "vocab_size": model_cfg.vocab_size, "seq_len": seq_len,
         "params_total": counts["total"], "params_non_embedding": counts["non_embedding"], "params_embedding": counts["embedding"],
         "params_encoder": counts.get("encoder", counts["non_embedding"] if family == "encoder" else 0),

@@ -4,7 +4,8 @@ batch 1, 4 heads, head_dim 64), interleaved so machine noise hits both alike.
   performer (256 features) vs performer-pytorch FastAttention with the same projection, n = 4096
   longformer (window 512, blocked, non-causal) vs transformers' LongformerSelfAttention (attention_window 512,
       i.e. 256 keys each side), n = 4096; both sides apply the same Q/K/V projections (HF's own weights), and
-      the two outputs are checked to agree
+      the two outputs are checked to agree; also the speed-up a kernel running at this CPU's measured fp32
+      matrix-product rate with no other work would reach (the ceiling for any implementation here)
   longformer (window 512, blocked, causal) vs sdpa's fused flash kernel (causal), n = 2048 .. 16384
   peak tensor memory of performer and longformer (forward), fitted exponent over n = 2048 .. 16384
 
@@ -20,7 +21,8 @@ from pathlib import Path
 import torch
 
 from harness.fit import fit_power_law
-from harness.measure import cpu_peak_tensor_bytes, interleaved_medians
+from harness import flops
+from harness.measure import cpu_peak_tensor_bytes, interleaved_medians, matmul_flops_per_s
 from models.attention import get_attention
 from models.attention.reference import reference, relative_error
 
@@ -76,9 +78,15 @@ def longformer_vs_transformers(n: int = 4096) -> dict:
     with torch.no_grad():
         agreement = relative_error(ours(), theirs())
         times = interleaved_medians({"ours": ours, "peer": theirs}, CPU, rounds=9)
+    # The fastest any implementation could be here: the window's FLOPs and the projections' at this CPU's
+    # measured fp32 matrix-product rate, with nothing else (no softmax, no copies).
+    needed = flops.attention_flops("longformer", batch=1, heads=HEADS, seq_len=n, head_dim=HEAD_DIM, causal=False,
+                                   backward=False, options={"window": 512}) + 3 * 2 * n * (HEADS * HEAD_DIM) ** 2
+    floor_s = needed / matmul_flops_per_s(CPU, torch.float32)
     return {"comparison": "longformer vs transformers LongformerSelfAttention", "causal": False, "seq_len": n,
             "ours_s": times["ours"], "peer_s": times["peer"], "speedup": times["peer"] / times["ours"],
-            "outputs_relative_difference": agreement}
+            "outputs_relative_difference": agreement, "matmul_bound_s": floor_s,
+            "speedup_at_matmul_bound": times["peer"] / floor_s}
 
 
 def longformer_vs_sdpa(lengths=(2048, 4096, 8192, 16384)) -> list[dict]:
@@ -123,7 +131,8 @@ def main() -> None:
             print(f"skipped {name} comparison: {error} (pip install -e '.[peers]')")
     result["speed"] += longformer_vs_sdpa()
     for row in result["speed"]:
-        extra = "".join(f"  {k} {row[k]:.4g}" for k in ("ours_error", "peer_error", "outputs_relative_difference") if k in row)
+        extra = "".join(f"  {k} {row[k]:.4g}" for k in ("ours_error", "peer_error", "outputs_relative_difference",
+                                                         "speedup_at_matmul_bound") if k in row)
         print(f"{row['comparison']:<55} causal={row['causal']!s:<5} n={row['seq_len']:<6} ours {row['ours_s'] * 1e3:8.1f} ms"
               f"  peer {row['peer_s'] * 1e3:8.1f} ms  speed-up {row['speedup']:6.2f}x{extra}")
     for row in result["memory"]:
