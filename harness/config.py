@@ -97,8 +97,6 @@ def validate(cfg: DictConfig) -> None:
         if cfg.attention.name not in ALIBI_ATTENTION:
             raise ConfigError(f"model.family=encdec cross-attends queries to a different number of keys: it needs "
                               f"attention=sdpa or dense, got attention={cfg.attention.name}")
-        if m.positions == "alibi":
-            raise ConfigError("model.family=encdec supports positions learned, sinusoidal, rope; got alibi")
         if cfg.parallel.name not in ("single", "ddp", "zero1", "fsdp_zero2", "fsdp_zero3"):
             raise ConfigError(f"model.family=encdec runs with parallel=single, ddp, zero1, fsdp_zero2, fsdp_zero3; "
                               f"got parallel={cfg.parallel.name}")
@@ -187,7 +185,7 @@ def _validate_inference_task(cfg: DictConfig) -> None:
         if t.context > layout.encoder_len or t.new_tokens > layout.decoder_len:
             raise ConfigError(f"task.context={t.context} and task.new_tokens={t.new_tokens} must fit the learned tables of "
                               f"model.seq_len={m.seq_len}: {layout.encoder_len} encoder and {layout.decoder_len} decoder "
-                              "positions; raise model.seq_len or use positions=rope|sinusoidal")
+                              "positions; raise model.seq_len or use positions=rope|sinusoidal|alibi")
     elif m.positions in TABLE_KINDS and t.context + t.new_tokens > m.seq_len:
         raise ConfigError(f"task.context={t.context} + task.new_tokens={t.new_tokens} exceeds the learned position "
                           f"table of model.seq_len={m.seq_len}; raise model.seq_len or use positions=rope|sinusoidal|alibi")

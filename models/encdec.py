@@ -23,7 +23,7 @@ from torch import nn
 
 from models import attention as attention_registry
 from models.gpt import IGNORE, MLP, SINUSOID_SCALE, Block, GPTConfig, KVCache, SelfAttention, init_weights
-from models.positions import sinusoidal_table
+from models.positions import KINDS as POSITION_KINDS, sinusoidal_table
 
 NOISE_DENSITY = 0.15
 MEAN_SPAN = 3.0
@@ -152,8 +152,8 @@ class EncoderDecoder(nn.Module):
 
     def __init__(self, cfg: GPTConfig):
         super().__init__()
-        if cfg.positions not in ("learned", "sinusoidal", "rope"):
-            raise ValueError(f"model.family=encdec supports positions learned, sinusoidal, rope; got {cfg.positions}")
+        if cfg.positions not in POSITION_KINDS:
+            raise ValueError(f"unknown positions {cfg.positions!r}; known: {', '.join(POSITION_KINDS)}")
         self.cfg, self.layout = cfg, span_layout(cfg.seq_len)
         self.wte = nn.Embedding(cfg.vocab_size, cfg.d_model)
         lengths = (self.layout.encoder_len, self.layout.decoder_len)
@@ -184,7 +184,7 @@ class EncoderDecoder(nn.Module):
             table = self.wpe_encoder if side == "encoder" else self.wpe_decoder
             if end > table.num_embeddings:
                 raise ValueError(f"{side} position {end} exceeds its learned table of {table.num_embeddings} positions "
-                                 f"(span corruption of model.seq_len={self.cfg.seq_len}); use positions=rope|sinusoidal")
+                                 f"(span corruption of model.seq_len={self.cfg.seq_len}); use positions=rope|sinusoidal|alibi")
             x = x + table(torch.arange(start, end, device=idx_bn.device))
         elif self.cfg.positions == "sinusoidal":
             table = self.sinusoids if end <= self.sinusoids.shape[0] else \

@@ -27,7 +27,11 @@ def analyse(df: pd.DataFrame, out: Path) -> list[str]:
         row = {"family": family, "loss": families.LOSS.get(family, ""), "runs": len(table)}
         try:
             fit = fit_isoflop(table["C"], table["params"], table["val_loss"], intervals=RESAMPLES)
-            row.update(a=with_interval(fit.a, fit.intervals["a"]), b=with_interval(fit.b, fit.intervals["b"]))
+            used = fit.minima[fit.minima["interior"]]
+            row.update(a=with_interval(fit.a, fit.intervals["a"]), b=with_interval(fit.b, fit.intervals["b"]),
+                       budgets_fitted=f"{len(used)} of {len(fit.minima)}",
+                       N_opt=", ".join(f"{n:.3g}" for n in used["N_opt"]),
+                       left_out="; ".join(f"C={r.C:.3g}: {r.why}" for r in fit.minima.itertuples() if not r.interior))
             fits[family] = {"a": fit.a, "b": fit.b, "k": fit.k, "intervals": {k: v for k, v in fit.intervals.items()
                                                                               if not k.startswith("_")}}
             plots.isoflop_curves(table, fit, out, name=f"isoflop_{family}")

@@ -129,12 +129,12 @@ def test_the_encoder_decoder_trains_and_bad_layouts_are_one_line(tmp_path):
                             "got parallel=tp"),
             ("task=inference", "error: task.context=224 and task.new_tokens=32 must fit the learned tables of "
                                "model.seq_len=32: 29 encoder and 7 decoder positions; raise model.seq_len or use "
-                               "positions=rope|sinusoidal")):
+                               "positions=rope|sinusoidal|alibi")):
         result = harness_cmd("model=encdec", *TINY, override, "hydra.run.dir=bad", cwd=tmp_path)
         assert (result.returncode, result.stderr.strip()) == (2, message)
 
 
-@pytest.mark.parametrize("positions", ["learned", "sinusoidal", "rope"])
+@pytest.mark.parametrize("positions", ["learned", "sinusoidal", "rope", "alibi"])
 def test_encoder_decoder_decoding_with_its_cache_gives_the_full_decoder_logits(positions):
     from models import encdec
     torch.manual_seed(0)
