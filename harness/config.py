@@ -97,9 +97,9 @@ def validate(cfg: DictConfig) -> None:
         if cfg.attention.name not in ALIBI_ATTENTION:
             raise ConfigError(f"model.family=encdec cross-attends queries to a different number of keys: it needs "
                               f"attention=sdpa or dense, got attention={cfg.attention.name}")
-        if cfg.parallel.name not in ("single", "ddp", "zero1", "fsdp_zero2", "fsdp_zero3"):
-            raise ConfigError(f"model.family=encdec runs with parallel=single, ddp, zero1, fsdp_zero2, fsdp_zero3; "
-                              f"got parallel={cfg.parallel.name}")
+        if cfg.parallel.name == "pp":
+            raise ConfigError("model.family=encdec has two stacks the decoder reads across; parallel=pp splits one "
+                              "stack into stages: use single, ddp, zero1, fsdp_zero2, fsdp_zero3, tp or fsdp_tp")
         if cfg.task.get("eval_lengths"):
             raise ConfigError("task.eval_lengths needs a family that reads windows of any length (gpt, encoder)")
     if m.positions == "alibi" and cfg.parallel.name in ("tp", "fsdp_tp"):

@@ -164,7 +164,9 @@ def _fully_shard(model: nn.Module, mesh, *, reshard_after_forward: bool) -> None
 
 
 def tensor_parallel(model: nn.Module, mesh) -> None:
-    """Megatron-style TP with sequence parallelism, on the GPT's modules by name (torchtitan's plan for Llama)."""
+    """Megatron-style TP with sequence parallelism, on the modules by name (torchtitan's plan for Llama). An
+    encoder-decoder's decoder blocks add cross-attention: its query and key-value projections column-parallel
+    (the key-values from the all-gathered encoder output), its output projection row-parallel."""
     from torch.distributed.tensor import Replicate, Shard, distribute_tensor
     from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, SequenceParallel, parallelize_module
 
@@ -173,17 +175,28 @@ def tensor_parallel(model: nn.Module, mesh) -> None:
     plan = {"wte": RowwiseParallel(input_layouts=Replicate(), output_layouts=Shard(1), use_local_output=False),
             "ln_f": SequenceParallel(),
             "lm_head": ColwiseParallel(input_layouts=Shard(1), output_layouts=Replicate())}
-    if model.wpe is not None:
-        plan["wpe"] = RowwiseParallel(input_layouts=Replicate(), output_layouts=Replicate(), use_local_output=False)
-    for i in range(len(model.blocks)):
+    for table in ("wpe", "wpe_encoder", "wpe_decoder"):
+        if getattr(model, table, None) is not None:
+            plan[table] = RowwiseParallel(input_layouts=Replicate(), output_layouts=Replicate(), use_local_output=False)
+    decoder_blocks = [f"decoder_blocks.{i}" for i in range(len(getattr(model, "decoder_blocks", [])))]
+    for block in [f"blocks.{i}" for i in range(len(model.blocks))] + decoder_blocks:
         plan.update({
-            f"blocks.{i}.ln_attn": SequenceParallel(),
-            f"blocks.{i}.attn.qkv": ColwiseParallel(input_layouts=Shard(1)),   # all-gather the sequence, local heads out
-            f"blocks.{i}.attn.proj": RowwiseParallel(output_layouts=Shard(1), use_local_output=False),  # reduce-scatter
-            f"blocks.{i}.ln_mlp": SequenceParallel(),
-            f"blocks.{i}.mlp.up": ColwiseParallel(input_layouts=Shard(1)),
-            f"blocks.{i}.mlp.down": RowwiseParallel(output_layouts=Shard(1), use_local_output=False),
+            f"{block}.ln_attn": SequenceParallel(),
+            f"{block}.attn.qkv": ColwiseParallel(input_layouts=Shard(1)),   # all-gather the sequence, local heads out
+            f"{block}.attn.proj": RowwiseParallel(output_layouts=Shard(1), use_local_output=False),  # reduce-scatter
+            f"{block}.ln_mlp": SequenceParallel(),
+            f"{block}.mlp.up": ColwiseParallel(input_layouts=Shard(1)),
+            f"{block}.mlp.down": RowwiseParallel(output_layouts=Shard(1), use_local_output=False),
         })
+    for block in decoder_blocks:
+        plan.update({
+            f"{block}.ln_cross": SequenceParallel(),
+            f"{block}.cross.q": ColwiseParallel(input_layouts=Shard(1)),
+            f"{block}.cross.kv": ColwiseParallel(input_layouts=Shard(1)),  # the encoder's output, all-gathered
+            f"{block}.cross.proj": RowwiseParallel(output_layouts=Shard(1), use_local_output=False),
+        })
+    if decoder_blocks:
+        plan["ln_encoder"] = SequenceParallel()
     tied = model.lm_head.weight is model.wte.weight
     parallelize_module(model, mesh, plan)
     if tied:  # both are split along the vocabulary (Shard(0)), so one DTensor serves both again

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from harness import flops
 from harness.measure import cpu_peak_tensor_bytes
@@ -76,7 +77,12 @@ def test_exact_variants_match_float64(case, device, dtype_name, causal):
 
 def test_registry_covers_every_variant_with_a_config_and_reasons():
     conf = Path(__file__).resolve().parent.parent / "conf" / "attention"
-    assert sorted(attention.names()) == sorted(p.stem for p in conf.glob("*.yaml"))
+    configs = {p.stem: OmegaConf.load(p) for p in conf.glob("*.yaml")}
+    assert sorted(attention.names()) == sorted(stem for stem, c in configs.items() if c.name == stem)
+    for stem, c in configs.items():
+        if stem != c.name:  # a variant with an option pinned, e.g. sdpa_flash
+            assert c.name in attention.names() and stem in [f"{c.name}_{v}" for v in c.values()], stem
+            attention.get_attention(c.name, causal=True, **{k: v for k, v in c.items() if k != "name"})
     verdict = attention.available("sdpa", "cpu", torch.float32, backend="cudnn")
     assert not verdict and "cpu" in verdict.reason
     assert "no cpu kernels" in attention.available("xformers", "cpu").reason

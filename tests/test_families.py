@@ -125,8 +125,8 @@ def test_the_encoder_decoder_trains_and_bad_layouts_are_one_line(tmp_path):
     for override, message in (
             ("attention=performer", "error: model.family=encdec cross-attends queries to a different number of keys: "
                                     "it needs attention=sdpa or dense, got attention=performer"),
-            ("parallel=tp", "error: model.family=encdec runs with parallel=single, ddp, zero1, fsdp_zero2, fsdp_zero3; "
-                            "got parallel=tp"),
+            ("parallel=pp", "error: model.family=encdec has two stacks the decoder reads across; parallel=pp splits "
+                            "one stack into stages: use single, ddp, zero1, fsdp_zero2, fsdp_zero3, tp or fsdp_tp"),
             ("task=inference", "error: task.context=224 and task.new_tokens=32 must fit the learned tables of "
                                "model.seq_len=32: 29 encoder and 7 decoder positions; raise model.seq_len or use "
                                "positions=rope|sinusoidal|alibi")):

@@ -48,6 +48,17 @@ def test_every_strategy_reproduces_the_single_process_loss_trajectory(sweep):
         assert trajectory(sweep.loc[layout]) == pytest.approx(reference, rel=1e-5, abs=0), layout
 
 
+def test_the_encoder_decoder_trains_the_same_on_data_and_tensor_parallel_layouts(tmp_path):
+    # span corruption happens on the whole batch before it is split, and TP splits cross-attention's heads too
+    result = harness_cmd("-m", "model=encdec", *STEPS, "parallel=single,ddp,fsdp_zero3,tp", "hydra.sweep.dir=sweep", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    df = load_results(tmp_path / "sweep").set_index("parallel.name")
+    assert (df.status == "ok").all(), df[["status", "error"]]
+    reference = trajectory(df.loc["single"])
+    for layout in ("ddp", "fsdp_zero3", "tp"):
+        assert trajectory(df.loc[layout]) == pytest.approx(reference, rel=1e-5, abs=0), layout
+
+
 def test_data_parallel_strategies_agree_bit_for_bit(sweep):
     # Same arithmetic: the same gradient average, the same elementwise AdamW, sharded or not.
     first = trajectory(sweep.loc["ddp"])
