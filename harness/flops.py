@@ -122,10 +122,12 @@ def attention_memory_estimate(variant: str, *, batch: int, heads: int, seq_len: 
                               bytes_per_element: int, backward: bool, options: dict | None = None) -> float:
     """Bytes of the largest intermediates a variant materialises (a guard against an OS-level OOM kill).
 
-    dense (and flex on CPU, which runs unfused) keep the n x n scores and probabilities, and in backward their
-    gradients too; the others are linear in n and are not guarded.
+    dense, sdpa's math backend (and flex on CPU, which runs unfused) keep the n x n scores and probabilities,
+    and in backward their gradients too; the others are linear in n and are not guarded.
     """
-    materialises = variant == "dense" or (variant == "longformer" and (options or {}).get("impl") == "flex")
+    options = options or {}
+    materialises = (variant == "dense" or (variant == "sdpa" and options.get("backend") == "math")
+                    or (variant == "longformer" and options.get("impl") == "flex"))
     if not materialises:
         return 0.0
     square = batch * heads * seq_len * seq_len * max(bytes_per_element, 4)  # softmax runs in fp32

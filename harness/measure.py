@@ -63,6 +63,19 @@ def peak_memory_bytes(device: torch.device) -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
+def free_memory_bytes(device: torch.device) -> float:
+    """Bytes a new allocation can still get: the GPU's free memory, or the machine's available memory."""
+    if device.type == "cuda":
+        return float(torch.cuda.mem_get_info(device)[0])
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return float(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return float("inf")
+
+
 def cpu_peak_tensor_bytes(fn) -> int:
     """Peak bytes of tensors alive at once during fn(), beyond those that existed before (profiler timeline)."""
     from torch.profiler import ProfilerActivity, profile

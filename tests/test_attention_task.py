@@ -38,6 +38,20 @@ def test_unsupported_and_too_large_points_are_records_and_the_sweep_goes_on(tmp_
     assert df.loc["sdpa", "status"] == "ok"
 
 
+def test_a_point_larger_than_the_free_memory_is_refused_before_it_allocates(tmp_path):
+    # sdpa's math backend keeps the n x n scores: 2 heads x 200000^2 x fp32 x 4 (forward and backward) = 1.28 TB
+    assert flops.attention_memory_estimate("sdpa", batch=1, heads=2, seq_len=200_000, head_dim=32, bytes_per_element=4,
+                                           backward=True, options={"backend": "math"}) == 2 * 200_000**2 * 4 * 4
+    assert flops.attention_memory_estimate("sdpa", batch=1, heads=2, seq_len=200_000, head_dim=32, bytes_per_element=4,
+                                           backward=True, options={"backend": "flash"}) == 0
+    result = harness_cmd(*SMALL, "attention=sdpa_math", "task.seq_len=200000", "task.mode=fwd_bwd", "task.max_memory_gb=1e6",
+                         "hydra.run.dir=run", cwd=tmp_path)
+    assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1  # a single run says why in one line
+    record = json.loads((tmp_path / "run" / "record.json").read_text())
+    assert record["status"] == "unsupported"
+    assert "would materialise ~1192.1 GiB" in record["error"] and "GiB free on cpu" in record["error"]
+
+
 def test_bad_attention_option_is_one_line(tmp_path):
     result = harness_cmd(*SMALL, "attention=longformer", "attention.impl=fast", "hydra.run.dir=run", cwd=tmp_path)
     assert result.returncode == 2

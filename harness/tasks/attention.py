@@ -67,9 +67,10 @@ def run(cfg: DictConfig) -> dict:
     backward = t.mode == "fwd_bwd"
     shape = dict(batch=int(t.batch), heads=int(t.heads), seq_len=int(t.seq_len), head_dim=int(t.head_dim))
     needs = flops.attention_memory_estimate(name, **shape, bytes_per_element=dtype.itemsize, backward=backward, options=options)
-    if needs > float(t.max_memory_gb) * 2**30:
-        raise Unsupported(f"attention={name} at seq_len={t.seq_len} would materialise ~{needs / 2**30:.1f} GiB "
-                          f"> task.max_memory_gb={t.max_memory_gb}")
+    free = measure.free_memory_bytes(device)
+    if needs > min(float(t.max_memory_gb) * 2**30, 0.8 * free):
+        raise Unsupported(f"attention={name} at seq_len={t.seq_len} would materialise ~{needs / 2**30:.1f} GiB: more "
+                          f"than task.max_memory_gb={t.max_memory_gb} or 80% of the {free / 2**30:.1f} GiB free on {device}")
 
     attn = attention_registry.get_attention(name, causal=bool(t.causal), **options)
     q, k, v = _inputs((shape["batch"], shape["heads"], shape["seq_len"], shape["head_dim"]), dtype, device, int(t.seed), backward)
