@@ -15,6 +15,12 @@ from harness import plots
 from harness.report import markdown_table
 
 
+MODELS = {"gpt": "decoder-only GPT",
+          "encdec": "T5-style encoder-decoder (the prompt is encoded once; its cache is the decoder's self-attention "
+                    "keys and values plus each decoder layer's cross-attention keys and values of the encoder's output, "
+                    "context + new tokens positions in all)"}
+
+
 def points(df: pd.DataFrame) -> pd.DataFrame:
     ok = df[(df["status"] == "ok") & (df["task.name"] == "inference")]
     return pd.DataFrame({
@@ -75,11 +81,13 @@ def analyse(df: pd.DataFrame, out: Path) -> list[str]:
         "cache_speedup_at_2048": at_2k[["batch", "cache_speedup"]].to_dict(orient="records"),
         "cache_exceeds_weights_at": crossover.to_dict(orient="records"),
         "kv_cache_max_relative_error_vs_formula": formula_error}, indent=1, default=float))
+    family = str(first.get("model_info.family", "gpt"))
     source = str(first["model_info.weights_source"])
     weights_note = f"weights {source}" + ("; the validation-loss changes of bf16/int8/nf4 are those of an untrained "
                                           "model (set task.train_tokens or task.checkpoint)" if source.startswith("random") else "")
     return [
-        f"Device: {first['env.device_name']} ({first['env.device']}). Model: GPT, {int(first['model_info.n_layer'])} layers, "
+        f"Device: {first['env.device_name']} ({first['env.device']}). Model: {MODELS.get(family, family)}, "
+        f"{int(first['model_info.n_layer'])} layers{' per stack' if family == 'encdec' else ''}, "
         f"d_model {int(first['model_info.d_model'])}, {int(first['model_info.n_head'])} heads of {int(first['model_info.head_dim'])}, "
         f"{first['model_info.positions']} positions, {int(first['model_info.params_total']):,} parameters; {weights_note}. "
         f"Greedy decoding of {int(first['task.new_tokens'])} tokens after a prompt of real validation text; medians of "
@@ -89,7 +97,8 @@ def analyse(df: pd.DataFrame, out: Path) -> list[str]:
         "is 2 x layers x kv_heads x head_dim x (context + new tokens) x batch x bytes; generation_peak_mb is everything "
         "a cached generation allocates beyond the weights (the cache and the prompt's activations). same_tokens: greedy decoding with the cache produced exactly the tokens of recomputing.\n\n"
         + markdown_table(table),
-        f"The cache holds as many bytes as the weights from context {', '.join(f'{r.cache_exceeds_weights_at:,.0f} (batch {r.batch})' for r in crossover.itertuples())}. "
+        "The cache holds as many bytes as the weights from "
+        f"{', '.join(f'{r.cache_exceeds_weights_at:,.0f} cached positions (batch {r.batch})' for r in crossover.itertuples())}. "
         f"The measured cache is within {formula_error:.2%} of the formula at every point.",
         "## Weight precision\n\nDecode speed with the cache, median over the sweep's points; validation loss on "
         "model.seq_len windows.\n\n" + (markdown_table(summary) if not summary.empty else "No weight comparison."),
