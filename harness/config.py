@@ -63,8 +63,9 @@ def validate(cfg: DictConfig) -> None:
         _validate_attention_task(cfg.task)
         return
     m = cfg.model
-    if m.get("family", "gpt") not in families.FAMILIES:
-        raise ConfigError(f"model.family={m.family!r}; known: {', '.join(families.FAMILIES)}")
+    family = m.get("family", "gpt")
+    if family not in families.FAMILIES:
+        raise ConfigError(f"model.family={family!r}; known: {', '.join(families.FAMILIES)}")
     if m.params is not None:
         _positive(m.params, "model.params")
         _positive(m.aspect_ratio, "model.aspect_ratio")
@@ -93,7 +94,7 @@ def validate(cfg: DictConfig) -> None:
     if m.positions == "alibi" and cfg.attention.name not in ALIBI_ATTENTION:
         raise ConfigError(f"model.positions=alibi biases the full score matrix: it needs attention=sdpa or dense, "
                           f"got attention={cfg.attention.name}")
-    if m.get("family", "gpt") == "encdec":
+    if family == "encdec":
         if cfg.attention.name not in ALIBI_ATTENTION:
             raise ConfigError(f"model.family=encdec cross-attends queries to a different number of keys: it needs "
                               f"attention=sdpa or dense, got attention={cfg.attention.name}")
@@ -170,7 +171,8 @@ def _check_attention(cfg: DictConfig) -> None:
 def _validate_inference_task(cfg: DictConfig) -> None:
     from harness.tasks.inference import WEIGHTS
     t, m = cfg.task, cfg.model
-    if m.get("family", "gpt") == "encoder":
+    family = m.get("family", "gpt")
+    if family == "encoder":
         raise ConfigError("task=inference decodes left to right with a KV cache; model.family=encoder is not a decoder")
     if cfg.parallel.name != "single":
         raise ConfigError(f"task=inference runs on one device, got parallel={cfg.parallel.name}")
@@ -179,7 +181,7 @@ def _validate_inference_task(cfg: DictConfig) -> None:
     for name in [t.weights, *(t.compare_weights or [])]:
         if name not in WEIGHTS:
             raise ConfigError(f"task.weights={name!r}; known: {', '.join(WEIGHTS)}")
-    if m.get("family", "gpt") == "encdec" and m.positions in TABLE_KINDS:
+    if family == "encdec" and m.positions in TABLE_KINDS:
         from models.encdec import span_layout
         layout = span_layout(m.seq_len)
         if t.context > layout.encoder_len or t.new_tokens > layout.decoder_len:

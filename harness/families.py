@@ -49,10 +49,10 @@ def flops_per_token(family: str, cfg: GPTConfig) -> flops.FlopsPerToken:
 
 
 class Examples:
-    """Turns token windows of seq_len + 1 into (inputs, targets) for the family's objective."""
+    """Turns token windows of seq_len + 1 on the host into (inputs, targets) for the family's objective."""
 
     def __init__(self, family: str, data_vocab: int, seed: int):
-        self.family, self.data_vocab, self.seed = family, data_vocab, seed
+        self.family, self.data_vocab = family, data_vocab
         self.generator = torch.Generator().manual_seed(seed)
         self.rng = np.random.default_rng(seed)
 

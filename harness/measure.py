@@ -7,6 +7,7 @@ import os
 import platform
 import resource
 import socket
+import statistics
 import subprocess
 import time
 from pathlib import Path
@@ -54,26 +55,16 @@ def peak_memory_bytes(device: torch.device) -> int:
     """CUDA: max bytes allocated by tensors. CPU: the process's peak resident set since the last reset."""
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+    peak_kb = _proc_field("/proc/self/status", "VmHWM")
+    return int(peak_kb.split()[0]) * 1024 if peak_kb else int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
 def free_memory_bytes(device: torch.device) -> float:
     """Bytes a new allocation can still get: the GPU's free memory, or the machine's available memory."""
     if device.type == "cuda":
         return float(torch.cuda.mem_get_info(device)[0])
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return float(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return float("inf")
+    available_kb = _proc_field("/proc/meminfo", "MemAvailable")
+    return float(available_kb.split()[0]) * 1024 if available_kb else float("inf")
 
 
 def cpu_peak_tensor_bytes(fn) -> int:
@@ -112,10 +103,16 @@ def device_name(device: torch.device) -> str:
 
 
 def _cpu_model() -> str | None:
+    return _proc_field("/proc/cpuinfo", "model name")
+
+
+def _proc_field(path: str, name: str) -> str | None:
+    """The value of the first `name: value` line of a /proc file (Linux), or None."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        for line in Path(path).read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == name:
+                return value.strip()
     except OSError:
         pass
     return None
@@ -181,4 +178,4 @@ def matmul_flops_per_s(device: torch.device, dtype: torch.dtype, size: int | Non
     generator = torch.Generator(device=device).manual_seed(0)
     a, b = (torch.randn(n, n, device=device, generator=generator).to(dtype) for _ in range(2))
     times = time_calls(lambda: a @ b, device, warmup=2, min_repeats=5, max_repeats=5)
-    return 2 * n**3 / sorted(times)[len(times) // 2]
+    return 2 * n**3 / statistics.median(times)

@@ -37,6 +37,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from models.gpt import sinusoid_rows
+
 STRATEGIES = ("single", "ddp", "zero1", "fsdp_zero2", "fsdp_zero3", "tp", "pp", "fsdp_tp")
 ZERO_STAGE = {"single": 0, "ddp": 0, "zero1": 1, "fsdp_zero2": 2, "fsdp_zero3": 3, "tp": 0, "pp": 0, "fsdp_tp": 3}
 SCHEDULES = ("gpipe", "1f1b")
@@ -236,7 +238,7 @@ class PipelineStageModule(nn.Module):
                 if self.wpe is not None:
                     x = x + self.wpe(torch.arange(n, device=x.device))
                 elif self.positions == "sinusoidal":
-                    x = x + self.sinusoids[:n].to(x.dtype)
+                    x = x + sinusoid_rows(self.sinusoids, 0, n).to(x.dtype)
             for block in self.blocks:
                 x = block(x)
             if self.last:

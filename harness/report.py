@@ -43,6 +43,14 @@ def curves_table(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def per_run(df: pd.DataFrame, key: str, name: str, order, fields, error_column: str = "error") -> pd.DataFrame:
+    """One row per run in `order` of its `key` (shown as `name`): fields(run) for a run that finished ok, its
+    error for one that did not."""
+    rows = [{name: run[key], "status": run["status"],
+             **(fields(run) if run["status"] == "ok" else {error_column: run["error"]})} for _, run in df.iterrows()]
+    return in_order(pd.DataFrame(rows), name, order)
+
+
 def in_order(table: pd.DataFrame, key: str, order) -> pd.DataFrame:
     """Rows sorted by where their `key` comes in `order` (a study's own order of modes or strategies)."""
     rank = {name: i for i, name in enumerate(order)}

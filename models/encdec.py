@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from models import attention as attention_registry
-from models.gpt import IGNORE, MLP, SINUSOID_SCALE, Block, GPTConfig, KVCache, SelfAttention, init_weights
-from models.positions import KINDS as POSITION_KINDS, sinusoidal_table
+from models.gpt import IGNORE, MLP, Block, GPTConfig, KVCache, SelfAttention, init_weights, scaled_sinusoids, sinusoid_rows
+from models.positions import KINDS as POSITION_KINDS
 
 NOISE_DENSITY = 0.15
 MEAN_SPAN = 3.0
@@ -61,11 +61,11 @@ def _partition(total: int, parts: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def corrupt_spans(windows_bn: torch.Tensor, data_vocab: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """(packed inputs [encoder | decoder], decoder targets) for windows of seq_len tokens."""
+    """(packed inputs [encoder | decoder], decoder targets) for windows of seq_len tokens on the host."""
     batch, seq_len = windows_bn.shape
     layout = span_layout(seq_len)
     start_token = data_vocab + layout.spans
-    tokens = windows_bn.cpu().numpy()
+    tokens = windows_bn.numpy()
     encoder_in = np.empty((batch, layout.encoder_len), dtype=np.int64)
     targets = np.empty((batch, layout.decoder_len), dtype=np.int64)
     for row in range(batch):
@@ -81,8 +81,7 @@ def corrupt_spans(windows_bn: torch.Tensor, data_vocab: int, rng: np.random.Gene
             position += hidden
         encoder_in[row], targets[row] = enc, tgt
     decoder_in = np.concatenate([np.full((batch, 1), start_token), targets[:, :-1]], axis=1)
-    packed = torch.from_numpy(np.concatenate([encoder_in, decoder_in], axis=1)).to(windows_bn.device)
-    return packed, torch.from_numpy(targets).to(windows_bn.device)
+    return torch.from_numpy(np.concatenate([encoder_in, decoder_in], axis=1)), torch.from_numpy(targets)
 
 
 class EncDecCache:
@@ -160,7 +159,7 @@ class EncoderDecoder(nn.Module):
         if cfg.positions == "learned":
             self.wpe_encoder, self.wpe_decoder = (nn.Embedding(n, cfg.d_model) for n in lengths)
         if cfg.positions == "sinusoidal":
-            self.register_buffer("sinusoids", SINUSOID_SCALE * sinusoidal_table(max(lengths), cfg.d_model), persistent=False)
+            self.register_buffer("sinusoids", scaled_sinusoids(max(lengths), cfg.d_model), persistent=False)
         self.blocks = nn.ModuleList(Block(replace(cfg, causal=False), layer) for layer in range(cfg.n_layer))
         self.ln_encoder = nn.LayerNorm(cfg.d_model, bias=cfg.bias)
         self.decoder_blocks = nn.ModuleList(DecoderBlock(cfg, layer) for layer in range(cfg.n_layer))
@@ -174,6 +173,7 @@ class EncoderDecoder(nn.Module):
     def start_token(self) -> int:
         return self.cfg.vocab_size - 1
 
+    @property
     def first_sentinel(self) -> int:
         return self.cfg.vocab_size - 1 - self.layout.spans
 
@@ -187,9 +187,7 @@ class EncoderDecoder(nn.Module):
                                  f"(span corruption of model.seq_len={self.cfg.seq_len}); use positions=rope|sinusoidal|alibi")
             x = x + table(torch.arange(start, end, device=idx_bn.device))
         elif self.cfg.positions == "sinusoidal":
-            table = self.sinusoids if end <= self.sinusoids.shape[0] else \
-                SINUSOID_SCALE * sinusoidal_table(end, self.cfg.d_model).to(x.device)
-            x = x + table[start:end].to(x.dtype)
+            x = x + sinusoid_rows(self.sinusoids, start, end).to(x.dtype)
         return x
 
     def encode(self, idx_bn: torch.Tensor) -> torch.Tensor:

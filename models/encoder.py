@@ -25,15 +25,12 @@ def model_vocab(data_vocab: int) -> int:
 
 def mask_tokens(tokens_bn: torch.Tensor, data_vocab: int, generator: torch.Generator,
                 rate: float = MASK_RATE) -> tuple[torch.Tensor, torch.Tensor]:
-    """(inputs, targets) for masked-token prediction; `generator` (on CPU) fixes which positions are chosen."""
+    """(inputs, targets) for masked-token prediction of tokens on the host; `generator` fixes which positions are chosen."""
     shape = tokens_bn.shape
-    draw = torch.rand(shape, generator=generator)
-    chosen = draw < rate
+    chosen = torch.rand(shape, generator=generator) < rate
     action = torch.rand(shape, generator=generator)
     random_tokens = torch.randint(0, data_vocab, shape, generator=generator)
     inputs = tokens_bn.clone()
-    device = tokens_bn.device
-    chosen, action, random_tokens = chosen.to(device), action.to(device), random_tokens.to(device)
     inputs[chosen & (action < 0.8)] = data_vocab                      # [MASK]
     swap = chosen & (action >= 0.8) & (action < 0.9)
     inputs[swap] = random_tokens[swap]                                 # a random token; the last 10% stay

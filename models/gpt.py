@@ -24,6 +24,18 @@ SINUSOID_SCALE = 0.02 * 2 ** 0.5
 IGNORE = -100  # a target that is not predicted (an unmasked position of a masked-token batch)
 
 
+def scaled_sinusoids(n_positions: int, d_model: int) -> torch.Tensor:
+    return SINUSOID_SCALE * sinusoidal_table(n_positions, d_model)
+
+
+def sinusoid_rows(table: torch.Tensor, start: int, end: int) -> torch.Tensor:
+    """Rows [start, end) of a model's sinusoid table, computed past its end when a longer sequence asks
+    (sinusoids are defined at every position)."""
+    if end > table.shape[0]:
+        table = scaled_sinusoids(end, table.shape[1]).to(table.device)
+    return table[start:end]
+
+
 @dataclass
 class GPTConfig:
     vocab_size: int = 256
@@ -161,7 +173,7 @@ class GPT(nn.Module):
         self.wte = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.wpe = nn.Embedding(cfg.seq_len, cfg.d_model) if cfg.positions == "learned" else None
         if cfg.positions == "sinusoidal":
-            self.register_buffer("sinusoids", SINUSOID_SCALE * sinusoidal_table(cfg.seq_len, cfg.d_model), persistent=False)
+            self.register_buffer("sinusoids", scaled_sinusoids(cfg.seq_len, cfg.d_model), persistent=False)
         self.dropout = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg, layer) for layer in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.d_model, bias=cfg.bias)
@@ -183,7 +195,7 @@ class GPT(nn.Module):
         if self.wpe is not None:
             x = x + self.wpe(torch.arange(start, start + n, device=idx_bn.device))
         elif self.cfg.positions == "sinusoidal":
-            x = x + self._sinusoids(start + n)[start:].to(x.dtype)
+            x = x + sinusoid_rows(self.sinusoids, start, start + n).to(x.dtype)
         x = self.dropout(x)
         for block in self.blocks:
             x = block(x, cache)
@@ -193,12 +205,6 @@ class GPT(nn.Module):
         if targets_bn is None:
             return logits
         return logits, F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets_bn.reshape(-1), ignore_index=IGNORE)
-
-    def _sinusoids(self, n: int) -> torch.Tensor:
-        """The fixed table, extended past model.seq_len when a longer sequence asks (sinusoids are defined everywhere)."""
-        if n <= self.sinusoids.shape[0]:
-            return self.sinusoids[:n]
-        return SINUSOID_SCALE * sinusoidal_table(n, self.cfg.d_model).to(self.sinusoids.device)
 
     def param_counts(self) -> dict[str, int]:
         """Exact counts. Non-embedding (Kaplan et al. 2020) excludes the token and position tables and an untied output head."""

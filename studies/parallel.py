@@ -13,7 +13,7 @@ import pandas as pd
 
 from harness import plots
 from harness.parallel import STRATEGIES
-from harness.report import in_order, markdown_table, versus
+from harness.report import in_order, markdown_table, per_run, versus
 
 REFERENCE = "single"
 COMPONENTS = (("param_bytes_in_step", "predicted_param_bytes", "params"),
@@ -22,23 +22,18 @@ COMPONENTS = (("param_bytes_in_step", "predicted_param_bytes", "params"),
 
 
 def strategies(df: pd.DataFrame) -> pd.DataFrame:
-    rows = []
-    for _, run in df.iterrows():
-        row = {"strategy": run["parallel.name"], "status": run["status"]}
-        if run["status"] == "ok":
-            ranks = run["parallel_info.per_rank"]
-            row.update({"world": int(run["parallel_info.world_size"]),
-                        "dp x tp x pp": f"{int(run['parallel_info.dp'])}x{int(run['parallel_info.tp'])}x{int(run['parallel_info.pp'])}",
-                        "zero_stage": int(run["parallel_info.zero_stage"]),
-                        "tokens_per_s": run["metrics.tokens_per_s"], "tokens_per_s_per_rank": run["metrics.tokens_per_s_per_rank"],
-                        "step_ms": run["metrics.step_time_median_s"] * 1e3,
-                        "peak_mb_max_rank": max(r["peak_memory_bytes"] for r in ranks) / 1e6,
-                        "model_state_mb_rank0": sum(ranks[0][c] for c, _, _ in COMPONENTS) / 1e6,
-                        "val_loss": run["metrics.val_loss"]})
-        else:
-            row["error"] = run["error"]
-        rows.append(row)
-    table = in_order(pd.DataFrame(rows), "strategy", STRATEGIES)
+    def fields(run: pd.Series) -> dict:
+        ranks = run["parallel_info.per_rank"]
+        return {"world": int(run["parallel_info.world_size"]),
+                "dp x tp x pp": f"{int(run['parallel_info.dp'])}x{int(run['parallel_info.tp'])}x{int(run['parallel_info.pp'])}",
+                "zero_stage": int(run["parallel_info.zero_stage"]),
+                "tokens_per_s": run["metrics.tokens_per_s"], "tokens_per_s_per_rank": run["metrics.tokens_per_s_per_rank"],
+                "step_ms": run["metrics.step_time_median_s"] * 1e3,
+                "peak_mb_max_rank": max(r["peak_memory_bytes"] for r in ranks) / 1e6,
+                "model_state_mb_rank0": sum(ranks[0][c] for c, _, _ in COMPONENTS) / 1e6,
+                "val_loss": run["metrics.val_loss"]}
+
+    table = per_run(df, "parallel.name", "strategy", STRATEGIES, fields)
     if (table["status"] == "ok").any():
         table["speed_vs_single"] = versus(table, "strategy", REFERENCE, "tokens_per_s")
         relative = versus(table, "strategy", REFERENCE, "val_loss")

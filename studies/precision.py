@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from harness import plots
-from harness.report import in_order, markdown_table, versus
+from harness.report import markdown_table, per_run, versus
 
 REFERENCE = "fp32"
 ORDER = ("fp32", "tf32", "bf16", "fp16", "bf16_pure", "fp8")
@@ -25,21 +25,16 @@ def model_state_bytes(rank: dict) -> int:
 
 def modes(df: pd.DataFrame) -> pd.DataFrame:
     """One row per precision mode: what was in effect, its speed and memory, and its loss against fp32's."""
-    rows = []
-    for _, run in df.iterrows():
-        row = {"mode": run["precision.name"], "status": run["status"]}
-        if run["status"] == "ok":
-            row.update({"param_dtype": run["precision_info.param_dtype"],
-                        "autocast": run["precision_info.autocast_dtype"] or "-",
-                        "tokens_per_s": run["metrics.tokens_per_s"],
-                        "model_state_mb": model_state_bytes(run["parallel_info.per_rank"][0]) / 1e6,
-                        "peak_memory_mb": run["metrics.peak_memory_bytes"] / 1e6,
-                        "val_loss": run["metrics.val_loss"], "skipped_steps": run["precision_info.skipped_steps"],
-                        "note": run.get("precision_info.slow_here") or ""})
-        else:
-            row["note"] = run["error"]
-        rows.append(row)
-    table = in_order(pd.DataFrame(rows), "mode", ORDER)
+    def fields(run: pd.Series) -> dict:
+        return {"param_dtype": run["precision_info.param_dtype"],
+                "autocast": run["precision_info.autocast_dtype"] or "-",
+                "tokens_per_s": run["metrics.tokens_per_s"],
+                "model_state_mb": model_state_bytes(run["parallel_info.per_rank"][0]) / 1e6,
+                "peak_memory_mb": run["metrics.peak_memory_bytes"] / 1e6,
+                "val_loss": run["metrics.val_loss"], "skipped_steps": run["precision_info.skipped_steps"],
+                "note": run.get("precision_info.slow_here") or ""}
+
+    table = per_run(df, "precision.name", "mode", ORDER, fields, error_column="note")
     if (table["status"] == "ok").any():
         table["speed_vs_fp32"] = versus(table, "mode", REFERENCE, "tokens_per_s")
         table["loss_change"] = versus(table, "mode", REFERENCE, "val_loss", how="difference")

@@ -62,7 +62,7 @@ def new_cache(model: torch.nn.Module, batch: int, context: int, new_tokens: int,
 
 def encdec_prompt(model: EncoderDecoder, text_bn: torch.Tensor) -> torch.Tensor:
     """The text's first n - 1 tokens, then the first sentinel: the encoder-decoder writes what follows."""
-    return torch.cat([text_bn[:, :-1], torch.full_like(text_bn[:, :1], model.first_sentinel())], dim=1)
+    return torch.cat([text_bn[:, :-1], torch.full_like(text_bn[:, :1], model.first_sentinel)], dim=1)
 
 
 @torch.no_grad()

@@ -75,11 +75,11 @@ def evaluate(layout: parallel.Layout, windows: np.ndarray, batch_size: int, cast
     layout.model.eval()
     total, count = 0.0, 0
     for index, i in enumerate(range(0, len(windows), batch_size)):
-        chunk = torch.from_numpy(windows[i:i + batch_size]).to(layout.device)
+        chunk = torch.from_numpy(windows[i:i + batch_size])
         x, y = examples.for_evaluation(index)(chunk) if examples else (chunk[:, :-1], chunk[:, 1:])
         predicted = int((y != IGNORE).sum())
         if predicted:
-            total += parallel.eval_loss(layout, x, y, cast) * predicted
+            total += parallel.eval_loss(layout, x.to(layout.device), y.to(layout.device), cast) * predicted
             count += predicted
     layout.model.train()
     return total / count
@@ -182,9 +182,10 @@ def train(cfg: DictConfig) -> dict:
             for group in layout.optimizer.param_groups:
                 group["lr"] = lr
             start = measure.timer(device)
-            batch = torch.from_numpy(batches.next()).to(device, non_blocking=True)
+            # The family's examples are made from the batch on the host (masking, span corruption), then moved.
+            x, y = (part.to(device, non_blocking=True) for part in examples(torch.from_numpy(batches.next())))
             # Mid-step parameter bytes are read on the first step, which step-time statistics leave out.
-            loss, skipped = train_step(layout, *examples(batch), grad_clip, cast, scaler, measure_params=step == 0)
+            loss, skipped = train_step(layout, x, y, grad_clip, cast, scaler, measure_params=step == 0)
             loss = loss.item()
             skipped_steps += skipped
             step_times.append(measure.timer(device) - start)
