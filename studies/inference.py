@@ -21,8 +21,12 @@ MODELS = {"gpt": "decoder-only GPT",
                     "context + new tokens positions in all)"}
 
 
+def measured(df: pd.DataFrame) -> pd.DataFrame:
+    return df[(df["status"] == "ok") & (df["task.name"] == "inference")]
+
+
 def points(df: pd.DataFrame) -> pd.DataFrame:
-    ok = df[(df["status"] == "ok") & (df["task.name"] == "inference")]
+    ok = measured(df)
     return pd.DataFrame({
         "batch": ok["task.batch_size"].astype(int), "context": ok["task.context"].astype(int),
         "prefill_s": ok["metrics.prefill_s"], "decode_ms_per_token": ok["metrics.decode_ms_per_token"],
@@ -39,7 +43,7 @@ def points(df: pd.DataFrame) -> pd.DataFrame:
 
 def weights_table(df: pd.DataFrame) -> pd.DataFrame:
     """Per weight precision: bytes, decode speed with the cache (median over the sweep's points), validation loss."""
-    ok = df[(df["status"] == "ok") & (df["task.name"] == "inference")]
+    ok = measured(df)
     rows = []
     for name in ("fp32", "bf16", "int8", "nf4"):
         if name == "fp32":
@@ -66,7 +70,7 @@ def analyse(df: pd.DataFrame, out: Path) -> list[str]:
         return ["No inference measurement finished ok."]
     weights = weights_table(df)
     plots.inference_costs(table, out)
-    ok = df[(df["status"] == "ok") & (df["task.name"] == "inference")]
+    ok = measured(df)
     first = ok.iloc[0]
     at_2k = table[table["context"] == 2048]
     summary = weights.groupby("weights", sort=False).agg(
