@@ -16,8 +16,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from harness import distributed, measure, records
-from harness.config import CONF_DIR, ConfigError, check_group_overrides, validate
-from harness.tasks import Diverged, Unsupported, is_out_of_memory
+from harness.config import CONF_DIR, check_group_overrides, validate
+from harness.errors import ConfigError, Diverged, Unsupported, first_line, is_out_of_memory
 
 log = logging.getLogger("harness")
 
@@ -30,12 +30,18 @@ def _task_runner(name: str):
 def run_job(cfg: DictConfig) -> dict | None:
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
-    out_dir = Path(hydra_cfg.runtime.output_dir)
+    return run_point(cfg, Path(hydra_cfg.runtime.output_dir), Path(hydra_cfg.sweep.dir) if multirun else None)
+
+
+def run_point(cfg: DictConfig, out_dir: Path, sweep_dir: Path | None = None) -> dict | None:
+    """One point: its record in out_dir. In a sweep (sweep_dir given), a point whose record is already `ok` is
+    skipped, and a failure becomes the record instead of stopping the sweep."""
+    multirun = sweep_dir is not None
     config = OmegaConf.to_container(cfg, resolve=True)
     digest = records.config_hash(config)
     records.remove_stale_temporaries(out_dir)
     if multirun and cfg.resume:
-        done = records.find_ok_record(hydra_cfg.sweep.dir, digest)
+        done = records.find_ok_record(sweep_dir, digest)
         if done is not None:
             log.info("skip: this point finished ok before (%s)", done)
             return None
@@ -44,7 +50,8 @@ def run_job(cfg: DictConfig) -> dict | None:
               "start_time": measure.now_iso()}
     try:
         validate(cfg)
-        record.update(_task_runner(cfg.task.name)(cfg))
+        with measure.job_state(int(cfg.seed)):
+            record.update(_task_runner(cfg.task.name)(cfg))
     except ConfigError as error:
         if not multirun:
             print(f"error: {error}", file=sys.stderr)
@@ -52,11 +59,11 @@ def run_job(cfg: DictConfig) -> dict | None:
         record.update(status="failed", error=str(error))
     except Diverged as error:
         record.update(status="diverged", error=str(error))
-    except Unsupported as error:
-        record.update(status="unsupported", error=str(error))
+    except (Unsupported, NotImplementedError) as error:  # NotImplementedError: a kernel with no path for these inputs
+        record.update(status="unsupported", error=first_line(error))
     except Exception as error:  # any other failure is a record too, with the traceback in the job log
         if is_out_of_memory(error):
-            record.update(status="oom", error=f"{type(error).__name__}: {(str(error) or 'out of memory').splitlines()[0]}")
+            record.update(status="oom", error=f"{type(error).__name__}: {first_line(error)}")
         else:
             log.error("run failed:\n%s", traceback.format_exc())
             record.update(status="failed", error=f"{type(error).__name__}: {error}")

@@ -10,7 +10,8 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from harness import distributed, families, measure, parallel, precision, quantize
+from harness import distributed, families, parallel, precision, quantize
+from harness.errors import ConfigError
 
 from models import attention as attention_registry
 from models.gpt import GPTConfig
@@ -23,10 +24,7 @@ TASKS = ("train", "attention", "inference")
 ATTENTION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 ATTENTION_MODES = ("fwd", "fwd_bwd")
 ALIBI_ATTENTION = ("sdpa", "dense")
-
-
-class ConfigError(ValueError):
-    pass
+MIN_REPEATS = 5  # timed repeats behind an inference median: fewer move with the machine's noise
 
 
 def group_options(group: str) -> list[str]:
@@ -54,8 +52,9 @@ def _positive(value, key: str, *, integer: bool = False) -> None:
         raise ConfigError(f"{key}={value!r} must be a positive {'integer' if integer else 'number'}")
 
 
-def validate(cfg: DictConfig) -> None:
-    """Checks on the config alone (no data, no model built)."""
+def validate(cfg: DictConfig, machine: distributed.Machine | None = None) -> None:
+    """Checks on the config alone (no data, no model built). `machine`: what the job's allocation offers when it
+    will not run here (a SLURM launcher's nodes); by default this machine resolves device=auto and world_size=auto."""
     if cfg.task.name not in TASKS:
         raise ConfigError(f"task.name={cfg.task.name!r}; known: {', '.join(TASKS)}")
     _check_attention(cfg)
@@ -125,15 +124,17 @@ def validate(cfg: DictConfig) -> None:
     _positive(t.lr, "task.lr")
     _positive(t.eval_points, "task.eval_points", integer=True)
     _positive(t.eval_tokens, "task.eval_tokens", integer=True)
+    _positive(t.check_every, "task.check_every", integer=True)
     if not 0 <= t.warmup_fraction < 1:
         raise ConfigError(f"task.warmup_fraction={t.warmup_fraction} must be in [0, 1)")
-    _check_parallel(cfg)
+    _check_parallel(cfg, machine)
     if cfg.study.name != "none" and importlib.util.find_spec(f"studies.{cfg.study.name}") is None:
         raise ConfigError(f"study.name={cfg.study.name!r} has no module studies/{cfg.study.name}.py")
 
 
-def _check_parallel(cfg: DictConfig) -> None:
-    """Shape and batch checks of the layout; whether the machine has the ranks is checked when the job runs."""
+def _check_parallel(cfg: DictConfig, machine: distributed.Machine | None) -> None:
+    """Shape and batch checks of the layout on the ranks `machine` gives; whether it really has them is checked
+    when the job runs."""
     p = cfg.parallel
     if p.name not in parallel.STRATEGIES:
         raise ConfigError(f"parallel.name={p.name!r}; known: {', '.join(parallel.STRATEGIES)}")
@@ -148,7 +149,7 @@ def _check_parallel(cfg: DictConfig) -> None:
         raise ConfigError(f"task.save_model needs parallel=single, got parallel={p.name}")
     if cfg.task.get("eval_quantized") and p.name != "single":
         raise ConfigError(f"task.eval_quantized needs parallel=single, got parallel={p.name}")
-    world = distributed.world_size(setting, measure.resolve_device(cfg.device).type)
+    world = distributed.world_size(setting, distributed.device_type(str(cfg.device), machine), machine)
     if setting == "auto" and world < 2 and p.name != "single":
         return  # one GPU here: the run records `unsupported`, so a sweep over strategies goes on
     n_layer, _, n_head = model_shape(cfg.model)
@@ -176,8 +177,13 @@ def _validate_inference_task(cfg: DictConfig) -> None:
         raise ConfigError("task=inference decodes left to right with a KV cache; model.family=encoder is not a decoder")
     if cfg.parallel.name != "single":
         raise ConfigError(f"task=inference runs on one device, got parallel={cfg.parallel.name}")
+    refused = attention_registry.cached_decoding_refused(cfg.attention.name)
+    if refused:
+        raise ConfigError(f"task=inference with attention={cfg.attention.name}: {refused}")
     for key in ("context", "new_tokens", "batch_size", "repeats", "eval_tokens"):
         _positive(t[key], f"task.{key}", integer=True)
+    if t.repeats < MIN_REPEATS:
+        raise ConfigError(f"task.repeats={t.repeats}: a median needs at least {MIN_REPEATS} timed repeats")
     for name in [t.weights, *(t.compare_weights or [])]:
         if name not in WEIGHTS:
             raise ConfigError(f"task.weights={name!r}; known: {', '.join(WEIGHTS)}")
@@ -232,6 +238,17 @@ def gpt_config(cfg: DictConfig, data_vocab: int) -> GPTConfig:
         tie_embeddings=bool(m.tie_embeddings), positions=str(m.positions),
         attention=str(cfg.attention.name), attention_options=attention_options(cfg),
     )
+
+
+def requested_tokens(cfg: DictConfig, flops_per_token: float) -> float:
+    """D: data.tokens, or with a compute budget C / (the exact training FLOPs per token)."""
+    return float(cfg.compute) / flops_per_token if cfg.compute is not None else float(cfg.data.tokens)
+
+
+def check_data(cfg: DictConfig, dataset) -> None:
+    """The checks that need the data (task=train): every split holds a window, the budget holds a batch."""
+    per_token = families.flops_per_token(cfg.model.get("family", "gpt"), gpt_config(cfg, dataset.vocab_size))
+    check_data_fits(cfg, len(dataset.train), len(dataset.val), requested_tokens(cfg, per_token.causal))
 
 
 def check_data_fits(cfg: DictConfig, train_len: int, val_len: int, tokens: float) -> None:

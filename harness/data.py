@@ -19,11 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.config import ConfigError
-
-
-class DataError(ConfigError):
-    """Bad data settings or files: reported like any bad config, in one line."""
+from harness.errors import DataError
 
 
 @dataclass

@@ -7,18 +7,20 @@ the ranks already exist: each task runs the job itself and only rank 0 writes th
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import os
 import re
 import subprocess
 import tempfile
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-from harness.tasks import Diverged, Unsupported, is_out_of_memory
+from harness.errors import Diverged, Unsupported, first_line, is_out_of_memory
 
 
 def too_many_ranks(world: int, device_type: str) -> str | None:
@@ -28,13 +30,35 @@ def too_many_ranks(world: int, device_type: str) -> str | None:
     return None
 
 
-def world_size(setting, device_type: str) -> int:
-    """`auto`: every local GPU, or 2 ranks on a CPU (enough to show every strategy's mechanism)."""
+@dataclass(frozen=True)
+class Machine:
+    """What a job's allocation offers, as far as `device=auto` and `parallel.world_size=auto` need to know: its GPUs
+    and the tasks SLURM starts for it (1: none; the job starts its own ranks)."""
+    gpus: int
+    tasks: int = 1
+
+
+def this_machine() -> Machine:
+    slurm = slurm_ranks()
+    return Machine(gpus=torch.cuda.device_count() if torch.cuda.is_available() else 0,
+                   tasks=slurm["world_size"] if slurm else 1)
+
+
+def device_type(setting: str, machine: Machine | None = None) -> str:
+    """The device type `device=` means on `machine` (default: this one): auto is cuda where there are GPUs."""
+    if setting == "auto":
+        return "cuda" if (machine or this_machine()).gpus else "cpu"
+    return torch.device(setting).type
+
+
+def world_size(setting, device_type: str, machine: Machine | None = None) -> int:
+    """`auto`: the tasks SLURM started, else every GPU, or 2 ranks on a CPU (enough to show every strategy's
+    mechanism), on `machine` (default: this one)."""
     if setting in (None, "auto"):
-        slurm = slurm_ranks()
-        if slurm is not None:
-            return slurm["world_size"]
-        return max(1, torch.cuda.device_count()) if device_type == "cuda" else 2
+        machine = machine or this_machine()
+        if machine.tasks > 1:
+            return machine.tasks
+        return max(1, machine.gpus) if device_type == "cuda" else 2
     return int(setting)
 
 
@@ -52,7 +76,15 @@ def slurm_ranks() -> dict | None:
     nodes = os.environ.get("SLURM_JOB_NODELIST") or os.environ.get("SLURM_NODELIST") or "localhost"
     return {"rank": int(os.environ["SLURM_PROCID"]), "world_size": tasks,
             "local_rank": int(os.environ.get("SLURM_LOCALID", "0")),
-            "master_addr": first_host(nodes), "master_port": 20000 + int(os.environ.get("SLURM_JOB_ID", "0")) % 20000}
+            "master_addr": first_host(nodes), "master_port": rendezvous_port(os.environ.get("SLURM_JOB_ID", "0"),
+                                                                             os.environ.get("SLURM_STEP_ID", "0"))}
+
+
+def rendezvous_port(job_id: str, step_id: str) -> int:
+    """A port in [20000, 40000) for one job step's ranks to meet at: the steps of one allocation (srun after srun,
+    or side by side) share the job id, so the step id is part of it."""
+    digest = hashlib.sha256(f"{job_id}.{step_id}".encode()).digest()
+    return 20000 + int.from_bytes(digest[:4], "little") % 20000
 
 
 def first_host(nodelist: str) -> str:
@@ -79,7 +111,8 @@ class RankFailed(RuntimeError):
     """A rank failed in a way that is not a result (a crash, not OOM/unsupported/diverged)."""
 
 
-_ERRORS = {"Unsupported": Unsupported, "Diverged": Diverged, "OutOfMemoryError": torch.OutOfMemoryError}
+_ERRORS = {"Unsupported": Unsupported, "NotImplementedError": Unsupported, "Diverged": Diverged,
+           "OutOfMemoryError": torch.OutOfMemoryError}
 
 
 def launch(entry, args: tuple, world: int, device_type: str, *, backend_name: str = "auto", timeout_s: float = 600) -> list:
@@ -121,7 +154,7 @@ def run_rank(entry, args: tuple, device_type: str, backend_name: str, timeout_s:
             kind = type(error).__name__
             if kind not in _ERRORS and is_out_of_memory(error):
                 kind = "OutOfMemoryError"
-            message = (str(error) or kind).splitlines()[0]
+            message = first_line(error)
             Path(error_dir, f"rank{dist.get_rank()}.json").write_text(json.dumps({"kind": kind, "message": message}))
         raise
     finally:

@@ -2,12 +2,17 @@
 
 fit_power_law  y = E + A * x^-alpha (or A * x^-alpha), least squares on log y with a soft-L1 (robust) loss, several starts.
 fit_isoflop    Chinchilla approach 2 (Hoffmann et al. 2022, sec. 3.2): per compute budget a parabola of loss in
-               log N, its minimum N_opt; then N_opt = k * C^a and D_opt = C / (6 N_opt) ~ C^b.
+               log N, its minimum N_opt and the tokens D_opt the budget's runs trained there; N_opt = k C^a, D_opt ~ C^b.
 fit_envelope   Chinchilla approach 1 (sec. 3.1): the lower envelope of loss over FLOPs across training curves, the
                model size on it per FLOP value, and power laws N_opt ~ C^a, D_opt ~ C^b.
 fit_parametric Chinchilla approach 3 (sec. 3.3): L = E + A/N^alpha + B/D^beta, the Huber loss of log L summed
                over points, L-BFGS from the paper's grid of starts.
-bootstrap      resampling confidence intervals for any of them.
+bootstrap      resampling confidence intervals for any of them (cases, optionally within strata);
+               approaches 2 and 3 resample residuals within each budget (a fixed design: the sizes tried stay).
+
+C is one quantity throughout: the training FLOPs a run spent, as the caller counts them (the harness: exact
+FLOPs, harness/flops.py). Approach 2 reads D_opt off the tokens trained, not C/(6 N_opt); approach 3's
+compute-optimal frontier takes the same FLOPs per token (`flops_per_token`), 6N only when none is given.
 """
 from __future__ import annotations
 
@@ -84,7 +89,7 @@ class IsoFlopFit:
     a: float                 # N_opt ~ C^a
     b: float                 # D_opt ~ C^b
     k: float                 # N_opt = k * C^a
-    minima: pd.DataFrame     # one row per budget: C, N_opt, D_opt, loss_opt, interior, curvature
+    minima: pd.DataFrame     # one row per budget: C, N_opt, D_opt, loss_opt, interior, curvature, why
     parabolas: dict = field(default_factory=dict)   # C -> (c2, c1, c0) of loss = c2 (ln N)^2 + c1 ln N + c0
     intervals: dict = field(default_factory=dict)   # parameter -> (low, high) when asked for
 
@@ -93,42 +98,50 @@ class IsoFlopFit:
         return self.k * np.asarray(C, dtype=float) ** self.a
 
 
-def fit_isoflop(C, N, loss, *, intervals: int = 0, seed: int = 0) -> IsoFlopFit:
-    """`intervals`: that many bootstrap resamples of the runs for 95% intervals on a, b and k (0: none)."""
+def _budget_minimum(log_n: np.ndarray, loss: np.ndarray, log_d: np.ndarray) -> dict:
+    """One budget's parabola of loss in log N and, where its vertex is interior, N_opt and the tokens trained there."""
+    if len(np.unique(log_n)) < 3:
+        return {"interior": False, "why": f"{len(np.unique(log_n))} model sizes (a parabola needs 3)"}
+    c2, c1, c0 = np.polyfit(log_n, loss, 2)
+    vertex = -c1 / (2 * c2) if c2 > 0 else np.nan
+    # Interior: the parabola opens upward, its vertex lies inside the sizes tried, and the measured losses
+    # bracket it (the best run is neither the smallest nor the largest model).
+    best = log_n[np.argmin(loss)]
+    bracketed = log_n.min() < best < log_n.max()
+    row = {"curvature": float(c2), "parabola": (c2, c1, c0)}
+    if not (c2 > 0 and log_n.min() <= vertex <= log_n.max() and bracketed):
+        why = ("loss is not convex in log N" if c2 <= 0 else
+               f"the {'smallest' if best == log_n.min() else 'largest'} model is best: the minimum lies outside "
+               "the sizes tried, extend the grid")
+        return {**row, "interior": False, "why": why}
+    order = np.argsort(log_n)
+    # The tokens the budget's runs trained, interpolated (log-log) between the two sizes around N_opt.
+    log_d_opt = np.interp(vertex, log_n[order], log_d[order])
+    return {**row, "interior": True, "why": "", "N_opt": float(np.exp(vertex)), "D_opt": float(np.exp(log_d_opt)),
+            "loss_opt": float(np.polyval([c2, c1, c0], vertex))}
+
+
+def fit_isoflop(C, N, loss, D=None, *, intervals: int = 0, seed: int = 0) -> IsoFlopFit:
+    """`D`: the tokens each run trained. D_opt is read off them at N_opt, so it lies within the tokens the budget's
+    runs trained; without D it is taken as C/(6N) per run, the 6ND convention (right only when C was counted so).
+    `intervals`: that many bootstrap resamples for 95% intervals on a, b and k (0: none): the sizes of each
+    budget stay, and each run's loss is its budget's parabola plus a residual drawn from that budget's
+    (a fixed-design residual bootstrap, residuals scaled by sqrt(n / (n - 3)) for the parabola's 3 parameters)."""
     C, N, loss = (_as_positive_array(v, name) for v, name in ((C, "C"), (N, "N"), (loss, "loss")))
-    if not len(C) == len(N) == len(loss):
-        raise FitError(f"C, N and loss differ in length ({len(C)}, {len(N)}, {len(loss)})")
+    D = C / (6 * N) if D is None else _as_positive_array(D, "D")
+    if not len(C) == len(N) == len(loss) == len(D):
+        raise FitError(f"C, N, loss and D differ in length ({len(C)}, {len(N)}, {len(loss)}, {len(D)})")
     budgets = np.unique(C)
     if len(budgets) < 2:
         raise FitError(f"an IsoFLOP fit needs at least 2 compute budgets, got {len(budgets)}")
     rows, parabolas = [], {}
     for budget in budgets:
         at = C == budget
-        log_n = np.log(N[at])
-        if len(np.unique(log_n)) < 3:
-            rows.append({"C": budget, "N_opt": np.nan, "loss_opt": np.nan, "interior": False, "curvature": np.nan,
-                         "why": f"{len(np.unique(log_n))} model sizes (a parabola needs 3)"})
-            continue
-        c2, c1, c0 = np.polyfit(log_n, loss[at], 2)
-        parabolas[float(budget)] = (c2, c1, c0)
-        vertex = -c1 / (2 * c2) if c2 > 0 else np.nan
-        # Interior: the parabola opens upward, its vertex lies inside the sizes tried, and the measured
-        # losses bracket it (the best run is neither the smallest nor the largest model).
-        best_n = N[at][np.argmin(loss[at])]
-        bracketed = N[at].min() < best_n < N[at].max()
-        interior = bool(c2 > 0 and log_n.min() <= vertex <= log_n.max() and bracketed)
-        if interior:
-            why = ""
-        elif c2 <= 0:
-            why = "loss is not convex in log N"
-        else:
-            edge = "smallest" if best_n == N[at].min() else "largest"
-            why = f"the {edge} model is best: the minimum lies outside the sizes tried, extend the grid"
-        rows.append({"C": budget, "N_opt": float(np.exp(vertex)) if interior else np.nan,
-                     "loss_opt": float(np.polyval([c2, c1, c0], vertex)) if interior else np.nan,
-                     "interior": interior, "curvature": float(c2), "why": why})
-    minima = pd.DataFrame(rows)
-    minima["D_opt"] = minima["C"] / (6 * minima["N_opt"])
+        row = _budget_minimum(np.log(N[at]), loss[at], np.log(D[at]))
+        if "parabola" in row:
+            parabolas[float(budget)] = row.pop("parabola")
+        rows.append({"C": budget, "N_opt": np.nan, "D_opt": np.nan, "loss_opt": np.nan, "curvature": np.nan, **row})
+    minima = pd.DataFrame(rows)[["C", "N_opt", "D_opt", "loss_opt", "interior", "curvature", "why"]]
     good = minima[minima["interior"]]
     if len(good) < 2:
         raise FitError(f"only {len(good)} of {len(budgets)} budgets have an interior minimum; "
@@ -137,7 +150,12 @@ def fit_isoflop(C, N, loss, *, intervals: int = 0, seed: int = 0) -> IsoFlopFit:
     b, _ = np.polyfit(np.log(good["C"]), np.log(good["D_opt"]), 1)
     fit = IsoFlopFit(a=float(a), b=float(b), k=float(np.exp(log_k)), minima=minima, parabolas=parabolas)
     if intervals:
-        fit.intervals = bootstrap(fit_isoflop, C, N, loss, n_resamples=intervals, seed=seed, params=["a", "b", "k"])
+        fitted = np.array([np.polyval(parabolas[float(c)], np.log(n)) if float(c) in parabolas else np.nan
+                           for c, n in zip(C, N)])
+        datasets = residual_resamples(loss, fitted, C, n_params=3, fit_per_stratum=True, n_resamples=intervals,
+                                      seed=seed)
+        # A resample is a few parabolas: cheaper here than the start of a process pool.
+        fit.intervals = percentile_intervals(fit_isoflop, [(C, N, y, D) for y in datasets], params=["a", "b", "k"], workers=1)
     return fit
 
 
@@ -227,6 +245,11 @@ class ParametricFit:
     objective: float            # the summed Huber loss at the optimum
     n_points: int
     intervals: dict = field(default_factory=dict)   # parameter -> (low, high), filled by bootstrap
+    unidentified: str = ""      # why the points do not pin the five parameters down ("" when they do)
+
+    @property
+    def identified(self) -> bool:
+        return not self.unidentified
 
     @property
     def a(self) -> float:
@@ -241,11 +264,34 @@ class ParametricFit:
     def predict(self, N, D) -> np.ndarray:
         return self.E + self.A / np.asarray(N, float) ** self.alpha + self.B / np.asarray(D, float) ** self.beta
 
-    def compute_optimal(self, C):
-        """(N_opt, D_opt) minimising the fitted loss under C = 6 N D (Hoffmann et al. 2022, eq. 4)."""
+    def compute_optimal(self, C, flops_per_token=None):
+        """(N_opt, D_opt) minimising the fitted loss at training FLOPs C = flops_per_token(N) x D.
+
+        Without `flops_per_token`, C = 6 N D and the optimum is closed-form (Hoffmann et al. 2022, eq. 4). With it
+        (the FLOPs per token the runs were counted with), the minimum over log N is found numerically, so approach
+        3's frontier uses the same C as approaches 1 and 2."""
         G = (self.alpha * self.A / (self.beta * self.B)) ** (1 / (self.alpha + self.beta))
         C = np.asarray(C, float)
-        return G * (C / 6) ** self.a, (C / 6) ** self.b / G
+        n_6nd, d_6nd = G * (C / 6) ** self.a, (C / 6) ** self.b / G
+        if flops_per_token is None:
+            return n_6nd, d_6nd
+
+        def optimum(budget: float, guess: float) -> float:
+            def loss_at(log_n):
+                n = np.exp(log_n)
+                return float(self.predict(n, budget / flops_per_token(n)))
+            found = optimize.minimize_scalar(loss_at, bounds=(np.log(guess) - 12, np.log(guess) + 12), method="bounded",
+                                             options={"xatol": 1e-10})
+            return float(np.exp(found.x))
+
+        n_opt = np.vectorize(optimum)(C, n_6nd)
+        return n_opt, C / flops_per_token(n_opt)
+
+    def exponents_at(self, C, flops_per_token) -> tuple[float, float]:
+        """Slopes of log N_opt and log D_opt against log C over these budgets, with C counted as the runs were."""
+        n_opt, d_opt = self.compute_optimal(np.asarray(C, float), flops_per_token)
+        log_c = np.log(np.asarray(C, float))
+        return float(np.polyfit(log_c, np.log(n_opt), 1)[0]), float(np.polyfit(log_c, np.log(d_opt), 1)[0])
 
     @property
     def theta(self) -> np.ndarray:
@@ -294,13 +340,58 @@ def _check_points(arrays: dict, n_params: int) -> list[np.ndarray]:
     return checked
 
 
+# A resample's fit restarts from the full-data optimum and from this many of the grid's starts that score best on
+# the resample: from the full-data optimum alone, L-BFGS stays in its basin and the intervals come out too narrow.
+RESAMPLE_STARTS = 8
+
+
+def identification(theta: np.ndarray, log_n, log_d, log_loss) -> str:
+    """Why the points do not pin the fitted law down, or "" when they do. From the Gauss-Newton covariance of the
+    parameters at the optimum, s^2 (J^T J)^-1 with J the derivatives of log L_pred and s^2 the residual variance:
+    the law is not identified when log E's standard error exceeds 1 (E not known within a factor e: the points do
+    not separate the irreducible loss from the power terms) or an exponent's exceeds the exponent itself. Such an
+    optimum lies on a flat valley: its parameters trade off and move with the last bits of the arithmetic."""
+    a, b, e, alpha, beta = theta
+    if not np.all(np.isfinite(theta)) or abs(a) > 700 or abs(b) > 700:
+        return "a power term ran off to infinity against its exponent"
+    z = np.stack([a - alpha * log_n, b - beta * log_d, np.full_like(log_n, e)])
+    weights = np.exp(z - z.max(axis=0))
+    weights /= weights.sum(axis=0)  # each term's share of L_pred
+    jacobian = np.stack([weights[0], weights[1], weights[2], -weights[0] * log_n, -weights[1] * log_d], axis=1)
+    residuals = np.log(np.exp(z - z.max(axis=0)).sum(axis=0)) + z.max(axis=0) - log_loss
+    variance = residuals @ residuals / max(1, len(log_loss) - 5)
+    try:
+        errors = np.sqrt(np.abs(np.diag(variance * np.linalg.inv(jacobian.T @ jacobian))))
+    except np.linalg.LinAlgError:
+        return "the law's derivatives at the optimum are linearly dependent: its parameters trade off"
+    if not errors[2] <= 1:
+        return (f"E = {np.exp(e):.3g} with a standard error of {errors[2]:.2g} in log E: the points do not separate the "
+                "irreducible loss from the power terms, so the parameters trade off")
+    for name, value, error in (("alpha", alpha, errors[3]), ("beta", beta, errors[4])):
+        if not error <= abs(value):
+            return f"{name} = {value:.3g} with a standard error of {error:.2g}: the points do not pin {name} down"
+    return ""
+
+
+def grid_objectives(starts: np.ndarray, log_n, log_d, log_loss, delta: float) -> np.ndarray:
+    """The summed Huber objective at every start at once (rows of theta = log A, log B, log E, alpha, beta)."""
+    a, b, e, alpha, beta = (column[:, None] for column in starts.T)
+    r = np.logaddexp(np.logaddexp(a - alpha * log_n, b - beta * log_d), e) - log_loss
+    return np.where(np.abs(r) <= delta, 0.5 * r * r, delta * (np.abs(r) - 0.5 * delta)).sum(axis=1)
+
+
 def fit_parametric(N, D, loss, *, huber_delta: float = 1e-3, init: ParametricFit | None = None,
-                   workers: int | None = None, intervals: int = 0, seed: int = 0) -> ParametricFit:
+                   workers: int | None = None, intervals: int = 0, seed: int = 0, strata=None) -> ParametricFit:
     """L = E + A/N^alpha + B/D^beta as Chinchilla fitted it: the Huber loss (delta 1e-3) of log-space residuals,
     summed, not averaged (an average makes the gradients ~240x smaller and scipy's L-BFGS stops after a couple
     of iterations near its start, the known cause of the paper's unreproducible numbers), minimised with L-BFGS
-    from all 4500 grid starts in `workers` processes (default: every core). `init` starts from one earlier fit
-    instead (what bootstrap resamples do). `intervals`: that many bootstrap resamples for 95% intervals (0: none).
+    from all 4500 grid starts in `workers` processes (default: every core). `init` (what a bootstrap resample
+    passes) starts from that earlier fit and the RESAMPLE_STARTS grid starts that score best on these points.
+
+    `intervals`: that many bootstrap resamples for 95% intervals (0: none): the points stay, and each log loss
+    is the fitted law's plus a residual drawn from the fit's log residuals (within each of `strata`, e.g. the
+    compute budgets, when given), scaled by sqrt(n / (n - 5)) for the five fitted parameters.
+    `unidentified` says why, when the points do not pin the law down (see identification).
     """
     N, D, loss = _check_points({"N": N, "D": D, "loss": loss}, 5)
     log_n, log_d, log_loss = np.log(N), np.log(D), np.log(loss)
@@ -309,7 +400,9 @@ def fit_parametric(N, D, loss, *, huber_delta: float = 1e-3, init: ParametricFit
     if init is not None:
         # From a nearby optimum the summed Huber gradients (~1e-5) sit under scipy's default gtol: tighten it,
         # or a resample would stop where it started and the bootstrap intervals would collapse.
-        objective, theta = _minimise_from([init.theta], log_n, log_d, log_loss, huber_delta,
+        scores = grid_objectives(CHINCHILLA_STARTS, log_n, log_d, log_loss, huber_delta)
+        starts = [init.theta, *CHINCHILLA_STARTS[np.argsort(scores)[:RESAMPLE_STARTS]]]
+        objective, theta = _minimise_from(starts, log_n, log_d, log_loss, huber_delta,
                                           {"gtol": 1e-12, "ftol": 1e-15, "maxiter": 5000})
     else:
         workers = workers or os.cpu_count() or 1
@@ -324,45 +417,85 @@ def fit_parametric(N, D, loss, *, huber_delta: float = 1e-3, init: ParametricFit
     with np.errstate(over="ignore"):  # an unidentified fit can run log A off to where A is inf: report it as such
         fit = ParametricFit(E=float(np.exp(e)), A=float(np.exp(a)), B=float(np.exp(b)), alpha=float(alpha),
                             beta=float(beta), objective=objective, n_points=len(N))
+    fit.unidentified = identification(theta, log_n, log_d, log_loss)
     if intervals:
-        fit.intervals = bootstrap(fit_parametric, N, D, loss, n_resamples=intervals, seed=seed, init=fit,
-                                  huber_delta=huber_delta, workers=workers)
+        fitted = np.log(fit.predict(N, D))
+        datasets = residual_resamples(log_loss, fitted, strata, n_params=5, fit_per_stratum=False,
+                                      n_resamples=intervals, seed=seed)
+        fit.intervals = percentile_intervals(fit_parametric, [(N, D, np.exp(y)) for y in datasets], init=fit,
+                                             huber_delta=huber_delta, workers=workers)
     return fit
 
 
 # --- bootstrap --------------------------------------------------------------------------------------------------
 
 def _refit(job):
-    fit_fn, arrays, indices, kwargs = job
+    fit_fn, arrays, kwargs = job
     try:
-        return fit_fn(*(a[indices] for a in arrays), **kwargs)
+        return fit_fn(*arrays, **kwargs)
     except FitError:
         return None
 
 
-def bootstrap(fit_fn, *arrays, n_resamples: int = 1000, seed: int = 0, level: float = 0.95,
-              params=None, workers: int | None = None, **kwargs) -> dict:
-    """Percentile intervals: refit on `n_resamples` resamples of the points (with replacement, seeded).
+def percentile_intervals(fit_fn, datasets: list, *, level: float = 0.95, params=None, workers: int | None = None,
+                         **kwargs) -> dict:
+    """Refit on each resampled data set (a tuple of arrays) in `workers` processes; percentile intervals.
 
-    Returns {parameter: (low, high)} for the fit's float attributes (or `params`); resamples the fit rejects
-    (e.g. a budget left with too few sizes) are skipped and counted under "_failed".
-    """
-    arrays = [np.asarray(a, float) for a in arrays]
-    rng = np.random.default_rng(seed)
-    samples = [rng.integers(0, len(arrays[0]), len(arrays[0])) for _ in range(n_resamples)]
-    jobs = [(fit_fn, arrays, indices, kwargs) for indices in samples]
+    Returns {parameter: (low, high)} for the fit's float attributes (or `params`); data sets the fit rejects
+    (e.g. a budget left without an interior minimum) are skipped and counted under "_failed"."""
+    jobs = [(fit_fn, arrays, kwargs) for arrays in datasets]
     workers = workers or os.cpu_count() or 1
     if workers > 1:
         with ProcessPoolExecutor(workers, initializer=_one_blas_thread) as pool:
-            fits = list(pool.map(_refit, jobs, chunksize=max(1, n_resamples // (4 * workers))))
+            fits = list(pool.map(_refit, jobs, chunksize=max(1, len(jobs) // (4 * workers))))
     else:
         fits = [_refit(job) for job in jobs]
     good = [f for f in fits if f is not None]
     if not good:
-        raise FitError(f"every one of {n_resamples} bootstrap resamples failed to fit")
+        raise FitError(f"every one of {len(jobs)} bootstrap resamples failed to fit")
     names = params or [f.name for f in fields(good[0]) if f.type in ("float", float) and f.name != "objective"]
     names += [p for p in ("a", "b") if params is None and hasattr(good[0], p) and p not in names]
     tail = (1 - level) / 2 * 100
     result = {name: tuple(np.percentile([getattr(f, name) for f in good], [tail, 100 - tail])) for name in names}
     result["_failed"] = len(fits) - len(good)
     return result
+
+
+def residual_resamples(y, fitted, strata, *, n_params: int, fit_per_stratum: bool, n_resamples: int,
+                       seed: int) -> list[np.ndarray]:
+    """Fixed-design residual bootstrap: fitted + residuals drawn with replacement within each stratum (all points
+    when `strata` is None). A fit's residuals are smaller than its errors by sqrt((n - p) / n) on average, so they
+    are scaled by sqrt(n / (n - p)): n and p per stratum when each stratum has its own fit of `n_params`
+    (approach 2's parabolas), over all points for one fit. Points without a fitted value keep their measured y."""
+    y, fitted = np.asarray(y, float), np.asarray(fitted, float)
+    groups = np.zeros(len(y)) if strata is None else np.asarray(strata)
+    has_fit = np.isfinite(fitted)
+    members = [at for at in (np.flatnonzero((groups == g) & has_fit) for g in np.unique(groups)) if len(at)]
+    total = int(has_fit.sum())
+    scaled = []
+    for at in members:
+        n = len(at) if fit_per_stratum else total
+        scaled.append((y[at] - fitted[at]) * np.sqrt(n / (n - n_params)) if n > n_params else np.zeros(len(at)))
+    rng = np.random.default_rng(seed)
+    datasets = []
+    for _ in range(n_resamples):
+        draw = y.copy()
+        for at, residuals in zip(members, scaled):
+            draw[at] = fitted[at] + rng.choice(residuals, len(at))
+        datasets.append(draw)
+    return datasets
+
+
+def bootstrap(fit_fn, *arrays, n_resamples: int = 1000, seed: int = 0, level: float = 0.95,
+              params=None, workers: int | None = None, strata=None, **kwargs) -> dict:
+    """Percentile intervals: refit on `n_resamples` resamples of the points (with replacement, seeded; within
+    each of `strata` when given, so every stratum keeps its count). See percentile_intervals."""
+    arrays = [np.asarray(a, float) for a in arrays]
+    groups = np.zeros(len(arrays[0])) if strata is None else np.asarray(strata)
+    members = [np.flatnonzero(groups == g) for g in np.unique(groups)]
+    rng = np.random.default_rng(seed)
+    datasets = []
+    for _ in range(n_resamples):
+        indices = np.concatenate([rng.choice(at, len(at)) for at in members])
+        datasets.append(tuple(a[indices] for a in arrays))
+    return percentile_intervals(fit_fn, datasets, level=level, params=params, workers=workers, **kwargs)

@@ -1,22 +1,65 @@
 """Clocks, peak memory and the environment a run happened in."""
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
-import functools
 import os
 import platform
+import random
 import resource
 import socket
 import statistics
 import subprocess
+import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 import harness
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _process_state() -> dict:
+    """The process-wide settings a job can change and a later job would inherit."""
+    return {"matmul_precision": torch.get_float32_matmul_precision(),
+            "cuda_matmul_tf32": torch.backends.cuda.matmul.allow_tf32, "cudnn_tf32": torch.backends.cudnn.allow_tf32,
+            "cudnn_benchmark": torch.backends.cudnn.benchmark, "cudnn_deterministic": torch.backends.cudnn.deterministic,
+            "deterministic": torch.are_deterministic_algorithms_enabled(), "threads": torch.get_num_threads()}
+
+
+def _set_process_state(state: dict) -> None:
+    # cuda.matmul.allow_tf32 goes with the matmul precision ("highest" <-> False); set the precision last.
+    torch.backends.cuda.matmul.allow_tf32 = state["cuda_matmul_tf32"]
+    torch.set_float32_matmul_precision(state["matmul_precision"])
+    torch.backends.cudnn.allow_tf32 = state["cudnn_tf32"]
+    torch.backends.cudnn.benchmark = state["cudnn_benchmark"]
+    torch.backends.cudnn.deterministic = state["cudnn_deterministic"]
+    torch.use_deterministic_algorithms(state["deterministic"])
+    torch.set_num_threads(state["threads"])
+
+
+STARTING_STATE = _process_state()  # as this process started, before any job
+
+
+@contextlib.contextmanager
+def job_state(seed: int):
+    """Every job starts from the state the process started in, whatever the job before it set (a basic-launcher
+    sweep runs its jobs in one process: a tf32 job must not leave the next fp32 job in TF32), with its seeds set
+    and compiled graphs dropped; the starting state is back when it ends."""
+    _set_process_state(STARTING_STATE)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if "torch._dynamo" in sys.modules:
+        torch._dynamo.reset()
+    try:
+        yield
+    finally:
+        _set_process_state(STARTING_STATE)
 
 
 def now_iso() -> str:
@@ -38,6 +81,51 @@ def timer(device: torch.device) -> float:
     """Seconds, with the device's queued work finished first so the time is honest."""
     synchronize(device)
     return time.perf_counter()
+
+
+class StepClock:
+    """Times training steps without making the host wait for the device: CUDA events recorded around each step and
+    read back only at the end (or when asked), perf_counter on a CPU."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.marks: list[tuple] = []
+        self._start = None
+
+    def start(self) -> None:
+        if self.cuda:
+            self._start = torch.cuda.Event(enable_timing=True)
+            self._start.record()
+        else:
+            self._start = time.perf_counter()
+
+    def stop(self) -> None:
+        if self.cuda:
+            end = torch.cuda.Event(enable_timing=True)
+            end.record()
+        else:
+            end = time.perf_counter()
+        self.marks.append((self._start, end))
+        self._start = None
+
+    @property
+    def running(self) -> bool:
+        return self._start is not None
+
+    @property
+    def steps(self) -> int:
+        return len(self.marks)
+
+    def seconds(self) -> list[float]:
+        """Each step's seconds (on CUDA: waits for the last recorded step to finish)."""
+        if not self.cuda:
+            return [end - start for start, end in self.marks]
+        if self.marks:
+            self.marks[-1][1].synchronize()
+        return [start.elapsed_time(end) / 1e3 for start, end in self.marks]
+
+    def total_seconds(self) -> float:
+        return sum(self.seconds()) or float("nan")
 
 
 def reset_peak_memory(device: torch.device) -> None:
@@ -67,33 +155,39 @@ def free_memory_bytes(device: torch.device) -> float:
     return float(available_kb.split()[0]) * 1024 if available_kb else float("inf")
 
 
-def cpu_peak_tensor_bytes(fn) -> int:
-    """Peak bytes of tensors alive at once during fn(), beyond those that existed before (profiler timeline)."""
+@dataclass(frozen=True)
+class TensorBytes:
+    peak: int   # the most bytes of tensors alive at once during fn(), beyond those alive before
+    held: int   # bytes fn() allocated that are still alive when it returns (what it kept, or leaked)
+
+
+def cpu_tensor_bytes(fn) -> TensorBytes:
+    """TensorBytes of fn() on a CPU, from the profiler's memory record (public API: each event's self allocation
+    and the free events): allocations counted when their op starts, frees when it ends. An allocation an op
+    makes and frees inside itself nets out of its own count, so the peak is that of the ops' net allocations."""
     from torch.profiler import ProfilerActivity, profile
-    from torch.profiler._memory_profiler import Action  # the timeline behind profile.export_memory_timeline
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
+    changes = sorted((e.time_range.start if e.self_cpu_memory_usage > 0 else e.time_range.end, e.self_cpu_memory_usage)
+                     for e in prof.events() if e.self_cpu_memory_usage)
     live = peak = 0
-    for _, action, _, size in prof._memory_profile().timeline:
-        if action == Action.CREATE:
-            live += size
-        elif action == Action.DESTROY:
-            live -= size
+    for _, change in changes:
+        live += change
         peak = max(peak, live)
-    return int(peak)
+    return TensorBytes(int(peak), int(live))
 
 
-def peak_tensor_bytes(fn, device: torch.device) -> int:
-    """Peak bytes of tensors fn() allocates beyond those alive before: the CUDA allocator's count, or on a CPU
-    the profiler's memory timeline (the allocator has no peak counter there)."""
+def tensor_bytes(fn, device: torch.device) -> TensorBytes:
+    """TensorBytes of fn(): the CUDA allocator's counters (its peak counter reset for fn, so it covers all of fn),
+    or on a CPU the profiler's record (the allocator has no counters there). fn's return value is dropped."""
     if device.type == "cuda":
         synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
         before = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
         fn()
         synchronize(device)
-        return int(torch.cuda.max_memory_allocated(device) - before)
-    return cpu_peak_tensor_bytes(fn)
+        return TensorBytes(int(torch.cuda.max_memory_allocated(device) - before), int(torch.cuda.memory_allocated(device) - before))
+    return cpu_tensor_bytes(fn)
 
 
 def device_name(device: torch.device) -> str:
@@ -170,10 +264,11 @@ def interleaved_medians(fns: dict, device: torch.device, *, rounds: int = 15, wa
     return {name: float(sorted(t)[len(t) // 2]) for name, t in times.items()}
 
 
-@functools.lru_cache(maxsize=None)
 def matmul_flops_per_s(device: torch.device, dtype: torch.dtype, size: int | None = None) -> float:
-    """This device's measured rate for a square matrix product in `dtype` (median of 5 after warm-up): the
-    ceiling an attention kernel's achieved FLOP/s is read against. Default size: 8192 on a GPU, 2048 on a CPU."""
+    """This device's measured rate for a square matrix product in `dtype` (median of 5 after warm-up), under the
+    matmul precision in effect now: the ceiling an attention kernel's achieved FLOP/s is read against. Measured
+    anew by each job (a rate cached from an earlier job could be another precision's). Default size: 8192 on a
+    GPU, 2048 on a CPU."""
     n = size or (8192 if device.type == "cuda" else 2048)
     generator = torch.Generator(device=device).manual_seed(0)
     a, b = (torch.randn(n, n, device=device, generator=generator).to(dtype) for _ in range(2))

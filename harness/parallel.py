@@ -320,12 +320,12 @@ def _pipeline_step(layout: Layout, x: torch.Tensor, y: torch.Tensor) -> torch.Te
     return loss
 
 
-def clip_grad_norm(layout: Layout, max_norm: float) -> float:
-    """Clip the gradient of the whole model by its global 2-norm, whichever rank holds which part."""
+def clip_grad_norm(layout: Layout, max_norm: float) -> torch.Tensor:
+    """Clip the gradient of the whole model by its global 2-norm, whichever rank holds which part; returns the norm
+    as a device tensor (reading it would make the host wait for the device)."""
     params = [p for p in layout.model.parameters() if p.grad is not None]
     if layout.name != "pp":
-        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-        return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+        return torch.nn.utils.clip_grad_norm_(params, max_norm)
     own = [p for p in params if p is not layout.tied_copy]  # the tied table counted once, on the first stage
     squares = torch.zeros((), dtype=torch.float32, device=layout.device)
     for p in own:
@@ -335,7 +335,7 @@ def clip_grad_norm(layout: Layout, max_norm: float) -> float:
     coefficient = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
     for p in params:
         p.grad.mul_(coefficient.to(p.grad.dtype))
-    return float(norm)
+    return norm
 
 
 @torch.no_grad()

@@ -1,22 +1,65 @@
 """Seaborn figures, one function per kind; each writes PNG and SVG, byte-for-byte reproducible."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import matplotlib
 import matplotlib.ticker
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-# Fixed SVG ids and no timestamps in the files: the same records give the same bytes.
+# Fixed SVG ids and no timestamps in the files: the same records give the same bytes on one machine.
 matplotlib.rcParams["svg.hashsalt"] = "scaling-harness"
 METADATA = {"png": {"Software": None}, "svg": {"Date": None, "Creator": None}}
+# Each figure carries what it draws (drawn_data) under this metadata key: the SVG's <dc:description>, a PNG text chunk.
+DATA_KEY = "Description"
 
 
-def save(fig, out_dir: Path, name: str) -> list[Path]:
+def _summary(values: np.ndarray) -> list | None:
+    """(min, max, mean, std) of the finite values, 12 significant digits; None when there are none."""
+    finite = values[np.isfinite(values)]
+    if not finite.size:
+        return None
+    return [float(f"{v:.12g}") for v in (finite.min(), finite.max(), finite.mean(), finite.std())]
+
+
+def drawn_data(fig) -> list[list[dict]]:
+    """The numbers each axes draws, artist by artist: lines and the vertices of polygons and contours (x, y columns),
+    scatter offsets, bar rectangles, mesh values. Per artist its kind, point count and a summary of each column.
+
+    Pixels move with fonts and library versions and coordinates with the last bits of a fit, so a rebuilt figure
+    is checked against the committed one through these numbers (tests/test_report.py), not byte for byte."""
+    axes = []
+    for ax in fig.axes:
+        artists = []
+        for line in ax.lines:
+            artists.append(("line", np.asarray(line.get_xydata(), dtype=float).reshape(-1, 2)))
+        for collection in ax.collections:
+            offsets = np.asarray(collection.get_offsets(), dtype=float).reshape(-1, 2)
+            vertices = [np.asarray(path.vertices, dtype=float) for path in collection.get_paths()]
+            values = collection.get_array()
+            if type(collection).__name__ == "PathCollection":  # scatter: every marker shares one path
+                artists.append(("scatter", offsets))
+            elif values is not None and type(collection).__name__ == "QuadMesh":
+                artists.append(("mesh", np.asarray(values, dtype=float).reshape(-1, 1)))
+            elif vertices:
+                artists.append((type(collection).__name__, np.concatenate(vertices).reshape(-1, 2)))
+        rectangles = [p for p in ax.patches if type(p).__name__ == "Rectangle"]
+        if rectangles:
+            artists.append(("bars", np.array([[r.get_x(), r.get_y(), r.get_width(), r.get_height()] for r in rectangles])))
+        axes.append([{"kind": kind, "n": len(data), "columns": [_summary(column) for column in data.T]}
+                     for kind, data in artists])
+    return axes
+
+
+def save(fig, out_dir: Path, name: str, identified: bool = True) -> list[Path]:
+    """PNG and SVG, each carrying what it draws (drawn_data); `identified=False` marks a figure drawn from a fit
+    that its points do not pin down (its curves move with the last bits of the arithmetic)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     for ax in fig.axes:
         for axis, scale in ((ax.xaxis, ax.get_xscale()), (ax.yaxis, ax.get_yscale())):
@@ -24,10 +67,11 @@ def save(fig, out_dir: Path, name: str) -> list[Path]:
                 axis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
                 axis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:.3g}"))
                 axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    data = json.dumps({"axes": drawn_data(fig), **({} if identified else {"identified": False})}, separators=(",", ":"))
     paths = []
     for ext in ("png", "svg"):
         path = out_dir / f"{name}.{ext}"
-        fig.savefig(path, dpi=120, bbox_inches="tight", metadata=METADATA[ext])
+        fig.savefig(path, dpi=120, bbox_inches="tight", metadata={**METADATA[ext], DATA_KEY: data})
         paths.append(path)
     plt.close(fig)
     return paths
@@ -67,7 +111,6 @@ def loss_vs_compute(runs: pd.DataFrame, out_dir: Path, name: str = "loss_vs_comp
 
 def isoflop_curves(runs: pd.DataFrame, fit, out_dir: Path, name: str = "isoflop") -> list[Path]:
     """Loss against model size at each compute budget, the fitted parabolas and their minima."""
-    import numpy as np
     sns.set_theme(style="whitegrid")
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     budgets = sorted(runs["C"].unique())
@@ -88,14 +131,13 @@ def isoflop_curves(runs: pd.DataFrame, fit, out_dir: Path, name: str = "isoflop"
 
 def optimal_size(fit, out_dir: Path, name: str = "n_opt_vs_compute") -> list[Path]:
     """N_opt and D_opt against compute with the fitted power laws."""
-    import numpy as np
     sns.set_theme(style="whitegrid")
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     best = fit.minima[fit.minima["interior"]]
     grid = np.geomspace(best["C"].min() / 2, best["C"].max() * 2, 50)
     ax.scatter(best["C"], best["N_opt"], color="C0", label="N_opt (parameters)")
     ax.plot(grid, fit.predict(grid), color="C0", lw=1, label=f"N_opt ~ C^{fit.a:.2f}")
-    ax.scatter(best["C"], best["D_opt"], color="C1", label="D_opt (tokens)")
+    ax.scatter(best["C"], best["D_opt"], color="C1", label="D_opt (tokens trained at N_opt)")
     d_line = np.exp(np.polyval(np.polyfit(np.log(best["C"]), np.log(best["D_opt"]), 1), np.log(grid)))
     ax.plot(grid, d_line, color="C1", lw=1, label=f"D_opt ~ C^{fit.b:.2f}")
     if fit.intervals:  # the band the bootstrap's 95% interval of the exponent spans, pivoting on the geometric mean
@@ -138,9 +180,10 @@ def attention_scaling(table: pd.DataFrame, fits: pd.DataFrame, crossovers: pd.Da
     return paths
 
 
-def parametric_contours(runs: pd.DataFrame, law, out_dir: Path, name: str = "parametric_contours") -> list[Path]:
-    """Iso-loss contours of the fitted L(N, D) in the N-D plane, the compute-optimal line, and the runs."""
-    import numpy as np
+def parametric_contours(runs: pd.DataFrame, law, out_dir: Path, name: str = "parametric_contours",
+                        flops_per_token=None) -> list[Path]:
+    """Iso-loss contours of the fitted L(N, D) in the N-D plane, the compute-optimal line (C counted with
+    `flops_per_token`, 6N when None), and the runs."""
     sns.set_theme(style="white")
     fig, ax = plt.subplots(figsize=(6.4, 4.6))
     n_grid = np.geomspace(runs["params"].min() / 3, runs["params"].max() * 3, 200)
@@ -149,13 +192,13 @@ def parametric_contours(runs: pd.DataFrame, law, out_dir: Path, name: str = "par
     contours = ax.contour(nn, dd, law.predict(nn, dd), levels=12, cmap="viridis", linewidths=0.8)
     ax.clabel(contours, fontsize=7, fmt="%.2f")
     compute = np.geomspace(6 * n_grid[0] * d_grid[0], 6 * n_grid[-1] * d_grid[-1], 100)
-    n_opt, d_opt = law.compute_optimal(compute)
-    ax.plot(n_opt, d_opt, color="crimson", lw=1.5, label=f"compute-optimal: N ~ C^{law.a:.2f}, D ~ C^{law.b:.2f}")
+    n_opt, d_opt = law.compute_optimal(compute, flops_per_token)
+    ax.plot(n_opt, d_opt, color="crimson", lw=1.5, label="compute-optimal")
     ax.scatter(runs["params"], runs["tokens"], c="black", s=14, zorder=5, label="runs")
     ax.set(xscale="log", yscale="log", xlim=(n_grid[0], n_grid[-1]), ylim=(d_grid[0], d_grid[-1]),
            xlabel="non-embedding parameters N", ylabel="training tokens D", title="Fitted L(N, D): iso-loss contours")
     ax.legend(fontsize=8, loc="lower right")
-    return save(fig, out_dir, name)
+    return save(fig, out_dir, name, identified=law.identified)
 
 
 def residuals(runs: pd.DataFrame, law, out_dir: Path, name: str = "residuals") -> list[Path]:
@@ -168,12 +211,11 @@ def residuals(runs: pd.DataFrame, law, out_dir: Path, name: str = "residuals") -
     ax.axhline(0, color="grey", lw=1)
     ax.set(xscale="log", xlabel="non-embedding parameters N", ylabel="measured / fitted - 1", title="Residuals (approach 3)")
     ax.legend(fontsize=8)
-    return save(fig, out_dir, name)
+    return save(fig, out_dir, name, identified=law.identified)
 
 
 def power_law(x, loss, fit, name: str, out_dir: Path, file_name: str) -> list[Path]:
     """Loss against one variable with its fitted E + A x^-alpha and the irreducible E."""
-    import numpy as np
     sns.set_theme(style="whitegrid")
     fig, ax = plt.subplots(figsize=(6.0, 4.0))
     grid = np.geomspace(min(x) / 2, max(x) * 4, 100)

@@ -5,7 +5,14 @@
   bf16       autocast to bfloat16, float32 master weights and optimizer state
   fp16       autocast to float16 with dynamic gradient scaling; steps whose gradients overflow are skipped (counted)
   bf16_pure  weights, gradients and optimizer state all in bfloat16
-  fp8        torchao float8 training (dynamic scaling) on GPUs with FP8 tensor cores (compute capability >= 8.9)
+  fp8        torchao float8 training (dynamic scaling) of the blocks' linear layers on GPUs with FP8 tensor cores
+             (compute capability >= 8.9); the output head stays in high precision, as torchtitan leaves it, and the
+             rest of the step runs under bf16 autocast, so fused attention kernels can run
+
+Only parameters change dtype: buffers stay as built, so rotary frequencies, sinusoid tables and ALiBi slopes
+stay fp32 (a bf16 position angle or distance keeps 8 bits of mantissa: wrong past position 256).
+MFU is read against the peak of the dtype the matmuls run in (`mfu_peak`); fp8 mixes fp8 block matmuls with a
+bf16 head and attention, so, as torchtitan does, it has no MFU.
 """
 from __future__ import annotations
 
@@ -15,11 +22,13 @@ from dataclasses import dataclass
 
 import torch
 
+from harness import quantize
+
 
 @dataclass(frozen=True)
 class Mode:
     name: str
-    compute: str                     # the key of harness.flops.PEAK_FLOPS this mode's matmuls run at
+    mfu_peak: str | None             # the dtype of harness.flops.PEAK_FLOPS MFU is read against (None: no MFU)
     autocast: torch.dtype | None
     params: torch.dtype
     grad_scaling: bool = False
@@ -31,8 +40,10 @@ MODES = {
     "bf16": Mode("bf16", "bf16", torch.bfloat16, torch.float32),
     "fp16": Mode("fp16", "fp16", torch.float16, torch.float32, grad_scaling=True),
     "bf16_pure": Mode("bf16_pure", "bf16", None, torch.bfloat16),
-    "fp8": Mode("fp8", "fp8", None, torch.float32),
+    "fp8": Mode("fp8", None, torch.bfloat16, torch.float32),
 }
+# The modules fp8 leaves in high precision (torchtitan's float8 converter skips the output projection too).
+FP8_SKIPPED = ("lm_head",)
 
 
 def unsupported(name: str, device: torch.device) -> str | None:
@@ -46,7 +57,9 @@ def unsupported(name: str, device: torch.device) -> str | None:
         if name == "fp8" and (major, minor) < (8, 9):
             return f"precision=fp8 needs compute capability >= 8.9 (Ada/Hopper), this GPU has {major}.{minor}"
         if name == "fp8" and importlib.util.find_spec("torchao") is None:
-            return "precision=fp8 needs torchao (pip install torchao)"
+            return "precision=fp8 needs torchao, not installed here (pip install -e '.[quant]')"
+        if name == "fp8" and quantize.torchao_problem():
+            return f"precision=fp8: {quantize.torchao_problem()}"
     return None
 
 
@@ -57,15 +70,23 @@ def slow_here(name: str, device: torch.device) -> str | None:
     return None
 
 
+def cast_weights(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """The parameters in `dtype` (tied ones stay tied); buffers keep the dtype they were built in."""
+    for p in model.parameters():
+        p.data = p.data.to(dtype)
+    return model
+
+
 def prepare(model: torch.nn.Module, name: str) -> torch.nn.Module:
-    """Put the weights where the mode keeps them (before the optimizer is built)."""
+    """Put the weights where the mode keeps them (before the optimizer is built). tf32 sets the process's matmul
+    precision: the job's own setting (harness.measure.job_state puts it back for the next job)."""
     mode = MODES[name]
     if name == "tf32":
         torch.set_float32_matmul_precision("high")
     elif name == "fp8":
         from torchao.float8 import convert_to_float8_training
-        convert_to_float8_training(model)
-    return model.to(mode.params)
+        convert_to_float8_training(model, module_filter_fn=lambda module, fqn: fqn not in FP8_SKIPPED)
+    return cast_weights(model, mode.params)
 
 
 def autocast(name: str, device: torch.device):
@@ -77,3 +98,9 @@ def autocast(name: str, device: torch.device):
 
 def grad_scaler(name: str, device: torch.device, init_scale: float = 2.0**16) -> torch.amp.GradScaler | None:
     return torch.amp.GradScaler(device.type, init_scale=init_scale) if MODES[name].grad_scaling else None
+
+
+def scale_tensor(scaler: torch.amp.GradScaler) -> torch.Tensor:
+    """The scaler's current scale as the device tensor it keeps; its public get_scale() copies it to the host, a
+    device sync on every step (torch's own step code reads it this way too)."""
+    return scaler._get_scale_async()

@@ -7,6 +7,7 @@ in full precision, as in QLoRA. Bytes are counted from the storage the quantized
 from __future__ import annotations
 
 import copy
+import functools
 import importlib.util
 import logging
 
@@ -18,8 +19,20 @@ METHODS = ("int8", "nf4")
 def unavailable(method: str) -> str | None:
     if method not in METHODS:
         return f"unknown quantization {method!r}; known: {', '.join(METHODS)}"
+    return torchao_problem()
+
+
+@functools.lru_cache(maxsize=None)
+def torchao_problem() -> str | None:
+    """Why torchao's weight-only workflows cannot be used here: not installed, or installed but not loading with
+    this torch (a torchao built for a newer torch fails on import)."""
     if importlib.util.find_spec("torchao") is None:
-        return "weight-only quantization needs torchao (pip install torchao)"
+        return "weight-only quantization needs torchao, not installed here (pip install -e '.[quant]')"
+    try:
+        _config("int8"), _config("nf4")
+    except Exception as error:  # ImportError, AttributeError from a torch it was not built for, ...
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        return f"torchao is installed but does not load with torch {torch.__version__}: {message}"
     return None
 
 
@@ -28,7 +41,10 @@ def _config(method: str):
     if method == "int8":
         from torchao.quantization import Int8WeightOnlyConfig
         return Int8WeightOnlyConfig()
-    from torchao.prototype._nf4tensor_api import NF4WeightOnlyConfig  # torchao's NF4 workflow (its location is provisional)
+    try:  # torchao's NF4 workflow; its location is provisional: torchao.dtypes up to 0.14, torchao.prototype after
+        from torchao.prototype._nf4tensor_api import NF4WeightOnlyConfig
+    except ImportError:
+        from torchao.dtypes._nf4tensor_api import NF4WeightOnlyConfig
     return NF4WeightOnlyConfig()
 
 

@@ -1,7 +1,9 @@
-"""Records: one JSON file per run, written atomically, and the tidy table built from them.
+"""Records: where a point's record lives, one JSON file per run written atomically, and the tidy table built from them.
 
-Only this module writes or reads record files. A record is complete or absent:
-it is written to a temporary file in the same directory and renamed into place.
+Only this module writes or reads record files. A record is complete or absent: it is written to a temporary file
+in the same directory and renamed into place. In a sweep, a point's directory is named by its config hash
+(`SWEEP_DIR/<config_hash>/`, the `harness_point` resolver in conf/config.yaml), so adding, removing or
+reordering sweep values re-runs only the new points and never touches another point's record.
 """
 from __future__ import annotations
 
@@ -15,9 +17,11 @@ from pathlib import Path
 from typing import Iterable
 
 import pandas as pd
+from omegaconf import DictConfig, OmegaConf
 
 RECORD_NAME = "record.json"
 MODEL_NAME = "model.pt"
+WRITTEN = (RECORD_NAME, MODEL_NAME)  # the files a job writes atomically
 STATUSES = ("ok", "failed", "oom", "unsupported", "diverged")
 # Keys that change where or how a run reports, not what it computes.
 NON_SEMANTIC_KEYS = ("resume", "progress")
@@ -29,6 +33,16 @@ def config_hash(config: dict) -> str:
     semantic = {k: v for k, v in config.items() if k not in NON_SEMANTIC_KEYS}
     canonical = json.dumps(semantic, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def point_dir_name(*, _root_: DictConfig) -> str:
+    """A sweep point's directory: the hash of its config (everything but Hydra's own settings), the hash its record
+    carries. Registered as the `harness_point` resolver, which hydra.sweep.subdir names."""
+    task = OmegaConf.masked_copy(_root_, [key for key in _root_ if key != "hydra"])
+    return config_hash(OmegaConf.to_container(task, resolve=True))
+
+
+OmegaConf.register_new_resolver("harness_point", point_dir_name, replace=True)
 
 
 def _write_atomically(target: Path, mode: str, write) -> Path:
@@ -67,9 +81,10 @@ def _json_default(value):
 
 
 def remove_stale_temporaries(directory: str | Path) -> None:
-    """A process killed mid-write leaves a temporary file, never a partial record: clear it."""
-    for tmp in Path(directory).glob(f".{RECORD_NAME}.*.tmp"):
-        tmp.unlink(missing_ok=True)
+    """A process killed mid-write leaves a temporary file, never a partial record or model: clear them."""
+    for name in WRITTEN:
+        for tmp in Path(directory).glob(f".{name}.*.tmp"):
+            tmp.unlink(missing_ok=True)
 
 
 def read_record(path: str | Path) -> dict:
@@ -98,8 +113,12 @@ def record_paths(paths: str | Path | Iterable[str | Path]) -> list[Path]:
 
 
 def find_ok_record(sweep_dir: str | Path, digest: str) -> Path | None:
-    """The record in a sweep directory that finished `ok` for this config hash, if any."""
-    for path in record_paths(sweep_dir):
+    """The record in a sweep directory that finished `ok` for this config hash, if any: in the point's own
+    directory, or in a numbered one (sweeps written before points were named by their hash). An unreadable or
+    corrupt record is no record: its point runs again and the new record replaces it."""
+    sweep_dir = Path(sweep_dir)
+    numbered = sorted(p / RECORD_NAME for p in sweep_dir.glob("*") if p.name.isdigit()) if sweep_dir.is_dir() else []
+    for path in [sweep_dir / digest / RECORD_NAME, *numbered]:
         try:
             record = read_record(path)
         except (OSError, ValueError):

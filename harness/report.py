@@ -76,8 +76,10 @@ def markdown_table(table: pd.DataFrame) -> str:
     return "\n".join([header, rule, *body])
 
 
-def _write_tables(df: pd.DataFrame, out: Path) -> None:
-    flat = df.assign(curve=df["curve"].map(json.dumps)) if "curve" in df.columns else df
+def _write_tables(df: pd.DataFrame, out: Path, root: Path) -> None:
+    """results.parquet and results.csv, one row per run, record paths relative to `root` (the first input)."""
+    flat = df.assign(path=df["path"].map(lambda p: os.path.relpath(p, root)))
+    flat = flat.assign(curve=flat["curve"].map(json.dumps)) if "curve" in flat.columns else flat
     flat = flat.drop(columns=[c for c in flat.columns if flat[c].map(lambda v: isinstance(v, (list, dict))).any()])
     for column in flat.columns:  # a key set to a number in one run and a word in another (world_size 1 / auto)
         kinds = {type(v) for v in flat[column] if v is not None and not (isinstance(v, float) and v != v)}
@@ -118,13 +120,14 @@ def build_report(paths, out: Path, study: str | None = None, echo: bool = False)
     if df.empty:
         raise SystemExit(f"error: no records under {', '.join(map(str, paths))}")
     study = _study_of(df, study)
-    _write_tables(df, out)
+    root = Path(paths[0]) if Path(paths[0]).is_dir() else Path(".")
+    _write_tables(df, out, root)
     table = runs_table(df)
     sections = [f"# Report: {study}", f"{len(df)} runs ({', '.join(f'{n} {s}' for s, n in df['status'].value_counts().items())}).",
                 "## Runs\n\n" + markdown_table(table)]
     failed = df[df["status"] != "ok"]
     if not failed.empty:  # record paths relative to the first directory given, so a committed report reads anywhere
-        where = failed.assign(path=failed["path"].map(lambda p: os.path.relpath(p, Path(paths[0]) if Path(paths[0]).is_dir() else ".")))
+        where = failed.assign(path=failed["path"].map(lambda p: os.path.relpath(p, root)))
         sections.append("## Runs that did not finish ok\n\n" + markdown_table(where[["status", "error", "path"]]))
     if study != "none" and importlib.util.find_spec(f"studies.{study}") is not None:
         sections += importlib.import_module(f"studies.{study}").analyse(df, out)

@@ -99,9 +99,17 @@ class SelfAttention(nn.Module):
             self.alibi_slopes = None
         self.causal = cfg.causal
         self.attend = attention_registry.get_attention(cfg.attention, causal=cfg.causal, **cfg.attention_options)
-        # A decoding step's queries are the newest positions: they see every cached key.
-        self.attend_cached = attention_registry.get_attention(cfg.attention, causal=False, **cfg.attention_options)
+        self.attention, self.attention_options = cfg.attention, cfg.attention_options
+        self._attend_cached = None
         self.dropout = nn.Dropout(cfg.dropout)
+
+    @property
+    def attend_cached(self):
+        """A decoding step's attention: the newest queries against the cached keys their mask lets them see (built
+        on first use: a variant without exact cached decoding still trains)."""
+        if self._attend_cached is None:
+            self._attend_cached = attention_registry.get_decoder(self.attention, **self.attention_options)
+        return self._attend_cached
 
     def forward(self, x_bnd: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         b, n, _ = x_bnd.shape

@@ -54,11 +54,12 @@ def alibi_slopes(n_head: int) -> torch.Tensor:
 
 def alibi_bias(slopes_h: torch.Tensor, queries: int, keys: int, *, causal: bool, dtype=torch.float32) -> torch.Tensor:
     """(heads, queries, keys) additive bias -slope * |i - j|, the queries being the last `queries` of the keys'
-    positions (decoding with a cache); future keys get -inf when causal."""
+    positions (decoding with a cache); future keys get -inf when causal. Computed in fp32 and rounded to `dtype`
+    once (distances past 256 are not integers in bf16)."""
     q_pos = torch.arange(keys - queries, keys, device=slopes_h.device)[:, None]
     k_pos = torch.arange(keys, device=slopes_h.device)[None, :]
-    distance = (q_pos - k_pos).abs().to(dtype)
-    bias = -slopes_h.to(dtype)[:, None, None] * distance
+    distance = (q_pos - k_pos).abs().float()
+    bias = -slopes_h.float()[:, None, None] * distance
     if causal:
         bias = bias.masked_fill(k_pos > q_pos, float("-inf"))
-    return bias
+    return bias.to(dtype)

@@ -26,7 +26,7 @@ def analyse(df: pd.DataFrame, out: Path) -> list[str]:
         table = runs_of(runs)
         row = {"family": family, "loss": families.LOSS.get(family, ""), "runs": len(table)}
         try:
-            fit = fit_isoflop(table["C"], table["params"], table["val_loss"], intervals=RESAMPLES)
+            fit = fit_isoflop(table["C"], table["params"], table["val_loss"], table["tokens"], intervals=RESAMPLES)
             used = fit.minima[fit.minima["interior"]]
             row.update(a=with_interval(fit.a, fit.intervals["a"]), b=with_interval(fit.b, fit.intervals["b"]),
                        budgets_fitted=f"{len(used)} of {len(fit.minima)}",
@@ -43,8 +43,9 @@ def analyse(df: pd.DataFrame, out: Path) -> list[str]:
     return [
         f"Device: {ok['env.device_name'].iloc[0]}. Data: {ok['data.name'].iloc[0]}; the same budgets and widths "
         "for every family.",
-        "## Compute-optimal exponents per family\n\nN_opt ~ C^a and D_opt ~ C^b from each family's IsoFLOP parabolas "
-        f"(95% bootstrap intervals over runs, {RESAMPLES} resamples). Chinchilla (decoder): a = 0.49, b = 0.51.\n\n"
+        "## Compute-optimal exponents per family\n\nN_opt ~ C^a and D_opt ~ C^b (D_opt: the tokens trained at N_opt) from "
+        f"each family's IsoFLOP parabolas (95% intervals from {RESAMPLES} bootstrap resamples of each budget's residuals). "
+        "Chinchilla (decoder): a = 0.49, b = 0.51.\n\n"
         + markdown_table(pd.DataFrame(rows)),
         "These are CPU-sized budgets (5e10-4.5e11 FLOPs, one-layer models of 1e3-1e5 parameters), so the "
         "intervals are wide; the exponents say how each family's optimum moves, not what it does at scale. The "

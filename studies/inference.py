@@ -33,7 +33,8 @@ def points(df: pd.DataFrame) -> pd.DataFrame:
         "decode_ms_per_token_recompute": ok["metrics.decode_ms_per_token_recompute"],
         "decode_tokens_per_s": ok["metrics.decode_tokens_per_s"],
         "decode_tokens_per_s_recompute": ok["metrics.decode_tokens_per_s_recompute"],
-        "cache_speedup": ok["metrics.cache_speedup"], "same_tokens": ok["metrics.cache_matches_recompute"],
+        "cache_speedup": ok["metrics.cache_speedup"], "cache_logits_error": ok["metrics.cache_logits_error"],
+        "same_tokens": ok["metrics.same_tokens_as_recompute"],
         "kv_cache_mb": ok["metrics.kv_cache_bytes"] / 1e6, "kv_cache_formula_mb": ok["metrics.kv_cache_bytes_formula"] / 1e6,
         "generation_peak_mb": ok["metrics.generation_peak_bytes"] / 1e6,
         "weights_mb": ok["metrics.weights_bytes"] / 1e6,
@@ -96,10 +97,13 @@ def analyse(df: pd.DataFrame, out: Path) -> list[str]:
         f"{first['model_info.positions']} positions, {int(first['model_info.params_total']):,} parameters; {weights_note}. "
         f"Greedy decoding of {int(first['task.new_tokens'])} tokens after a prompt of real validation text; medians of "
         f"{int(first['task.repeats'])} generations.",
-        "## Latency, decode speed and the KV cache\n\nkv_cache_mb is measured: the bytes the allocator hands out "
-        "when the cache is built (CUDA allocator, or PyTorch's profiler memory timeline on a CPU); kv_cache_formula_mb "
-        "is 2 x layers x kv_heads x head_dim x (context + new tokens) x batch x bytes; generation_peak_mb is everything "
-        "a cached generation allocates beyond the weights (the cache and the prompt's activations). same_tokens: greedy decoding with the cache produced exactly the tokens of recomputing.\n\n"
+        "## Latency, decode speed and the KV cache\n\nkv_cache_mb is measured: what a whole cached generation still "
+        "holds at the allocator when it ends, its cache alive (CUDA allocator statistics, or the CPU profiler's record of "
+        "every allocation), so a cache allocated twice or leaking would show; kv_cache_formula_mb is 2 x layers x "
+        "kv_heads x head_dim x (context + new tokens) x batch x bytes; generation_peak_mb is the generation's peak "
+        "beyond the weights (the cache and the prompt's activations). cache_logits_error: the cached decode's logits "
+        "against one full forward over the same tokens, over the largest logit; same_tokens: greedy decoding with "
+        "the cache produced exactly the tokens of recomputing.\n\n"
         + markdown_table(table),
         "The cache holds as many bytes as the weights from "
         f"{', '.join(f'{r.cache_exceeds_weights_at:,.0f} cached positions (batch {r.batch})' for r in crossover.itertuples())}. "

@@ -9,7 +9,12 @@ ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
 
-def harness_cmd(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+# A command's wall-clock limit: it is there to stop a hang, not to time anything, so it allows a CI machine several
+# times slower than the one the suite was written on (the slowest command here takes about a minute).
+TIMEOUT_S = 1200
+
+
+def harness_cmd(*args: str, cwd: Path, timeout: float = TIMEOUT_S) -> subprocess.CompletedProcess:
     """Run the `harness` CLI exactly as a user would, in `cwd`."""
     env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
     return subprocess.run([sys.executable, "-m", "harness", *args], cwd=cwd, capture_output=True, text=True,

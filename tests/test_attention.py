@@ -12,7 +12,7 @@ import torch
 from omegaconf import OmegaConf
 
 from harness import flops
-from harness.measure import cpu_peak_tensor_bytes
+from harness.measure import cpu_tensor_bytes
 from models import attention
 from models.attention import masks, performer
 from models.attention.reference import reference, relative_error
@@ -93,28 +93,45 @@ def test_registry_covers_every_variant_with_a_config_and_reasons():
 
 
 # --- Performer -----------------------------------------------------------------------------------------------
-# Documented bound: at the default num_features (round(d ln d) = 266 for d = 64), n = 512, q and k ~ N(0, 0.5^2),
-# v ~ N(0, 1), the relative error against exact softmax attention stays under PERFORMER_BOUND (measured ~0.44
-# non-causal, ~0.30 causal). Larger q.k make FAVOR+ worse (variance grows like exp(|q|^2 + |k|^2)).
-PERFORMER_BOUND = {False: 0.5, True: 0.4}
+# FAVOR+ against exact attention and against a trivial estimator on the same inputs: the mean of v (for causal
+# attention, the mean of v up to each row), which is exact for uniform attention. On q, k ~ N(0, 0.5^2),
+# v ~ N(0, 1), n = 512, d = 64 (measured, 3 seeds): the trivial estimator scores 0.25 (non-causal) and 0.21 (causal);
+# FAVOR+ scores 0.38 / 0.28 at the default round(d ln d) = 266 features, 0.22 / 0.17 at 1024 and 0.12 / 0.09 at
+# 4096. So at the default feature count FAVOR+ is worse than ignoring q and k here (a finding, said in README);
+# it beats the trivial estimator only with many features, and with larger q.k (variance ~ exp(|q|^2 + |k|^2))
+# its features fall under eps and it becomes the trivial estimator. The bound: with 4096 features, under
+# PERFORMER_BOUND x the trivial estimator's error on the same inputs.
+PERFORMER_BOUND = 0.6
+
+
+def performer_inputs(seed):
+    generator = torch.Generator().manual_seed(100 + seed)
+    q, k = (0.5 * torch.randn(2, 4, 512, 64, generator=generator) for _ in range(2))
+    return q, k, torch.randn(2, 4, 512, 64, generator=generator)
+
+
+def trivial_estimate(v, causal):
+    """The mean of v over the keys a row sees: exact attention when every score is equal."""
+    if not causal:
+        return v.mean(-2, keepdim=True).expand_as(v)
+    return v.cumsum(-2) / torch.arange(1, v.shape[-2] + 1, dtype=v.dtype).view(-1, 1)
 
 
 def performer_error(causal, num_features, seeds=3):
-    errors = []
+    errors, trivial = [], []
     for seed in range(seeds):
-        generator = torch.Generator().manual_seed(100 + seed)
-        q, k = (0.5 * torch.randn(2, 4, 512, 64, generator=generator) for _ in range(2))
-        v = torch.randn(2, 4, 512, 64, generator=generator)
-        out = performer.build(causal, num_features=num_features, seed=seed)(q, k, v)
-        errors.append(relative_error(out, reference(q, k, v, causal=causal)))
-    return sum(errors) / len(errors)
+        q, k, v = performer_inputs(seed)
+        exact = reference(q, k, v, causal=causal)
+        errors.append(relative_error(performer.build(causal, num_features=num_features, seed=seed)(q, k, v), exact))
+        trivial.append(relative_error(trivial_estimate(v, causal), exact))
+    return sum(errors) / len(errors), sum(trivial) / len(trivial)
 
 
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
-def test_performer_error_falls_with_features_and_meets_its_bound(causal):
-    e64, e256, e1024 = (performer_error(causal, m) for m in (64, 256, 1024))
-    assert e64 > e256 > e1024
-    assert performer_error(causal, None) < PERFORMER_BOUND[causal]
+def test_performer_error_falls_with_features_and_beats_the_trivial_estimator(causal):
+    (e266, trivial), (e1024, _), (e4096, _) = (performer_error(causal, m) for m in (266, 1024, 4096))
+    assert e266 > e1024 > e4096
+    assert e4096 < PERFORMER_BOUND * trivial, (e4096, trivial)
 
 
 def test_causal_prefix_sums_equal_the_direct_masked_computation():
@@ -170,7 +187,7 @@ def test_linear_variants_use_memory_linear_in_sequence_length(name, options):
     for n in lengths:
         q, k, v = (torch.randn(1, 2, n, 64, requires_grad=True) for _ in range(3))
         attn = attention.get_attention(name, causal=True, **options)
-        peaks.append(cpu_peak_tensor_bytes(lambda: attn(q, k, v).sum().backward()))
+        peaks.append(cpu_tensor_bytes(lambda: attn(q, k, v).sum().backward()).peak)
     slope = math.log(peaks[-1] / peaks[0]) / math.log(lengths[-1] / lengths[0])
     assert slope <= 1.15, peaks
 
@@ -180,7 +197,7 @@ def test_dense_memory_is_quadratic():
     for n in (512, 1024):
         q, k, v = (torch.randn(1, 2, n, 64) for _ in range(3))
         attn = attention.get_attention("dense", causal=True)
-        peaks.append(cpu_peak_tensor_bytes(lambda: attn(q, k, v)))
+        peaks.append(cpu_tensor_bytes(lambda: attn(q, k, v)).peak)
     assert peaks[1] / peaks[0] == pytest.approx(4, rel=0.1)
 
 

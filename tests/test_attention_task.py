@@ -1,11 +1,14 @@
 """task=attention through the CLI, and the attention variants inside the GPT through attention=NAME."""
 import json
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 
 from harness import flops, load_results
-from tests.conftest import harness_cmd
+from tests.conftest import TIMEOUT_S, harness_cmd
 
 SMALL = ["task=attention", "task.seq_len=300", "task.heads=2", "task.head_dim=32", "task.min_repeats=2",
          "task.max_repeats=3", "task.error_seq_len=128", "progress=off"]
@@ -21,6 +24,10 @@ def test_attention_point_records_time_flops_memory_and_error(tmp_path):
     assert m["flops"] == flops.attention_flops("longformer", batch=1, heads=2, seq_len=300, head_dim=32, causal=True,
                                                backward=True, options={"window": 64, "global_tokens": 2})
     assert m["flops_per_s"] == pytest.approx(m["flops"] / m["time_median_s"])
+    # the backward counted by FlashAttention's convention (2.5x forward), named; without the recompute it is 2x
+    forward = flops.attention_flops("longformer", batch=1, heads=2, seq_len=300, head_dim=32, causal=True,
+                                    backward=False, options={"window": 64, "global_tokens": 2})
+    assert m["flops_convention"] == "flash" and m["flops"] == 3.5 * forward and m["flops_no_recompute"] == 3 * forward
     assert m["peak_memory_bytes"] > 0 and m["error_fwd"] < 1e-5 and m["error_grad"] < 1e-5
     assert record["kernel_info"]["exact"] is True
     # a 2048^3 fp32 product on this CPU: between 1 GFLOP/s and 10 TFLOP/s, and the attention runs below it
@@ -58,6 +65,7 @@ def test_bad_attention_option_is_one_line(tmp_path):
     assert result.stderr.strip() == "error: attention=longformer: unknown longformer impl 'fast'; known: blocked, flex, xformers"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", [["attention=performer", "attention.num_features=32"],
                                      ["attention=longformer", "attention.window=8", "attention.global_tokens=1"]],
                          ids=["performer", "longformer"])
@@ -84,3 +92,28 @@ def test_attention_kernels_study_reads_each_exact_kernel_against_the_matmul_rate
         assert best["met"] == (best["fraction_of_matmul"] >= 0.5)
     report = (tmp_path / "sweep" / "report" / "report.md").read_text()
     assert "sdpa backend 'cudnn' has no kernel on cpu" in report and "xformers has no cpu kernels" in report
+
+
+def test_a_pinned_sdpa_backend_that_cannot_take_the_inputs_says_why():
+    import torch
+
+    from models import attention
+    q = torch.randn(1, 2, 8, 16)
+    v = torch.randn(1, 2, 8, 32)  # a value head size the fused kernel does not take
+    with pytest.raises(NotImplementedError, match="sdpa backend 'flash' cannot run these inputs .* same last dimension"):
+        attention.get_attention("sdpa", causal=True, backend="flash")(q, q, v)
+    assert attention.get_attention("sdpa", causal=True, backend="math")(q, q, v).shape == (1, 2, 8, 32)
+
+
+def test_a_flash_attn_wheel_that_does_not_load_is_an_unsupported_record(tmp_path):
+    # a wheel built for another torch imports as a package but fails on its compiled extension
+    broken = tmp_path / "site" / "flash_attn"
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text('raise ImportError("flash_attn_2_cuda.so: undefined symbol: _ZN3c104cuda9SetDeviceEi")')
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path / 'site'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    result = subprocess.run([sys.executable, "-m", "harness", "-m", *SMALL, "attention=flash_attn", "hydra.sweep.dir=sweep"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=TIMEOUT_S, env=env)
+    assert result.returncode == 0, result.stderr
+    record = load_results(tmp_path / "sweep").iloc[0]
+    assert record["status"] == "unsupported"
+    assert "flash-attn package is installed but does not load: flash_attn_2_cuda.so: undefined symbol" in record["error"]

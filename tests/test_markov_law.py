@@ -7,6 +7,7 @@ from harness.fit import fit_power_law
 from tests.conftest import harness_cmd
 
 
+@pytest.mark.slow
 def test_fitted_irreducible_loss_is_the_sources_entropy_rate(tmp_path):
     sweep = ["-m", "data=markov", "data.order=1", "data.vocab_size=16", "data.train_tokens=2e6", "data.val_tokens=5e4",
              "model.n_layer=1", "model.d_model=32", "model.n_head=2", "model.seq_len=32", "task.batch_size=16",

@@ -1,5 +1,7 @@
 """Precision modes in task=train: what is in effect is what the record says, and unsupported modes are records."""
+import importlib.util
 import json
+import sys
 
 import pytest
 import torch
@@ -15,10 +17,16 @@ def train(tmp_path, tiny, *overrides):
     return json.loads((tmp_path / "run" / "record.json").read_text())
 
 
+@pytest.fixture(scope="module")
+def fp32_reference(tmp_path_factory):
+    from tests.conftest import TINY
+    return train(tmp_path_factory.mktemp("fp32"), list(TINY))
+
+
 @pytest.mark.parametrize("mode,params,autocast", [("bf16", "float32", "bfloat16"), ("fp16", "float32", "float16"),
                                                    ("bf16_pure", "bfloat16", None)])
-def test_mixed_precision_trains_and_records_what_was_in_effect(tmp_path, tiny, mode, params, autocast):
-    reference = train(tmp_path / "fp32", tiny)
+def test_mixed_precision_trains_and_records_what_was_in_effect(tmp_path, tiny, fp32_reference, mode, params, autocast):
+    reference = fp32_reference
     record = train(tmp_path / mode, tiny, f"precision={mode}")
     info = record["precision_info"]
     assert (info["mode"], info["param_dtype"], info["autocast_dtype"]) == (mode, params, autocast)
@@ -62,3 +70,88 @@ def test_unknown_quantization_is_one_line(tmp_path, tiny):
     result = harness_cmd(*tiny, "task.eval_quantized=[int3]", "hydra.run.dir=run", cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip() == "error: task.eval_quantized: unknown quantization 'int3'; known: int8, nf4"
+
+
+@pytest.mark.parametrize("positions", ["rope", "sinusoidal", "alibi"])
+def test_bf16_weights_keep_position_tables_in_fp32(positions):
+    # A bf16 position angle or distance has 8 bits of mantissa: past position 256 it is another position's.
+    from harness import precision
+    from models.gpt import GPT, GPTConfig
+    model = precision.prepare(GPT(GPTConfig(vocab_size=64, seq_len=32, n_layer=2, d_model=64, n_head=4,
+                                            positions=positions)), "bf16_pure")
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16} and model.lm_head.weight is model.wte.weight
+    assert [b.dtype for b in model.buffers()] and {b.dtype for b in model.buffers()} == {torch.float32}
+
+
+def test_alibi_biases_are_rounded_to_bf16_once():
+    from models.positions import alibi_bias, alibi_slopes
+    slopes = alibi_slopes(4)
+    bias = alibi_bias(slopes, 1, 1002, causal=True, dtype=torch.bfloat16)[:, 0, 0]  # the key 1001 positions back
+    assert torch.equal(bias, (-slopes * 1001).to(torch.bfloat16))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torchao") is None, reason="torchao is not installed (the quant extra)")
+def test_fp8_converts_the_blocks_and_keeps_the_output_head_in_high_precision():
+    from harness import precision
+    from models.gpt import GPT, GPTConfig
+    model = precision.prepare(GPT(GPTConfig(vocab_size=64, seq_len=32, n_layer=2, d_model=64, n_head=4)), "fp8")
+    linears = {name: type(m).__name__ for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    assert linears.pop("lm_head") == "Linear" and set(linears.values()) == {"Float8Linear"} and len(linears) == 8
+    mode = precision.MODES["fp8"]
+    assert mode.autocast == torch.bfloat16 and mode.mfu_peak is None  # mixed fp8 / bf16 matmuls: no single peak
+
+
+def test_the_timed_step_holds_the_step_only(monkeypatch, tiny):
+    # The family's examples (here BERT masking) are made outside the timed step, and nothing in it waits for the
+    # device: no loss or norm read back to the host while the clock runs.
+    from hydra import compose, initialize_config_dir
+
+    from harness import families, measure
+    from harness.config import CONF_DIR
+    from harness.tasks import train
+    clocks, made_while_timed, reads_while_timed = [], [], []
+
+    class Recording(measure.StepClock):
+        def __init__(self, device):
+            super().__init__(device)
+            clocks.append(self)
+
+    def timing():
+        return any(clock.running for clock in clocks)
+
+    def read(original):
+        def spy(self):
+            caller = sys._getframe(1).f_globals.get("__name__", "")
+            # AdamW's step counter lives on the host (not capturable): reading it waits for nothing
+            if timing() and not caller.startswith("torch.optim"):
+                reads_while_timed.append(caller)
+            return original(self)
+        return spy
+
+    examples = families.Examples.__call__
+    monkeypatch.setattr(measure, "StepClock", Recording)
+    monkeypatch.setattr(families.Examples, "__call__", lambda self, *a, **k: made_while_timed.append(timing()) or examples(self, *a, **k))
+    monkeypatch.setattr(torch.Tensor, "item", read(torch.Tensor.item))
+    monkeypatch.setattr(torch.Tensor, "__float__", read(torch.Tensor.__float__))
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+        cfg = compose("config", overrides=[*tiny, "model=encoder", "model.n_layer=1", "model.d_model=32", "model.n_head=2"])
+    result = train.train(cfg)
+    assert result["metrics"]["steps"] > 20 and len(made_while_timed) > 20 and not any(made_while_timed)
+    assert not reads_while_timed, reads_while_timed
+
+
+def test_an_absent_or_broken_torchao_is_a_reason_not_a_crash(monkeypatch):
+    from harness import quantize
+
+    def broken(method):
+        raise AttributeError("module 'torch.utils._pytree' has no attribute 'register_constant'")
+
+    quantize.torchao_problem.cache_clear()
+    monkeypatch.setattr(quantize, "_config", broken)  # a torchao built for a newer torch
+    try:
+        assert quantize.unavailable("nf4").startswith("torchao is installed but does not load with torch ")
+        monkeypatch.setattr(quantize.importlib.util, "find_spec", lambda name: None)
+        quantize.torchao_problem.cache_clear()
+        assert "needs torchao, not installed here (pip install -e '.[quant]')" in quantize.unavailable("int8")
+    finally:
+        quantize.torchao_problem.cache_clear()

@@ -56,3 +56,37 @@ def test_find_ok_record_matches_hash_and_status(tmp_path):
     records.write_record(tmp_path / "1", record(d_model=8, status="failed"))
     assert records.find_ok_record(tmp_path, ok["config_hash"]) == tmp_path / "0" / "record.json"
     assert records.find_ok_record(tmp_path, record(d_model=8)["config_hash"]) is None
+
+
+def test_a_killed_write_leaves_temporaries_that_the_next_job_clears(tmp_path):
+    for name in (records.RECORD_NAME, records.MODEL_NAME):
+        (tmp_path / f".{name}.abc123.tmp").write_bytes(b"half written")
+    (tmp_path / "keep.tmp").write_text("not ours")
+    records.remove_stale_temporaries(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.tmp"]
+
+
+def test_a_corrupt_record_is_no_record_for_resume(tmp_path):
+    ok = record()
+    (tmp_path / ok["config_hash"]).mkdir()
+    (tmp_path / ok["config_hash"] / "record.json").write_text('{"status": "ok", "config": {')  # cut mid-write by hand
+    assert records.find_ok_record(tmp_path, ok["config_hash"]) is None
+    records.write_record(tmp_path / ok["config_hash"], ok)
+    assert records.find_ok_record(tmp_path, ok["config_hash"]) == tmp_path / ok["config_hash"] / "record.json"
+
+
+def test_a_sweep_points_directory_is_its_config_hash():
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from harness.config import CONF_DIR
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+        cfg = compose("config", overrides=["model.d_model=64"], return_hydra_config=True)
+    task = OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"])
+    assert records.point_dir_name(_root_=cfg) == records.config_hash(OmegaConf.to_container(task, resolve=True))
+    assert OmegaConf.select(cfg, "hydra.sweep.subdir") == records.point_dir_name(_root_=cfg)
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+        other = compose("config", overrides=["model.d_model=32"], return_hydra_config=True)
+        reporting = compose("config", overrides=["model.d_model=64", "progress=off", "resume=false"], return_hydra_config=True)
+    assert records.point_dir_name(_root_=other) != records.point_dir_name(_root_=cfg)
+    assert records.point_dir_name(_root_=reporting) == records.point_dir_name(_root_=cfg)

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from harness import records
+from tests import reproduce
 
 
 def write_isoflop_records(root, a_true=0.5):
@@ -51,13 +52,14 @@ def test_report_rebuilds_everything_from_records(tmp_path):
     assert low <= fits["isoflop"]["a"] <= high
     # The records follow L = E + A/N^alpha + B/D^beta exactly: approach 3 recovers it and extrapolates to the last budget.
     assert fits["parametric"]["alpha"] == pytest.approx(0.34, abs=0.01) and fits["parametric"]["E"] == pytest.approx(1.7, abs=0.02)
-    assert fits["extrapolation"]["approach3_mean_abs_rel_error"] < 0.01
+    assert fits["extrapolation"]["approach3"]["mean_abs_rel_error"] < 0.01 and fits["extrapolation"]["approach3"]["identified"]
     text = (out / "report.md").read_text()
     assert "## Extrapolation check" in text and "## Approach 3" in text
     for figure in ("isoflop", "n_opt_vs_compute", "loss_curves", "loss_vs_compute", "parametric_contours", "residuals"):
         assert f"({figure}.png)" in text and (out / f"{figure}.svg").exists()
 
 
+@pytest.mark.slow
 def test_figures_are_byte_for_byte_reproducible(tmp_path):
     write_isoflop_records(tmp_path / "sweep")
     first, second = tmp_path / "one", tmp_path / "two"
@@ -85,6 +87,7 @@ def write_kaplan_records(root):
             job += 1
 
 
+@pytest.mark.slow
 def test_kaplan_report_fits_both_laws(tmp_path):
     write_kaplan_records(tmp_path / "sweep")
     result = report(tmp_path / "sweep")
@@ -102,10 +105,40 @@ COMMITTED = sorted(p.parent.parent for p in RESULTS.rglob("report/report.md"))  
 
 @pytest.mark.parametrize("study_dir", COMMITTED, ids=[str(p.relative_to(RESULTS)) for p in COMMITTED])
 def test_committed_reports_rebuild_from_their_records(tmp_path, study_dir):
+    # Another machine's BLAS and CPU move the last bits of a fit: numbers agree to REL (and a number printed in
+    # report.md to its last printed digit), except where the report itself says a fit is not identified.
     result = report(study_dir, "--out", tmp_path)
     assert result.returncode == 0, result.stderr
     committed = study_dir / "report"
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in committed.iterdir())
-    assert (tmp_path / "report.md").read_text() == (committed / "report.md").read_text().replace(str(committed), str(tmp_path))
-    for found in committed.glob("*.json"):
-        assert json.loads((tmp_path / found.name).read_text()) == json.loads(found.read_text())
+    problems = reproduce.compare_markdown((committed / "report.md").read_text().replace(str(committed), str(tmp_path)),
+                                          (tmp_path / "report.md").read_text())
+    for found in sorted(committed.iterdir()):
+        rebuilt = tmp_path / found.name
+        if found.suffix == ".json":
+            problems += reproduce.compare_json(json.loads(found.read_text()), json.loads(rebuilt.read_text()), found.name)
+        elif found.suffix in (".csv", ".parquet"):
+            read = pd.read_csv if found.suffix == ".csv" else pd.read_parquet
+            problems += reproduce.compare_tables(read(found), read(rebuilt), found.name)
+        elif found.suffix in (".png", ".svg"):
+            problems += reproduce.compare_json(reproduce.figure_data(found), reproduce.figure_data(rebuilt), found.name)
+    assert not problems, "\n".join(problems[:20])
+
+
+def test_the_comparison_catches_a_changed_number_table_and_figure(tmp_path):
+    # The tolerant comparison still fails a real change: a fit's exponent, a record's loss, a figure's points.
+    study_dir = RESULTS / "families"
+    committed = study_dir / "report"
+    fits = json.loads((committed / "fits.json").read_text())
+    fits["gpt"]["a"] *= 1 + 1e-5
+    assert reproduce.compare_json(json.loads((committed / "fits.json").read_text()), fits, "fits.json")
+    table = pd.read_csv(committed / "results.csv")
+    changed = table.assign(**{"metrics.val_loss": table["metrics.val_loss"] * (1 + 1e-5)})
+    assert reproduce.compare_tables(table, changed, "results.csv")
+    text = (committed / "report.md").read_text()
+    assert "0.6865" in text and reproduce.compare_markdown(text, text.replace("0.6865", "0.6867", 1))  # 2 units of 4 digits
+    records.write_record(tmp_path / "sweep" / "0", json.loads(next(study_dir.rglob("record.json")).read_text()))
+    figure = committed / "isoflop_gpt.svg"
+    data = reproduce.figure_data(figure)
+    data["axes"][0][0]["columns"][1][2] *= 1 + 1e-5  # the mean loss of one drawn line
+    assert reproduce.compare_json(reproduce.figure_data(figure), data, figure.name)

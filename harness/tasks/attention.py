@@ -1,7 +1,8 @@
 """task=attention: time one attention variant on random q, k, v and record what it costs and how exact it is.
 
 One job = one (variant, seq_len, batch, heads, head_dim, dtype, causal, mode) point. Times are medians over
-repeats after warm-up, with the device synchronised around each call. Peak memory is what the call allocates
+repeats after warm-up, with the device synchronised around each call. FLOPs follow the convention the record
+names in `flops_convention` (harness/flops.py: backward 2.5x forward for exact kernels, FlashAttention's count). Peak memory is what the call allocates
 beyond its inputs: CUDA's allocator statistics, or on CPU the tensor allocations the profiler records.
 """
 from __future__ import annotations
@@ -13,7 +14,7 @@ from omegaconf import DictConfig
 
 from harness import flops, measure
 from harness.config import ATTENTION_DTYPES, attention_options
-from harness.tasks import Unsupported
+from harness.errors import Unsupported
 from models import attention as attention_registry
 from models.attention.reference import reference, relative_error
 
@@ -81,16 +82,20 @@ def run(cfg: DictConfig) -> dict:
             times = measure.time_calls(lambda: _call(attn, q, k, v, grad_out), device, warmup=int(t.warmup),
                                        min_repeats=int(t.min_repeats), max_repeats=int(t.max_repeats),
                                        max_seconds=float(t.max_seconds))
-            memory = measure.peak_tensor_bytes(lambda: _call(attn, q, k, v, grad_out), device)
+            memory = measure.tensor_bytes(lambda: _call(attn, q, k, v, grad_out), device).peak
             accuracy = errors(attn, cfg, dtype, device, backward)
     except NotImplementedError as error:  # e.g. FlexAttention's missing CPU backward, xformers' missing kernels
         raise Unsupported(f"attention={name}: {str(error).strip().splitlines()[0]}") from None
 
+    convention = flops.attention_flop_convention(name) if backward else "forward"
     needed = flops.attention_flops(name, **shape, causal=bool(t.causal), backward=backward, options=options)
+    no_recompute = flops.attention_flops(name, **shape, causal=bool(t.causal), backward=backward, options=options,
+                                         convention="autograd")
     p10, median, p90 = np.quantile(times, [0.1, 0.5, 0.9])
     metrics = {
         "time_median_s": float(median), "time_p10_s": float(p10), "time_p90_s": float(p90), "repeats": len(times),
-        "flops": needed, "flops_per_s": needed / float(median), "peak_memory_bytes": memory, **accuracy,
+        "flops": needed, "flops_convention": convention, "flops_no_recompute": no_recompute,
+        "flops_per_s": needed / float(median), "peak_memory_bytes": memory, **accuracy,
     }
     # The same device's square matrix product in this dtype: what a kernel that only multiplied would reach.
     metrics["matmul_flops_per_s"] = measure.matmul_flops_per_s(device, dtype)

@@ -17,6 +17,7 @@ import logging
 import os
 import statistics
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -26,7 +27,8 @@ from harness import data as data_sources
 from harness import families, flops, measure, quantize, records
 from harness.config import CONF_DIR, attention_options, gpt_config
 from harness.parallel import local
-from harness.tasks import Unsupported
+from harness.precision import cast_weights
+from harness.errors import Unsupported
 from harness.tasks.train import evaluate
 from models import attention as attention_registry
 from models.encdec import EncDecCache, EncoderDecoder
@@ -42,7 +44,7 @@ def weights_copy(model: torch.nn.Module, name: str) -> torch.nn.Module:
     if name == "fp32":
         return model
     if name == "bf16":
-        return copy.deepcopy(model).to(torch.bfloat16)
+        return cast_weights(copy.deepcopy(model), torch.bfloat16)
     quantized, _ = quantize.quantized_copy(model, name)
     return quantized
 
@@ -65,9 +67,19 @@ def encdec_prompt(model: EncoderDecoder, text_bn: torch.Tensor) -> torch.Tensor:
     return torch.cat([text_bn[:, :-1], torch.full_like(text_bn[:, :1], model.first_sentinel)], dim=1)
 
 
+@dataclass
+class Generation:
+    tokens: torch.Tensor               # (batch, new_tokens), greedy
+    prefill_s: float
+    decode_s: float
+    cache: object = None               # the KV cache it filled, when asked to keep it
+    logits: torch.Tensor | None = None  # (batch, new_tokens, vocab): what each new token was chosen from, when asked
+
+
 @torch.no_grad()
-def generate(model: torch.nn.Module, prompt: torch.Tensor, new_tokens: int, *, cache: bool) -> tuple[torch.Tensor, float, float]:
-    """Greedy decoding: (the new tokens, prefill seconds, decode seconds)."""
+def generate(model: torch.nn.Module, prompt: torch.Tensor, new_tokens: int, *, cache: bool, keep_cache: bool = False,
+             keep_logits: bool = False) -> Generation:
+    """Greedy decoding of new_tokens after the prompt, with a KV cache or recomputing the whole sequence per token."""
     device = prompt.device
     kv = new_cache(model, prompt.shape[0], prompt.shape[1], new_tokens, compute_dtype(model), device) if cache else None
     start = measure.timer(device)
@@ -78,21 +90,43 @@ def generate(model: torch.nn.Module, prompt: torch.Tensor, new_tokens: int, *, c
     else:
         sequence = prompt
         step = functools.partial(model, cache=kv)
-    logits = step(sequence)
-    token = logits[:, -1].argmax(-1, keepdim=True)
+    logits = step(sequence)[:, -1]
+    token = logits.argmax(-1, keepdim=True)
     prefill = measure.timer(device) - start
-    tokens = [token]
+    tokens, chosen_from = [token], [logits] if keep_logits else None
     start = measure.timer(device)
     for _ in range(new_tokens - 1):
         if cache:
-            logits = step(token)
+            logits = step(token)[:, -1]
         else:
             sequence = torch.cat([sequence, token], dim=1)
-            logits = step(sequence)
-        token = logits[:, -1].argmax(-1, keepdim=True)
+            logits = step(sequence)[:, -1]
+        token = logits.argmax(-1, keepdim=True)
         tokens.append(token)
+        if keep_logits:
+            chosen_from.append(logits)
     decode = measure.timer(device) - start
-    return torch.cat(tokens, dim=1), prefill, decode
+    return Generation(torch.cat(tokens, dim=1), prefill, decode, kv if keep_cache else None,
+                      torch.stack(chosen_from, dim=1) if keep_logits else None)
+
+
+# How far a cached step's logits may sit from the full forward's, relative to the largest logit: the rounding of the
+# compute dtype (the two paths sum the same products in another order), nothing more.
+CACHE_TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 2e-3}
+
+
+@torch.no_grad()
+def cached_logits_error(model: torch.nn.Module, prompt: torch.Tensor, new_tokens: int) -> float:
+    """The cached decode against one full forward over the same tokens (the prompt and what was generated):
+    the largest |difference| of the logits each new token was chosen from, over the largest |logit|."""
+    generation = generate(model, prompt, new_tokens, cache=True, keep_logits=True)
+    written = generation.tokens[:, :-1]
+    if isinstance(model, EncoderDecoder):
+        start = torch.full_like(prompt[:, :1], model.start_token)
+        full = model.decode(torch.cat([start, written], dim=1), model.encode(prompt))
+    else:
+        full = model(torch.cat([prompt, written], dim=1))[:, prompt.shape[1] - 1:]
+    return float((generation.logits - full).abs().max() / full.abs().max())
 
 
 def trained_weights(cfg: DictConfig) -> Path:
@@ -114,10 +148,15 @@ def trained_weights(cfg: DictConfig) -> Path:
     return directory / records.MODEL_NAME
 
 
-def allocated_cache_bytes(model: torch.nn.Module, batch: int, context: int, new_tokens: int, dtype: torch.dtype,
-                          device: torch.device) -> int:
-    """Bytes the allocator hands out for the cache (CUDA allocator, or the profiler's memory timeline on a CPU)."""
-    return measure.peak_tensor_bytes(lambda: new_cache(model, batch, context, new_tokens, dtype, device), device)
+def generation_memory(model: torch.nn.Module, prompt: torch.Tensor, new_tokens: int) -> measure.TensorBytes:
+    """What the allocator holds for one whole cached generation (CUDA allocator statistics, or the CPU profiler's
+    record of every allocation): its peak beyond what was allocated before, and what is still allocated at its end
+    with the cache kept alive, which is the cache as allocated, plus anything the generation leaked."""
+    kept = []
+    held = measure.tensor_bytes(lambda: kept.append(generate(model, prompt, new_tokens, cache=True, keep_cache=True).cache),
+                                prompt.device)
+    kept.clear()
+    return held
 
 
 def run(cfg: DictConfig) -> dict:
@@ -161,16 +200,15 @@ def run(cfg: DictConfig) -> dict:
         return evaluate(local(m, device), val_windows, batch_size=8, examples=examples)
 
     def timed(m: torch.nn.Module, cache: bool) -> dict:
-        generate(m, prompt[:, : min(context, 16)], 2, cache=cache)  # warm-up: first-call allocations and dispatch
+        generate(m, prompt, new_tokens, cache=cache)  # warm-up at the measured shape: first-call allocations, dispatch
         runs = [generate(m, prompt, new_tokens, cache=cache) for _ in range(repeats)]
-        prefill = statistics.median(r[1] for r in runs)
-        decode = statistics.median(r[2] for r in runs)
+        prefill = statistics.median(r.prefill_s for r in runs)
+        decode = statistics.median(r.decode_s for r in runs)
         steps = max(1, new_tokens - 1) * batch
-        return {"tokens": runs[0][0], "prefill_s": prefill, "prefill_tokens_per_s": batch * context / prefill,
+        return {"tokens": runs[0].tokens, "prefill_s": prefill, "prefill_tokens_per_s": batch * context / prefill,
                 "decode_s": decode, "decode_tokens_per_s": steps / decode, "decode_ms_per_token": 1e3 * decode / max(1, new_tokens - 1)}
 
     main = weights_copy(model, t.weights)
-    measure.reset_peak_memory(device)
     with_cache = timed(main, cache=True)
     recompute = timed(main, cache=False) if t.recompute else None
     dtype = compute_dtype(main)
@@ -179,8 +217,11 @@ def run(cfg: DictConfig) -> dict:
              "bytes_per_element": element}
     weights_bytes = quantize.model_bytes(main)
     cache_formula = flops.kv_cache_bytes(context=context + new_tokens, **shape)  # encdec: cross + self positions
-    # Everything a cached generation allocates beyond the weights: the cache plus the prompt's activations.
-    generation_peak = measure.peak_tensor_bytes(lambda: generate(main, prompt, new_tokens, cache=True), device)
+    logits_error = cached_logits_error(main, prompt, new_tokens)
+    # One whole cached generation under the allocator's eye; the device's peak counter covers exactly it.
+    measure.reset_peak_memory(device)
+    memory = generation_memory(main, prompt, new_tokens)
+    peak_memory = measure.peak_memory_bytes(device)
     reference_loss = loss_of(model)
     loss = reference_loss if main is model else loss_of(main)
     metrics = {
@@ -189,17 +230,20 @@ def run(cfg: DictConfig) -> dict:
         "decode_tokens_per_s_recompute": recompute["decode_tokens_per_s"] if recompute else None,
         "decode_ms_per_token_recompute": recompute["decode_ms_per_token"] if recompute else None,
         "cache_speedup": with_cache["decode_tokens_per_s"] / recompute["decode_tokens_per_s"] if recompute else None,
-        "cache_matches_recompute": bool(torch.equal(with_cache["tokens"], recompute["tokens"])) if recompute else None,
-        "kv_cache_bytes": allocated_cache_bytes(main, batch, context, new_tokens, dtype, device),
-        "generation_peak_bytes": generation_peak,
+        "cache_logits_error": logits_error,
+        "cache_logits_tolerance": CACHE_TOLERANCE[dtype],
+        "cache_matches_recompute": logits_error <= CACHE_TOLERANCE[dtype],
+        "same_tokens_as_recompute": bool(torch.equal(with_cache["tokens"], recompute["tokens"])) if recompute else None,
+        "kv_cache_bytes": memory.held,
+        "generation_peak_bytes": memory.peak,
         "kv_cache_bytes_formula": cache_formula,
         "weights_bytes": weights_bytes,
         "cache_exceeds_weights_at_context": flops.context_where_cache_exceeds(weights_bytes, **shape),
         "val_loss": loss, "val_loss_change": loss - reference_loss,
-        "peak_memory_bytes": measure.peak_memory_bytes(device),
+        "peak_memory_bytes": peak_memory,
         "wall_time_s": 0.0,
     }
-    reference_tokens = with_cache["tokens"] if main is model else generate(model, prompt, new_tokens, cache=True)[0]
+    reference_tokens = with_cache["tokens"] if main is model else generate(model, prompt, new_tokens, cache=True).tokens
     compared = {}
     for name in t.compare_weights or []:
         other = weights_copy(model, name)

@@ -19,9 +19,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from harness import data as data_sources
 from harness import distributed, families, flops, measure, parallel, precision, quantize
-from harness.config import attention_options, check_data_fits, gpt_config
+from harness.config import attention_options, check_data_fits, gpt_config, requested_tokens
 from harness.progress import Progress
-from harness.tasks import Diverged, Unsupported
+from harness.errors import Diverged, Unsupported
 from models import attention as attention_registry
 from models.gpt import IGNORE
 from models.positions import TABLE_KINDS
@@ -50,7 +50,8 @@ def make_optimizer(model: torch.nn.Module, t: DictConfig, zero: bool = False) ->
 
 def train_step(layout: parallel.Layout, x: torch.Tensor, y: torch.Tensor, grad_clip: float,
                cast=contextlib.nullcontext, scaler: torch.amp.GradScaler | None = None, *, measure_params: bool = False):
-    """One optimizer step on the global batch (x, y); returns (mean loss, whether the gradient scaler skipped it)."""
+    """One optimizer step on the global batch (x, y); returns (mean loss, whether the gradient scaler skipped it),
+    both as device tensors (the skip None without a scaler): nothing here waits for the device."""
     optimizer = layout.optimizer
     optimizer.zero_grad(set_to_none=True)
     loss = parallel.forward_backward(layout, x, y, cast, scaler, measure_params=measure_params)
@@ -58,14 +59,14 @@ def train_step(layout: parallel.Layout, x: torch.Tensor, y: torch.Tensor, grad_c
         if grad_clip > 0:
             parallel.clip_grad_norm(layout, grad_clip)
         optimizer.step()
-        return loss, False
-    scale = scaler.get_scale()
+        return loss, None
+    scale = precision.scale_tensor(scaler).clone()
     scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
     if grad_clip > 0:
         parallel.clip_grad_norm(layout, grad_clip)
     scaler.step(optimizer)      # skipped when the gradients hold inf/NaN; update() then lowers the scale
     scaler.update()
-    return loss, scaler.get_scale() < scale
+    return loss, precision.scale_tensor(scaler) < scale
 
 
 @torch.no_grad()
@@ -140,7 +141,7 @@ def train(cfg: DictConfig) -> dict:
     model_cfg = gpt_config(cfg, dataset.vocab_size)
     family = cfg.model.get("family", "gpt")
     per_token = families.flops_per_token(family, model_cfg)
-    tokens_requested = float(cfg.compute) / per_token.causal if cfg.compute is not None else float(cfg.data.tokens)
+    tokens_requested = requested_tokens(cfg, per_token.causal)
     check_data_fits(cfg, len(dataset.train), len(dataset.val), tokens_requested)
 
     t = cfg.task
@@ -165,43 +166,62 @@ def train(cfg: DictConfig) -> dict:
                             microbatches=int(p.get("microbatches", 1)), cast=cast)
     del model  # a pipeline stage keeps only its own blocks
     scaler = precision.grad_scaler(mode.name, device, float(cfg.precision.get("init_scale", 2.0**16)))
-    skipped_steps = 0
+    skipped_steps = torch.zeros((), dtype=torch.int64, device=device)
     batches = data_sources.Batches(dataset.train, seq_len, batch_size, seed=int(cfg.seed))
     val_windows = data_sources.validation_windows(dataset.val, seq_len, int(t.eval_tokens))
+
+    def next_examples():
+        """The next batch as the family's (inputs, targets), made on the host (masking, span corruption) outside the
+        timed step; pinned on a GPU so the step's copy is asynchronous."""
+        x, y = examples(torch.from_numpy(batches.next()))
+        return (x.pin_memory(), y.pin_memory()) if device.type == "cuda" else (x, y)
 
     measure.reset_peak_memory(device)
     is_rank0 = layout.rank == 0
     progress = Progress(total_steps * tokens_per_step, cfg.progress if is_rank0 else "off")
-    step_times: list[float] = []
-    train_seconds = 0.0
+    clock = measure.StepClock(device)
+    check_every = int(t.check_every)
     curve: list[dict] = []
+    pending: list[torch.Tensor] = []   # the losses of steps not read back to the host yet
     interval_losses: list[float] = []
+    batch = next_examples()
     try:
         for step in range(total_steps):
             lr = lr_at(step, total_steps, float(t.lr), warmup_steps, float(t.min_lr_ratio))
             for group in layout.optimizer.param_groups:
                 group["lr"] = lr
-            start = measure.timer(device)
-            # The family's examples are made from the batch on the host (masking, span corruption), then moved.
-            x, y = (part.to(device, non_blocking=True) for part in examples(torch.from_numpy(batches.next())))
+            clock.start()
+            x, y = (part.to(device, non_blocking=True) for part in batch)
             # Mid-step parameter bytes are read on the first step, which step-time statistics leave out.
             loss, skipped = train_step(layout, x, y, grad_clip, cast, scaler, measure_params=step == 0)
-            loss = loss.item()
-            skipped_steps += skipped
-            step_times.append(measure.timer(device) - start)
-            train_seconds += step_times[-1]
-            if not math.isfinite(loss):
-                raise Diverged(f"training loss became {loss} at step {step + 1} of {total_steps} (lr {lr:.3g})")
-            interval_losses.append(loss)
-            if step + 1 in eval_steps:
+            clock.stop()
+            if step + 1 < total_steps:
+                batch = next_examples()  # on a GPU the host makes it while the device still runs the step
+            pending.append(loss.detach())
+            if skipped is not None:
+                skipped_steps += skipped
+            evaluating = step + 1 in eval_steps
+            if evaluating or (step + 1) % check_every == 0 or step + 1 == total_steps:
+                # One read of the losses every check_every steps: the only host sync of the steps between evaluations.
+                losses = torch.stack(pending).float().tolist()
+                bad = next((i for i, value in enumerate(losses) if not math.isfinite(value)), None)
+                if bad is not None:
+                    at = step + 1 - len(losses) + bad
+                    at_lr = lr_at(at, total_steps, float(t.lr), warmup_steps, float(t.min_lr_ratio))
+                    raise Diverged(f"training loss became {losses[bad]} at step {at + 1} of {total_steps} (lr {at_lr:.3g})")
+                interval_losses += losses
+                progress.update(tokens_per_step * len(losses), losses[-1], tokens_per_step * clock.steps / clock.total_seconds())
+                pending = []
+            if evaluating:
                 tokens_done = (step + 1) * tokens_per_step
                 curve.append({"step": step + 1, "tokens": tokens_done, "flops": tokens_done * per_token.causal,
                               "train_loss": statistics.fmean(interval_losses),
                               "val_loss": evaluate(layout, val_windows, batch_size, cast, examples), "lr": lr})
                 interval_losses = []
-            progress.update(tokens_per_step, loss, tokens_per_step * (step + 1) / train_seconds)
     finally:
         progress.close()
+    step_times = clock.seconds()
+    skipped_steps = int(skipped_steps)
 
     timed = step_times[int(t.timing_warmup_steps):] or step_times
     tokens = total_steps * tokens_per_step
@@ -214,7 +234,8 @@ def train(cfg: DictConfig) -> dict:
     step_time_total = max(sum(r["step_times_s"]) for r in per_rank)
     tokens_per_s = tokens_per_step * len(timed) / step_time_total
     quantiles = np.quantile(timed, [0.1, 0.5, 0.9])
-    peak = flops.peak_flops(measure.device_name(device), mode.compute)
+    device_name = measure.device_name(device)
+    peak = flops.peak_flops(device_name, mode.mfu_peak) if mode.mfu_peak else None
     val_loss = curve[-1]["val_loss"]
     metrics = {
         "val_loss": val_loss,
@@ -236,6 +257,10 @@ def train(cfg: DictConfig) -> dict:
         # MFU over every rank's peak: world_size devices did the work
         "mfu": tokens_per_s * per_token.causal / (peak * len(per_rank)) if peak else None,
         "mfu_flops": "causal",
+        "mfu_peak_flops": peak,                       # per device, dense, from harness.flops.PEAK_FLOPS
+        "mfu_peak": (f"{flops.device_product(device_name)} {mode.mfu_peak}" if peak else
+                     "none: fp8 mixes fp8 and bf16 matmuls" if mode.mfu_peak is None else
+                     f"none: no data-sheet peak for {device_name!r} in {mode.mfu_peak}"),
     }
     for r in per_rank:
         del r["step_times_s"]

@@ -3,6 +3,8 @@
 Every variant is a callable ``attn(q, k, v) -> out`` over tensors shaped
 ``(batch, heads, seq, head_dim)``. ``get_attention`` builds one by name,
 ``available`` says whether it can run on a device and dtype, and why not.
+``get_decoder`` builds the form a cached decoding step uses (the newest queries against the cached keys their
+causal mask lets them see); a variant without an exact one says why in ``NO_CACHED_DECODING``.
 """
 from __future__ import annotations
 
@@ -46,6 +48,26 @@ def get_attention(name: str, *, causal: bool, **options) -> Attention:
     try:
         return _variant(name).build(causal=causal, **options)
     except TypeError as error:  # an option the variant does not take
+        raise ValueError(f"attention {name!r}: {error}") from None
+
+
+def cached_decoding_refused(name: str) -> str | None:
+    """Why this variant cannot decode from a KV cache exactly (None: it can)."""
+    return getattr(_variant(name), "NO_CACHED_DECODING", None)
+
+
+def get_decoder(name: str, **options) -> Attention:
+    """attn(q, k, v) for a decoding step: q holds the newest positions, k and v every cached position before and
+    including them. A variant whose mask is more than causal (a sliding window) builds its own; for the rest
+    every cached key is visible, the non-causal form."""
+    refused = cached_decoding_refused(name)
+    if refused:
+        raise ValueError(f"attention {name!r}: {refused}")
+    module = _variant(name)
+    build = getattr(module, "build_decoder", None)
+    try:
+        return build(**options) if build else module.build(causal=False, **options)
+    except TypeError as error:
         raise ValueError(f"attention {name!r}: {error}") from None
 
 

@@ -116,6 +116,25 @@ def _xformers(causal: bool, window: int):
     return attn
 
 
+def build_decoder(window: int = 512, global_tokens: int = 0, impl: str = "blocked", block: int = 128):
+    """A cached decoding step (causal): the one new query at position i = t - 1 of the t cached keys sees the causal
+    window's keys (i - window, i] and the global ones [0, global_tokens), exactly the mask of masks.allowed, for
+    every impl; a query inside the global part sees every earlier key. Gathers those keys, so a step costs
+    O(window + globals), not O(t)."""
+    _check(window, global_tokens, impl, block)
+
+    def attn(q, k, v):
+        if q.shape[-2] != 1:
+            raise ValueError("longformer decoding takes one new query at a time")
+        t = k.shape[-2]
+        first_local = max(global_tokens, t - window)  # [0, globals) + [first_local, t): contiguous when they meet
+        keys = torch.cat([k[:, :, :global_tokens], k[:, :, first_local:]], dim=2)
+        values = torch.cat([v[:, :, :global_tokens], v[:, :, first_local:]], dim=2)
+        return F.scaled_dot_product_attention(q, keys, values)
+
+    return attn
+
+
 def _check(window: int, global_tokens: int, impl: str, block: int) -> None:
     if impl not in IMPLS:
         raise ValueError(f"unknown longformer impl {impl!r}; known: {', '.join(IMPLS)}")

@@ -126,6 +126,11 @@ def causal_linear_attention(q, k, v, projection_md, eps: float, chunk: int):
     return torch.cat(outputs, dim=-2)
 
 
+# The keys' stabiliser is their maximum over the whole sequence, and eps is added after it: row i's output depends
+# on keys after i (slightly), so a decoder that sees only the keys so far cannot reproduce the full forward.
+NO_CACHED_DECODING = ("FAVOR+'s key stabiliser spans the whole sequence, so decoding from a KV cache cannot give the "
+                      "full forward's outputs; use dense, sdpa, xformers, flash_attn or longformer")
+
 # Rows per block when not given: measured best on 2 CPU cores at n = 4096 with 256 features (causal, non-causal).
 DEFAULT_CHUNK = {True: 256, False: 512}
 

@@ -5,7 +5,7 @@ PyTorch's fused CPU kernel; ``efficient`` and ``cudnn`` exist only on CUDA.
 """
 from __future__ import annotations
 
-import contextlib
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -31,9 +31,21 @@ def build(causal: bool, backend: str = "auto"):
     pinned = BACKENDS[backend]
 
     def attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        context = sdpa_kernel(pinned) if pinned is not None else contextlib.nullcontext()
-        with context:
+        if pinned is None:
             return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+        # A pinned backend that cannot take these inputs says why in warnings, then fails with "No available kernel":
+        # raise that as NotImplementedError with its reason (a run records it as unsupported, not failed).
+        with warnings.catch_warnings(record=True) as said, sdpa_kernel(pinned):
+            warnings.simplefilter("always")
+            try:
+                return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+            except RuntimeError as error:
+                if "No available kernel" not in str(error):
+                    raise
+                reasons = [str(w.message).split(" (Triggered internally")[0] for w in said]
+                reason = next((r for r in reasons if not r.endswith("not used because:")), "no reason given")
+                raise NotImplementedError(f"sdpa backend {backend!r} cannot run these inputs ({tuple(q.shape)}, "
+                                          f"{str(q.dtype).removeprefix('torch.')}): {reason}") from None
 
     return attn
 

@@ -1,0 +1,201 @@
+"""Every config check, table-driven: the overrides that trip it and the one line it says (which names the key, its
+value and what would be valid). In-process through Hydra's compose: tests/test_cli.py runs a few through the CLI."""
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+
+from harness import data
+from harness.config import CONF_DIR, check_data, check_group_overrides, validate
+from harness.errors import ConfigError
+
+CHECKS = [
+    (['task.name=fly'],
+     "task.name='fly'; known: train, attention, inference"),
+    (['model.family=mamba'],
+     "model.family='mamba'; known: gpt, encoder, encdec"),
+    (['model.params=-1'],
+     'model.params=-1 must be a positive number'),
+    (['model.params=1e6', 'model.aspect_ratio=0'],
+     'model.aspect_ratio=0 must be a positive number'),
+    (['model.params=1e6', 'model.head_dim=2.5'],
+     'model.head_dim=2.5 must be a positive integer'),
+    (['model.params=10'],
+     'model.params=10: no shape with head_dim=32 has a non-embedding parameter count within 10%; try a larger target or a smaller model.head_dim'),
+    (['model.n_layer=0'],
+     'model.n_layer=0 must be a positive integer'),
+    (['model.d_model=-32'],
+     'model.d_model=-32 must be a positive integer'),
+    (['model.n_head=null', 'model.head_dim=0'],
+     'model.head_dim=0 must be a positive integer'),
+    (['model.n_head=null', 'model.head_dim=12'],
+     'model.head_dim=12 does not divide model.d_model=128'),
+    (['model.n_head=0'],
+     'model.n_head=0 must be a positive integer'),
+    (['model.n_head=3'],
+     'model.n_head=3 does not divide model.d_model=128'),
+    (['model.positions=rope', 'model.d_model=96', 'model.n_head=32'],
+     'model.positions=rope needs an even head size, got d_model/n_head=3'),
+    (['model.seq_len=0'],
+     'model.seq_len=0 must be a positive integer'),
+    (['model.mlp_ratio=0'],
+     'model.mlp_ratio=0 must be a positive number'),
+    (['model.dropout=1.0'],
+     'model.dropout=1.0 must be in [0, 1)'),
+    (['model.positions=absolute'],
+     "model.positions='absolute'; known: learned, sinusoidal, rope, alibi"),
+    (['model.positions=alibi', 'attention=performer'],
+     'model.positions=alibi biases the full score matrix: it needs attention=sdpa or dense, got attention=performer'),
+    (['model=encdec', 'attention=performer'],
+     'model.family=encdec cross-attends queries to a different number of keys: it needs attention=sdpa or dense, got attention=performer'),
+    (['model=encdec', 'parallel=pp'],
+     'model.family=encdec has two stacks the decoder reads across; parallel=pp splits one stack into stages: use single, ddp, zero1, fsdp_zero2, fsdp_zero3, tp or fsdp_tp'),
+    (['model=encdec', 'task.eval_lengths=[1,2]'],
+     'task.eval_lengths needs a family that reads windows of any length (gpt, encoder)'),
+    (['model.positions=alibi', 'parallel=tp'],
+     'model.positions=alibi is not supported with parallel=tp'),
+    (['precision.name=fp7'],
+     "precision.name='fp7'; known: fp32, tf32, bf16, fp16, bf16_pure, fp8"),
+    (['compute=0'],
+     'compute=0 must be a positive number'),
+    (['data.tokens=-5'],
+     'data.tokens=-5 must be a positive number'),
+    (['task.eval_lengths=[1,-2]'],
+     'task.eval_lengths=-2 must be a positive number'),
+    (['task.eval_quantized=[int3]'],
+     "task.eval_quantized: unknown quantization 'int3'; known: int8, nf4"),
+    (['task.batch_size=0'],
+     'task.batch_size=0 must be a positive integer'),
+    (['task.lr=0'],
+     'task.lr=0 must be a positive number'),
+    (['task.eval_points=0'],
+     'task.eval_points=0 must be a positive integer'),
+    (['task.eval_tokens=0'],
+     'task.eval_tokens=0 must be a positive integer'),
+    (['task.check_every=0'],
+     'task.check_every=0 must be a positive integer'),
+    (['task.warmup_fraction=1.0'],
+     'task.warmup_fraction=1.0 must be in [0, 1)'),
+    (['study.name=nope'],
+     "study.name='nope' has no module studies/nope.py"),
+    (['parallel.name=ring'],
+     "parallel.name='ring'; known: single, ddp, zero1, fsdp_zero2, fsdp_zero3, tp, pp, fsdp_tp"),
+    (['parallel=ddp', 'parallel.world_size=0'],
+     'parallel.world_size=0 must be a positive integer'),
+    (['parallel=ddp', 'parallel.backend=mpi'],
+     "parallel.backend='mpi'; known: auto, gloo, nccl"),
+    (['parallel=fsdp_tp', 'parallel.tp_degree=0'],
+     'parallel.tp_degree=0 must be a positive integer'),
+    (['parallel=ddp', 'task.save_model=true'],
+     'task.save_model needs parallel=single, got parallel=ddp'),
+    (['parallel=ddp', 'task.eval_quantized=[int8]'],
+     'task.eval_quantized needs parallel=single, got parallel=ddp'),
+    (['parallel=pp', 'parallel.world_size=3', 'model.n_layer=2'],
+     'parallel=pp: 3 pipeline stages (world_size) is more than model.n_layer=2'),
+    (['parallel=pp', 'parallel.microbatches=3', 'task.batch_size=8'],
+     'parallel.microbatches=3 does not divide task.batch_size=8'),
+    (['parallel=ddp', 'task.batch_size=7'], 'task.batch_size=7 does not split evenly over 2 data-parallel ranks'),
+    (['parallel=single', 'parallel.world_size=2'], 'parallel=single runs one rank, got parallel.world_size=2'),
+    (['parallel=fsdp_tp', 'parallel.tp_degree=4', 'parallel.world_size=2'],
+     'parallel.tp_degree=4 does not divide parallel.world_size=2'),
+    (['parallel=pp', 'parallel.schedule=zb'], "parallel.schedule='zb'; known: gpipe, 1f1b"),
+    (['parallel=tp', 'parallel.world_size=3', 'model.n_head=4'],
+     'parallel=tp: tensor-parallel degree 3 does not divide model.n_head=4'),
+    (['attention.name=flashy'],
+     "attention.name='flashy'; known: dense, flash_attn, longformer, performer, sdpa, xformers"),
+    (['attention=longformer', 'attention.impl=fast'],
+     "attention=longformer: unknown longformer impl 'fast'; known: blocked, flex, xformers"),
+    (['task=inference', 'model=encoder'],
+     'task=inference decodes left to right with a KV cache; model.family=encoder is not a decoder'),
+    (['task=inference', 'parallel=ddp'],
+     'task=inference runs on one device, got parallel=ddp'),
+    (['task=inference', 'attention=performer'],
+     "task=inference with attention=performer: FAVOR+'s key stabiliser spans the whole sequence, so decoding from a KV cache cannot give the full forward's outputs; use dense, sdpa, xformers, flash_attn or longformer"),
+    (['task=inference', 'task.context=0'],
+     'task.context=0 must be a positive integer'),
+    (['task=inference', 'task.repeats=3'],
+     'task.repeats=3: a median needs at least 5 timed repeats'),
+    (['task=inference', 'task.weights=int4'],
+     "task.weights='int4'; known: fp32, bf16, int8, nf4"),
+    (['task=inference', 'model=encdec', 'model.seq_len=64', 'task.context=100'],
+     'task.context=100 and task.new_tokens=32 must fit the learned tables of model.seq_len=64: 57 encoder and 13 decoder positions; raise model.seq_len or use positions=rope|sinusoidal|alibi'),
+    (['task=inference', 'task.context=250', 'task.new_tokens=8'],
+     'task.context=250 + task.new_tokens=8 exceeds the learned position table of model.seq_len=256; raise model.seq_len or use positions=rope|sinusoidal|alibi'),
+    (['task=inference', 'task.checkpoint=missing.pt'],
+     "task.checkpoint='missing.pt' is not a file"),
+    (['task=attention', 'task.seq_len=0'],
+     'task.seq_len=0 must be a positive integer'),
+    (['task=attention', 'task.max_memory_gb=0'],
+     'task.max_memory_gb=0 must be a positive number'),
+    (['task=attention', 'task.mode=bwd'],
+     "task.mode='bwd'; known: fwd, fwd_bwd"),
+    (['task=attention', 'task.dtype=fp8'],
+     "task.dtype='fp8'; known: fp32, bf16, fp16"),
+]
+
+
+def config(overrides):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+        return compose("config", overrides=list(overrides))
+
+
+@pytest.mark.parametrize("overrides,message", CHECKS, ids=[" ".join(o) for o, _ in CHECKS])
+def test_each_config_check_says_what_is_wrong_in_one_line(overrides, message):
+    with pytest.raises(ConfigError) as raised:
+        validate(config(overrides))
+    assert str(raised.value) == message
+
+
+MARKOV = ["data=markov", "data.train_tokens=2e4", "data.val_tokens=1000", "model.seq_len=32", "task.batch_size=8"]
+DATA_CHECKS = [
+    (["model.seq_len=4096"], "model.seq_len=4096 is longer than the validation split of data=markov (1000 tokens)"),
+    (["data.train_tokens=2000", "model.seq_len=2048", "data.val_tokens=4000"],
+     "model.seq_len=2048 is longer than the train split of data=markov (2000 tokens)"),
+    (["data.tokens=100"], "data.tokens: 100 training tokens is less than one batch (task.batch_size=8 x model.seq_len=32 = 256)"),
+    (["compute=1e6"], "compute: 0.2069 training tokens is less than one batch (task.batch_size=8 x model.seq_len=32 = 256)"),
+]
+
+
+@pytest.mark.parametrize("overrides,message", DATA_CHECKS, ids=[" ".join(o) for o, _ in DATA_CHECKS])
+def test_the_checks_that_need_the_data_say_what_is_wrong_in_one_line(overrides, message):
+    cfg = config([*MARKOV, *overrides])
+    validate(cfg)  # the config alone is fine
+    with pytest.raises(ConfigError) as raised:
+        check_data(cfg, data.load(cfg.data))
+    assert str(raised.value) == message
+
+
+SOURCES = [
+    (["data=text", "data.paths=[]"], "data.paths is empty: give text files or globs, e.g. data.paths='[notes/*.txt]'"),
+    (["data=text", "data.paths=[nowhere/*.txt]"], "data.paths: no file matches 'nowhere/*.txt'"),
+    (["data=tokens", "data.train_path=missing.bin", "data.vocab_size=50"], "data.train_path='missing.bin': no such token file"),
+    (["data=tokens", "data.dtype=int8", "data.vocab_size=50"], "data.dtype='int8'; known: uint16, uint32"),
+    (["data=tokens", "data.train_path=TRAIN"], "data.vocab_size=None: token files need a positive vocab size"),
+    (["data=tokens", "data.train_path=TRAIN", "data.vocab_size=50"], "data.vocab_size=50 but the train tokens hold id 94"),
+    (["data=markov", "data.vocab_size=1"], "data.vocab_size=1, data.order=2: need vocab >= 2, order >= 1, vocab^order <= 2^20"),
+    (["data.name=web"], "data.name='web'; known: stdlib, text, tokens, markov"),
+]
+
+
+@pytest.mark.parametrize("overrides,message", SOURCES, ids=[" ".join(o) for o, _ in SOURCES])
+def test_each_data_source_check_says_what_is_wrong_in_one_line(tmp_path, overrides, message):
+    train = tmp_path / "train.bin"
+    np.arange(100, dtype=np.uint16).tofile(train)
+    cfg = config([o.replace("TRAIN", str(train)) for o in overrides])
+    with pytest.raises(ConfigError) as raised:
+        data.load(cfg.data)
+    assert str(raised.value) == message
+
+
+@pytest.mark.parametrize("arg,message", [
+    ("attention=flashy", "attention='flashy' is not a known attention; choose from: dense, flash_attn, longformer, "
+                         "performer, sdpa, sdpa_cudnn, sdpa_efficient, sdpa_flash, sdpa_math, xformers"),
+    ("model=mamba", "model='mamba' is not a known model; choose from: encdec, encoder, gpt"),
+    ("parallel=ring", "parallel='ring' is not a known parallel; choose from: ddp, fsdp_tp, fsdp_zero2, fsdp_zero3, pp, "
+                      "single, tp, zero1"),
+    ("data=web", "data='web' is not a known data; choose from: markov, stdlib, text, tokens"),
+    ("precision=fp32,fp7", "precision='fp7' is not a known precision; choose from: bf16, bf16_pure, fp16, fp32, fp8, tf32"),
+])
+def test_an_unknown_group_option_is_one_line(arg, message):
+    with pytest.raises(ConfigError) as raised:
+        check_group_overrides([arg])
+    assert str(raised.value) == message
