@@ -10,6 +10,7 @@ import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.collections import PathCollection, PolyCollection, QuadMesh  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
@@ -43,12 +44,13 @@ def drawn_data(fig) -> list[list[dict]]:
             offsets = np.asarray(collection.get_offsets(), dtype=float).reshape(-1, 2)
             vertices = [np.asarray(path.vertices, dtype=float) for path in collection.get_paths()]
             values = collection.get_array()
-            if type(collection).__name__ == "PathCollection":  # scatter: every marker shares one path
+            if isinstance(collection, PathCollection):  # scatter: every marker shares one path
                 artists.append(("scatter", offsets))
-            elif values is not None and type(collection).__name__ == "QuadMesh":
+            elif values is not None and isinstance(collection, QuadMesh):
                 artists.append(("mesh", np.asarray(values, dtype=float).reshape(-1, 1)))
-            elif vertices:
-                artists.append((type(collection).__name__, np.concatenate(vertices).reshape(-1, 2)))
+            elif vertices:  # named by base class: matplotlib 3.10 made fill_between's a PolyCollection subclass
+                kind = "polygons" if isinstance(collection, PolyCollection) else type(collection).__name__
+                artists.append((kind, np.concatenate(vertices).reshape(-1, 2)))
         rectangles = [p for p in ax.patches if type(p).__name__ == "Rectangle"]
         if rectangles:
             artists.append(("bars", np.array([[r.get_x(), r.get_y(), r.get_width(), r.get_height()] for r in rectangles])))

@@ -26,6 +26,11 @@ RUN_COLUMNS = {
 }
 
 
+def text(value, missing: str = "") -> str:
+    """A record's text field as a table cell: `missing` where the record has none (None, or NaN from older pandas)."""
+    return missing if value is None or (isinstance(value, float) and value != value) else value
+
+
 def runs_table(df: pd.DataFrame) -> pd.DataFrame:
     """The columns a reader wants first, renamed short; one row per run."""
     present = {k: v for k, v in RUN_COLUMNS.items() if k in df.columns}

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from harness import plots
-from harness.report import in_order, markdown_table
+from harness.report import in_order, markdown_table, text
 
 ORDER = ("learned", "sinusoidal", "rope", "alibi")
 
@@ -24,7 +24,7 @@ def losses(df: pd.DataFrame) -> pd.DataFrame:
             key = f"length_extrapolation.x{float(multiple):g}"
             rows.append({"positions": run["model.positions"], "multiple": float(multiple),
                          "eval_len": int(run[f"{key}.seq_len"]), "train_len": train_len,
-                         "val_loss": run.get(f"{key}.val_loss"), "note": run.get(f"{key}.unsupported") or ""})
+                         "val_loss": run.get(f"{key}.val_loss"), "note": text(run.get(f"{key}.unsupported"))})
     return in_order(pd.DataFrame(rows).sort_values("multiple", kind="stable"), "positions", ORDER)
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from harness import plots
-from harness.report import markdown_table, per_run, versus
+from harness.report import markdown_table, per_run, text, versus
 
 REFERENCE = "fp32"
 ORDER = ("fp32", "tf32", "bf16", "fp16", "bf16_pure", "fp8")
@@ -27,12 +27,12 @@ def modes(df: pd.DataFrame) -> pd.DataFrame:
     """One row per precision mode: what was in effect, its speed and memory, and its loss against fp32's."""
     def fields(run: pd.Series) -> dict:
         return {"param_dtype": run["precision_info.param_dtype"],
-                "autocast": run["precision_info.autocast_dtype"] or "-",
+                "autocast": text(run["precision_info.autocast_dtype"], "-"),
                 "tokens_per_s": run["metrics.tokens_per_s"],
                 "model_state_mb": model_state_bytes(run["parallel_info.per_rank"][0]) / 1e6,
                 "peak_memory_mb": run["metrics.peak_memory_bytes"] / 1e6,
                 "val_loss": run["metrics.val_loss"], "skipped_steps": run["precision_info.skipped_steps"],
-                "note": run.get("precision_info.slow_here") or ""}
+                "note": text(run.get("precision_info.slow_here"))}
 
     table = per_run(df, "precision.name", "mode", ORDER, fields, error_column="note")
     if (table["status"] == "ok").any():

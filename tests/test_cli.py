@@ -123,8 +123,14 @@ def test_unsupported_device_is_a_record(tmp_path, tiny):
 def test_out_of_memory_is_a_record_and_the_sweep_goes_on(tmp_path, tiny):
     import resource
 
-    def cap_memory():  # 3 GB of address space: enough for torch, not for a d_model=16384 layer (3 GB of QKV alone)
-        resource.setrlimit(resource.RLIMIT_AS, (3 * 2**30, 3 * 2**30))
+    # What the harness maps on import (a CUDA build of torch maps several GB of libraries) plus 3 GB: enough for
+    # a small run, not for a d_model=16384 layer (3 GB of QKV alone).
+    probe = "import re, harness.cli; print(re.search(r'VmPeak:\\s+(\\d+) kB', open('/proc/self/status').read())[1])"
+    imported = int(subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout) * 1024
+    cap = imported + 3 * 2**30
+
+    def cap_memory():
+        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
 
     command = [sys.executable, "-m", "harness", "-m", *tiny, "model.d_model=16384,32", "hydra.sweep.dir=sweep"]
     result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=TIMEOUT_S, preexec_fn=cap_memory)
