@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from harness import distributed, families, parallel, precision, quantize
+from harness import distributed, families, parallel, precision, quantize, schedules
 from harness.errors import ConfigError
 
 from models import attention as attention_registry
@@ -127,9 +127,24 @@ def validate(cfg: DictConfig, machine: distributed.Machine | None = None) -> Non
     _positive(t.check_every, "task.check_every", integer=True)
     if not 0 <= t.warmup_fraction < 1:
         raise ConfigError(f"task.warmup_fraction={t.warmup_fraction} must be in [0, 1)")
+    _check_schedule(t)
     _check_parallel(cfg, machine)
     if cfg.study.name != "none" and importlib.util.find_spec(f"studies.{cfg.study.name}") is None:
         raise ConfigError(f"study.name={cfg.study.name!r} has no module studies/{cfg.study.name}.py")
+
+
+def _check_schedule(t: DictConfig) -> None:
+    if t.schedule not in schedules.SCHEDULES:
+        raise ConfigError(f"task.schedule={t.schedule!r}; known: {', '.join(schedules.SCHEDULES)}")
+    if not 0 <= t.min_lr_ratio <= 1:
+        raise ConfigError(f"task.min_lr_ratio={t.min_lr_ratio} must be in [0, 1]")
+    if t.schedule != "wsd":
+        return
+    if t.decay_shape not in schedules.DECAY_SHAPES:
+        raise ConfigError(f"task.decay_shape={t.decay_shape!r}; known: {', '.join(schedules.DECAY_SHAPES)}")
+    if not 0 < t.decay_fraction <= 1 - t.warmup_fraction:
+        raise ConfigError(f"task.decay_fraction={t.decay_fraction} must be in (0, 1 - task.warmup_fraction = "
+                          f"{1 - t.warmup_fraction:g}]: the decay follows the warm-up")
 
 
 def _check_parallel(cfg: DictConfig, machine: distributed.Machine | None) -> None:

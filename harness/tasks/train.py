@@ -1,4 +1,4 @@
-"""task=train: AdamW with warm-up and cosine decay over the whole token budget, evaluated along the way.
+"""task=train: AdamW under a learning-rate schedule (harness.schedules) over the whole token budget, evaluated along the way.
 
 Deterministic on CPU: the same config gives the same loss curve, bit for bit.
 """
@@ -18,20 +18,13 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from harness import data as data_sources
-from harness import distributed, families, flops, measure, parallel, precision, quantize
+from harness import distributed, families, flops, measure, parallel, precision, quantize, schedules
 from harness.config import attention_options, check_data_fits, gpt_config, requested_tokens
 from harness.progress import Progress
 from harness.errors import Diverged, Unsupported
 from models import attention as attention_registry
 from models.gpt import IGNORE
 from models.positions import TABLE_KINDS
-
-
-def lr_at(step: int, total_steps: int, peak: float, warmup_steps: int, min_ratio: float) -> float:
-    if step < warmup_steps:
-        return peak * (step + 1) / warmup_steps
-    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    return peak * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 def make_optimizer(model: torch.nn.Module, t: DictConfig, zero: bool = False) -> torch.optim.Optimizer:
@@ -148,7 +141,7 @@ def train(cfg: DictConfig) -> dict:
     seq_len, batch_size = model_cfg.seq_len, int(t.batch_size)
     tokens_per_step = batch_size * seq_len
     total_steps = max(1, round(tokens_requested / tokens_per_step))
-    warmup_steps = max(1, int(total_steps * float(t.warmup_fraction)))
+    schedule = schedules.from_task(t, total_steps)
     eval_steps = {max(1, round(total_steps * (i + 1) / int(t.eval_points))) for i in range(int(t.eval_points))}
     grad_clip = float(t.grad_clip)
 
@@ -187,7 +180,7 @@ def train(cfg: DictConfig) -> dict:
     batch = next_examples()
     try:
         for step in range(total_steps):
-            lr = lr_at(step, total_steps, float(t.lr), warmup_steps, float(t.min_lr_ratio))
+            lr = schedule.lr(step)
             for group in layout.optimizer.param_groups:
                 group["lr"] = lr
             clock.start()
@@ -207,8 +200,8 @@ def train(cfg: DictConfig) -> dict:
                 bad = next((i for i, value in enumerate(losses) if not math.isfinite(value)), None)
                 if bad is not None:
                     at = step + 1 - len(losses) + bad
-                    at_lr = lr_at(at, total_steps, float(t.lr), warmup_steps, float(t.min_lr_ratio))
-                    raise Diverged(f"training loss became {losses[bad]} at step {at + 1} of {total_steps} (lr {at_lr:.3g})")
+                    raise Diverged(f"training loss became {losses[bad]} at step {at + 1} of {total_steps} "
+                                   f"(lr {schedule.lr(at):.3g})")
                 interval_losses += losses
                 progress.update(tokens_per_step * len(losses), losses[-1], tokens_per_step * clock.steps / clock.total_seconds())
                 pending = []
@@ -297,7 +290,8 @@ def train(cfg: DictConfig) -> dict:
     }
     saved = {"model_state": {k: v.detach().cpu() for k, v in layout.model.state_dict().items()}} if t.get("save_model") else {}
     return {**saved, "metrics": metrics, "model_info": model_info, "data_info": data_info, "precision_info": precision_info,
-            "parallel_info": parallel_info, "quantized": quantized, "length_extrapolation": extrapolation, "curve": curve}
+            "parallel_info": parallel_info, "schedule_info": schedule.info(), "quantized": quantized,
+            "length_extrapolation": extrapolation, "curve": curve}
 
 
 def _rank_info(layout: parallel.Layout, mode, param_dtype: torch.dtype, timed: list[float], tokens_per_step: int,
