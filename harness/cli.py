@@ -15,7 +15,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from harness import distributed, measure, records
+from harness import checkpoint, distributed, measure, records
 from harness.config import CONF_DIR, check_group_overrides, validate
 from harness.errors import ConfigError, Diverged, Unsupported, first_line, is_out_of_memory
 
@@ -24,7 +24,8 @@ log = logging.getLogger("harness")
 
 def _task_runner(name: str):
     from harness.tasks import attention, inference, train
-    return {"train": train.run, "attention": attention.run, "inference": inference.run}[name]
+    return {"train": train.run, "attention": lambda cfg, _: attention.run(cfg),
+            "inference": lambda cfg, _: inference.run(cfg)}[name]
 
 
 def run_job(cfg: DictConfig) -> dict | None:
@@ -51,7 +52,7 @@ def run_point(cfg: DictConfig, out_dir: Path, sweep_dir: Path | None = None) -> 
     try:
         validate(cfg)
         with measure.job_state(int(cfg.seed)):
-            record.update(_task_runner(cfg.task.name)(cfg))
+            record.update(_task_runner(cfg.task.name)(cfg, out_dir))
     except ConfigError as error:
         if not multirun:
             print(f"error: {error}", file=sys.stderr)
@@ -75,6 +76,8 @@ def run_point(cfg: DictConfig, out_dir: Path, sweep_dir: Path | None = None) -> 
     if model_state is not None:
         record["model_file"] = records.write_model(out_dir, model_state).name
     path = records.write_record(out_dir, record)
+    if record["status"] == "ok" and not cfg.task.get("keep_checkpoints"):
+        checkpoint.remove(out_dir)
     _summarise(record, path)
     if record["status"] != "ok" and not multirun:
         print(f"error: {record['status']}: {record['error']}", file=sys.stderr)

@@ -128,6 +128,8 @@ def validate(cfg: DictConfig, machine: distributed.Machine | None = None) -> Non
     if not 0 <= t.warmup_fraction < 1:
         raise ConfigError(f"task.warmup_fraction={t.warmup_fraction} must be in [0, 1)")
     _check_schedule(t)
+    if not isinstance(t.checkpoint_every, int) or t.checkpoint_every < 0:
+        raise ConfigError(f"task.checkpoint_every={t.checkpoint_every} must be a whole number of steps (0: none)")
     _check_parallel(cfg, machine)
     if cfg.study.name != "none" and importlib.util.find_spec(f"studies.{cfg.study.name}") is None:
         raise ConfigError(f"study.name={cfg.study.name!r} has no module studies/{cfg.study.name}.py")
@@ -162,6 +164,9 @@ def _check_parallel(cfg: DictConfig, machine: distributed.Machine | None) -> Non
         _positive(p.tp_degree, "parallel.tp_degree", integer=True)
     if cfg.task.get("save_model") and p.name != "single":
         raise ConfigError(f"task.save_model needs parallel=single, got parallel={p.name}")
+    if cfg.task.get("checkpoint_every") and p.name != "single":
+        raise ConfigError(f"task.checkpoint_every needs parallel=single (sharded checkpoints are not written yet), "
+                          f"got parallel={p.name}")
     if cfg.task.get("eval_quantized") and p.name != "single":
         raise ConfigError(f"task.eval_quantized needs parallel=single, got parallel={p.name}")
     world = distributed.world_size(setting, distributed.device_type(str(cfg.device), machine), machine)

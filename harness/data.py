@@ -221,6 +221,15 @@ class Batches:
     def windows_per_epoch_tokens(self) -> int:
         return self.n_windows * self.seq_len
 
+    def state(self) -> dict:
+        """Where the data order stands (a checkpoint's): this epoch's order, the position in it, the generator."""
+        return {"order": self.order.copy(), "position": self.position, "epoch": self.epoch,
+                "rng": self.rng.bit_generator.state}
+
+    def restore(self, state: dict) -> None:
+        self.order, self.position, self.epoch = state["order"].copy(), state["position"], state["epoch"]
+        self.rng.bit_generator.state = state["rng"]
+
     def next(self) -> np.ndarray:
         starts = []
         for _ in range(self.batch_size):

@@ -64,6 +64,14 @@ class Examples:
             return encdec.corrupt_spans(windows_bn[:, :-1], self.data_vocab, rng or self.rng)
         return windows_bn[:, :-1], windows_bn[:, 1:]
 
+    def state(self) -> dict:
+        """The generators the training examples draw from (masking, span corruption), for a checkpoint."""
+        return {"generator": self.generator.get_state(), "rng": self.rng.bit_generator.state}
+
+    def restore(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+        self.rng.bit_generator.state = state["rng"]
+
     def for_evaluation(self, chunk_index: int):
         """The same examples from the same validation chunk at every evaluation."""
         generator = torch.Generator().manual_seed(EVAL_MASK_SEED + chunk_index)

@@ -11,13 +11,15 @@ log = logging.getLogger("harness")
 
 
 class Progress:
-    def __init__(self, total_tokens: int, mode: str = "auto", every_s: float = 10.0, label: str = "train"):
+    def __init__(self, total_tokens: int, mode: str = "auto", every_s: float = 10.0, label: str = "train", done: int = 0):
+        """done: tokens already trained (a run resumed from a checkpoint)."""
         if mode == "auto":
             mode = "bar" if sys.stderr.isatty() else "lines"
         self.mode, self.total, self.every_s, self.label = mode, total_tokens, every_s, label
         self.start = self.last_line = time.perf_counter()
-        self.bar = tqdm(total=total_tokens, unit="tok", unit_scale=True, desc=label, leave=False) if mode == "bar" else None
-        self.done = 0
+        self.bar = (tqdm(total=total_tokens, initial=done, unit="tok", unit_scale=True, desc=label, leave=False)
+                    if mode == "bar" else None)
+        self.done = done
 
     def update(self, tokens: int, loss: float, tokens_per_s: float) -> None:
         self.done += tokens

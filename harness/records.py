@@ -21,7 +21,8 @@ from omegaconf import DictConfig, OmegaConf
 
 RECORD_NAME = "record.json"
 MODEL_NAME = "model.pt"
-WRITTEN = (RECORD_NAME, MODEL_NAME)  # the files a job writes atomically
+CHECKPOINT_NAME = "checkpoint.pt"   # harness.checkpoint's training state, removed when the run ends ok
+WRITTEN = (RECORD_NAME, MODEL_NAME, CHECKPOINT_NAME)  # the files a job writes atomically
 STATUSES = ("ok", "failed", "oom", "unsupported", "diverged")
 # Keys that change where or how a run reports, not what it computes.
 NON_SEMANTIC_KEYS = ("resume", "progress")
@@ -45,7 +46,7 @@ def point_dir_name(*, _root_: DictConfig) -> str:
 OmegaConf.register_new_resolver("harness_point", point_dir_name, replace=True)
 
 
-def _write_atomically(target: Path, mode: str, write) -> Path:
+def write_atomically(target: Path, mode: str, write) -> Path:
     """write(file) into a temporary file beside target, fsync, rename: the file is whole or absent."""
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
@@ -64,14 +65,14 @@ def _write_atomically(target: Path, mode: str, write) -> Path:
 def write_record(directory: str | Path, record: dict) -> Path:
     if record.get("status") not in STATUSES:
         raise ValueError(f"record status {record.get('status')!r}; known: {', '.join(STATUSES)}")
-    return _write_atomically(Path(directory) / RECORD_NAME, "w",
+    return write_atomically(Path(directory) / RECORD_NAME, "w",
                              lambda f: json.dump(record, f, indent=1, default=_json_default, allow_nan=True))
 
 
 def write_model(directory: str | Path, state_dict: dict) -> Path:
     """The trained weights beside the record (model.pt, torch.save), written atomically as the record is."""
     import torch
-    return _write_atomically(Path(directory) / MODEL_NAME, "wb", lambda f: torch.save(state_dict, f))
+    return write_atomically(Path(directory) / MODEL_NAME, "wb", lambda f: torch.save(state_dict, f))
 
 
 def _json_default(value):

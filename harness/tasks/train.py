@@ -12,19 +12,23 @@ import os
 import statistics
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from harness import data as data_sources
-from harness import distributed, families, flops, measure, parallel, precision, quantize, schedules
+from harness import checkpoint, distributed, families, flops, measure, parallel, precision, quantize, records
+from harness import schedules
 from harness.config import attention_options, check_data_fits, gpt_config, requested_tokens
 from harness.progress import Progress
 from harness.errors import Diverged, Unsupported
 from models import attention as attention_registry
 from models.gpt import IGNORE
 from models.positions import TABLE_KINDS
+
+log = logging.getLogger("harness")
 
 
 def make_optimizer(model: torch.nn.Module, t: DictConfig, zero: bool = False) -> torch.optim.Optimizer:
@@ -79,8 +83,9 @@ def evaluate(layout: parallel.Layout, windows: np.ndarray, batch_size: int, cast
     return total / count
 
 
-def run(cfg: DictConfig) -> dict:
-    """Train one model on the ranks its parallel layout asks for; returns the record's sections."""
+def run(cfg: DictConfig, out_dir: Path | None = None) -> dict:
+    """Train one model on the ranks its parallel layout asks for; returns the record's sections. With
+    task.checkpoint_every, out_dir holds the run's checkpoint, and a checkpoint found there is resumed."""
     wall_start = time.perf_counter()
     device = measure.resolve_device(cfg.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -101,7 +106,7 @@ def run(cfg: DictConfig) -> dict:
                           f"{world} GPU on this machine")
 
     if cfg.parallel.name == "single":
-        result = train(cfg)
+        result = train(cfg, out_dir)
     else:
         container = OmegaConf.to_container(cfg, resolve=True)
         result = distributed.launch(_train_rank, (container,), world, device.type,
@@ -115,8 +120,9 @@ def _train_rank(container: dict) -> dict:
     return train(OmegaConf.create(container))
 
 
-def train(cfg: DictConfig) -> dict:
-    """Train on this process's rank (the only one for parallel=single)."""
+def train(cfg: DictConfig, checkpoint_dir: Path | None = None) -> dict:
+    """Train on this process's rank (the only one for parallel=single); with task.checkpoint_every, save the full
+    training state to checkpoint_dir every that many steps, and continue from a checkpoint of this config there."""
     device = measure.resolve_device(cfg.device)
     multi_rank = cfg.parallel.name != "single"
     if multi_rank:
@@ -169,24 +175,52 @@ def train(cfg: DictConfig) -> dict:
         x, y = examples(torch.from_numpy(batches.next()))
         return (x.pin_memory(), y.pin_memory()) if device.type == "cuda" else (x, y)
 
-    measure.reset_peak_memory(device)
-    is_rank0 = layout.rank == 0
-    progress = Progress(total_steps * tokens_per_step, cfg.progress if is_rank0 else "off")
-    clock = measure.StepClock(device)
-    check_every = int(t.check_every)
+    check_every, checkpoint_every = int(t.check_every), int(t.get("checkpoint_every", 0))
+    digest = records.config_hash(OmegaConf.to_container(cfg, resolve=True))
     curve: list[dict] = []
     pending: list[torch.Tensor] = []   # the losses of steps not read back to the host yet
     interval_losses: list[float] = []
-    batch = next_examples()
+    earlier_seconds: list[float] = []  # step times of the process(es) before a resume
+    start_step = 0
+    resumed = checkpoint.load(checkpoint_dir, digest) if checkpoint_every and checkpoint_dir and cfg.resume else None
+    if resumed is not None:
+        start_step, curve, interval_losses = resumed["step"], resumed["curve"], resumed["interval_losses"]
+        earlier_seconds, batch = resumed["step_seconds"], resumed["next_batch"]
+        layout.model.load_state_dict(resumed["model"])
+        layout.optimizer.load_state_dict(resumed["optimizer"])
+        if scaler is not None:
+            scaler.load_state_dict(resumed["scaler"])
+        skipped_steps += resumed["skipped_steps"]
+        batches.restore(resumed["batches"])
+        examples.restore(resumed["examples"])
+        torch.set_rng_state(resumed["torch_rng"])
+        if device.type == "cuda":
+            torch.cuda.set_rng_state(resumed["cuda_rng"], device)
+        log.info("resuming from step %d of %d (%s)", start_step, total_steps, checkpoint.path(checkpoint_dir))
+    else:
+        batch = next_examples()
+
+    def save_checkpoint(next_step: int) -> None:
+        checkpoint.save(checkpoint_dir, digest, {
+            "step": next_step, "model": layout.model.state_dict(), "optimizer": layout.optimizer.state_dict(),
+            "scaler": scaler.state_dict() if scaler is not None else None, "skipped_steps": int(skipped_steps),
+            "batches": batches.state(), "examples": examples.state(), "next_batch": batch,
+            "torch_rng": torch.get_rng_state(), "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+            "curve": curve, "interval_losses": interval_losses, "step_seconds": earlier_seconds + clock.seconds()})
+
+    measure.reset_peak_memory(device)
+    is_rank0 = layout.rank == 0
+    progress = Progress(total_steps * tokens_per_step, cfg.progress if is_rank0 else "off", done=start_step * tokens_per_step)
+    clock = measure.StepClock(device)
     try:
-        for step in range(total_steps):
+        for step in range(start_step, total_steps):
             lr = schedule.lr(step)
             for group in layout.optimizer.param_groups:
                 group["lr"] = lr
             clock.start()
             x, y = (part.to(device, non_blocking=True) for part in batch)
             # Mid-step parameter bytes are read on the first step, which step-time statistics leave out.
-            loss, skipped = train_step(layout, x, y, grad_clip, cast, scaler, measure_params=step == 0)
+            loss, skipped = train_step(layout, x, y, grad_clip, cast, scaler, measure_params=step == start_step)
             clock.stop()
             if step + 1 < total_steps:
                 batch = next_examples()  # on a GPU the host makes it while the device still runs the step
@@ -194,7 +228,8 @@ def train(cfg: DictConfig) -> dict:
             if skipped is not None:
                 skipped_steps += skipped
             evaluating = step + 1 in eval_steps
-            if evaluating or (step + 1) % check_every == 0 or step + 1 == total_steps:
+            saving = checkpoint_every and checkpoint_dir and (step + 1) % checkpoint_every == 0 and step + 1 < total_steps
+            if evaluating or saving or (step + 1) % check_every == 0 or step + 1 == total_steps:
                 # One read of the losses every check_every steps: the only host sync of the steps between evaluations.
                 losses = torch.stack(pending).float().tolist()
                 bad = next((i for i, value in enumerate(losses) if not math.isfinite(value)), None)
@@ -211,9 +246,11 @@ def train(cfg: DictConfig) -> dict:
                               "train_loss": statistics.fmean(interval_losses),
                               "val_loss": evaluate(layout, val_windows, batch_size, cast, examples), "lr": lr})
                 interval_losses = []
+            if saving:
+                save_checkpoint(step + 1)
     finally:
         progress.close()
-    step_times = clock.seconds()
+    step_times = earlier_seconds + clock.seconds()
     skipped_steps = int(skipped_steps)
 
     timed = step_times[int(t.timing_warmup_steps):] or step_times
@@ -237,6 +274,7 @@ def train(cfg: DictConfig) -> dict:
         "tokens": tokens,
         "tokens_requested": tokens_requested,
         "steps": total_steps,
+        "resumed_from_step": start_step or None,   # the checkpoint's step when a killed run was continued
         "epochs": tokens / batches.windows_per_epoch_tokens(),
         "flops": tokens * per_token.causal,
         "flops_dense": tokens * per_token.dense,

@@ -1,0 +1,58 @@
+"""Resumable runs: a run killed mid-training continues from its last checkpoint and ends as an uninterrupted run."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from harness import checkpoint, records
+from tests.conftest import TIMEOUT_S, harness_cmd
+
+# 1000 steps of 8 x 32 tokens over a 2e5-token split: the run wraps into a third epoch, so the data order's
+# state crosses an epoch boundary after the resume; dropout draws from torch's generator at every step.
+LONG = ["data.tokens=2.56e5", "task.eval_points=4", "task.checkpoint_every=50", "model.dropout=0.1"]
+
+
+@pytest.mark.parametrize("family", ["gpt", "encdec"])   # encdec: span corruption draws from the examples' generator
+def test_a_killed_run_continues_from_its_checkpoint_and_ends_bit_for_bit(tmp_path, tiny, family):
+    tiny = [f"model={family}", *tiny]
+    whole = harness_cmd(*tiny, *LONG, "hydra.run.dir=whole", cwd=tmp_path)
+    assert whole.returncode == 0, whole.stderr
+    command = [sys.executable, "-m", "harness", *tiny, *LONG, "hydra.run.dir=killed"]
+    job = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           start_new_session=True)
+    saved = checkpoint.path(tmp_path / "killed")
+    deadline = time.monotonic() + TIMEOUT_S
+    while not saved.exists() and job.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.killpg(job.pid, signal.SIGKILL)
+    job.wait()
+    assert saved.exists() and not (tmp_path / "killed" / records.RECORD_NAME).exists(), "killed before its first save"
+    step = torch.load(saved, weights_only=False)["step"]
+
+    again = harness_cmd(*tiny, *LONG, "hydra.run.dir=killed", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    first = records.read_record(tmp_path / "whole" / records.RECORD_NAME)
+    resumed = records.read_record(tmp_path / "killed" / records.RECORD_NAME)
+    assert 0 < resumed["metrics"]["resumed_from_step"] == step < 1000
+    assert resumed["curve"] == first["curve"]   # every point: train and validation losses, bit for bit
+    assert resumed["metrics"]["val_loss"] == first["metrics"]["val_loss"]
+    assert not saved.exists() and not checkpoint.path(tmp_path / "whole").exists()   # removed once the run is ok
+
+
+def test_a_checkpoint_of_another_config_or_unreadable_is_not_resumed(tmp_path):
+    checkpoint.save(tmp_path, "abc", {"step": 7})
+    assert checkpoint.load(tmp_path, "abc")["step"] == 7
+    assert checkpoint.load(tmp_path, "other") is None
+    checkpoint.path(tmp_path).write_bytes(b"not a checkpoint")
+    assert checkpoint.load(tmp_path, "abc") is None
+
+
+def test_keep_checkpoints_keeps_the_last_one(tmp_path, tiny):
+    result = harness_cmd(*tiny, "task.checkpoint_every=20", "task.keep_checkpoints=true", "hydra.run.dir=run", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    kept = torch.load(checkpoint.path(tmp_path / "run"), weights_only=False)
+    assert kept["step"] == 60 and len(kept["curve"]) == 1   # 2e4 tokens = 78 steps: saved at 20, 40, 60
