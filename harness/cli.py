@@ -5,6 +5,7 @@ a bad config in a single run stops it before any work with one line on stderr.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 import traceback
@@ -24,8 +25,8 @@ log = logging.getLogger("harness")
 
 def _task_runner(name: str):
     from harness.tasks import attention, inference, train
-    return {"train": train.run, "attention": lambda cfg, _: attention.run(cfg),
-            "inference": lambda cfg, _: inference.run(cfg)}[name]
+    return {"train": train.run, "attention": lambda cfg, *_: attention.run(cfg),
+            "inference": lambda cfg, *_: inference.run(cfg)}[name]
 
 
 def run_job(cfg: DictConfig) -> dict | None:
@@ -52,7 +53,7 @@ def run_point(cfg: DictConfig, out_dir: Path, sweep_dir: Path | None = None) -> 
     try:
         validate(cfg)
         with measure.job_state(int(cfg.seed)):
-            record.update(_task_runner(cfg.task.name)(cfg, out_dir))
+            record.update(_task_runner(cfg.task.name)(cfg, out_dir, functools.partial(_write_branch, cfg)))
     except ConfigError as error:
         if not multirun:
             print(f"error: {error}", file=sys.stderr)
@@ -83,6 +84,15 @@ def run_point(cfg: DictConfig, out_dir: Path, sweep_dir: Path | None = None) -> 
         print(f"error: {record['status']}: {record['error']}", file=sys.stderr)
         sys.exit(1)
     return record
+
+
+def _write_branch(cfg: DictConfig, directory: Path, config: dict, digest: str, result: dict) -> None:
+    """A cooldown branch's record, in its own directory below the run's; its checkpoint goes once it is written."""
+    record = {"config": config, "config_hash": digest, "task": cfg.task.name, "status": "ok", "error": None,
+              **result, "end_time": measure.now_iso(), "env": measure.environment(measure.resolve_device(cfg.device))}
+    _summarise(record, records.write_record(directory, record))
+    if not cfg.task.get("keep_checkpoints"):
+        checkpoint.remove(directory)
 
 
 def _summarise(record: dict, path: Path) -> None:

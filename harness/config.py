@@ -140,6 +140,9 @@ def _check_schedule(t: DictConfig) -> None:
         raise ConfigError(f"task.schedule={t.schedule!r}; known: {', '.join(schedules.SCHEDULES)}")
     if not 0 <= t.min_lr_ratio <= 1:
         raise ConfigError(f"task.min_lr_ratio={t.min_lr_ratio} must be in [0, 1]")
+    if t.get("cooldowns") and t.schedule != "wsd":
+        raise ConfigError(f"task.cooldowns needs task.schedule=wsd (a branch leaves the run's constant phase), "
+                          f"got task.schedule={t.schedule}")
     if t.schedule != "wsd":
         return
     if t.decay_shape not in schedules.DECAY_SHAPES:
@@ -147,6 +150,16 @@ def _check_schedule(t: DictConfig) -> None:
     if not 0 < t.decay_fraction <= 1 - t.warmup_fraction:
         raise ConfigError(f"task.decay_fraction={t.decay_fraction} must be in (0, 1 - task.warmup_fraction = "
                           f"{1 - t.warmup_fraction:g}]: the decay follows the warm-up")
+    for fraction in t.get("cooldowns") or []:
+        # a branch of fraction f leaves the run at f * (1 - decay_fraction) of its steps, after the warm-up
+        if not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
+            raise ConfigError(f"task.cooldowns: {fraction} is not a fraction of the run's tokens in (0, 1)")
+        if fraction * (1 - t.decay_fraction) < t.warmup_fraction:
+            raise ConfigError(f"task.cooldowns: a branch at {fraction:g} would start decaying at "
+                              f"{fraction * (1 - t.decay_fraction):g} of the run, inside the warm-up "
+                              f"(task.warmup_fraction={t.warmup_fraction:g})")
+    if len(set(t.get("cooldowns") or [])) != len(t.get("cooldowns") or []):
+        raise ConfigError(f"task.cooldowns={list(t.cooldowns)} names a fraction twice")
 
 
 def _check_parallel(cfg: DictConfig, machine: distributed.Machine | None) -> None:
@@ -164,6 +177,9 @@ def _check_parallel(cfg: DictConfig, machine: distributed.Machine | None) -> Non
         _positive(p.tp_degree, "parallel.tp_degree", integer=True)
     if cfg.task.get("save_model") and p.name != "single":
         raise ConfigError(f"task.save_model needs parallel=single, got parallel={p.name}")
+    if cfg.task.get("cooldowns") and p.name != "single":
+        raise ConfigError(f"task.cooldowns needs parallel=single (branches start from single-process checkpoints), "
+                          f"got parallel={p.name}")
     if cfg.task.get("checkpoint_every") and p.name != "single":
         raise ConfigError(f"task.checkpoint_every needs parallel=single (sharded checkpoints are not written yet), "
                           f"got parallel={p.name}")

@@ -68,3 +68,33 @@ def from_task(t, total_steps: int) -> Schedule:
         decay_steps = min(total_steps - warmup_steps, max(1, round(total_steps * float(t.decay_fraction))))
     return Schedule(name, float(t.lr), total_steps, warmup_steps, float(t.min_lr_ratio), decay_steps,
                     str(t.decay_shape) if name == "wsd" else None)
+
+
+@dataclass(frozen=True)
+class Cooldown:
+    """A cooldown branch of a wsd run: it follows the run (the same warm-up, the peak held) until its own decay
+    starts, then decays to its end, giving a converged point at `fraction` of the run's tokens."""
+    fraction: float
+    schedule: Schedule
+
+    @property
+    def name(self) -> str:
+        return f"cooldown-{self.fraction:g}"
+
+    @property
+    def start(self) -> int:
+        """The step the branch leaves the run: the first step of its decay."""
+        return self.schedule.decay_start
+
+
+# Hägele et al. (2024), section 4: one run per size with a constant learning rate, and short cooldowns branched
+# from its checkpoints, each decaying over the same fraction of its own length, replace a grid of cosine runs.
+def cooldowns(trunk: Schedule, fractions, decay_fraction: float) -> list[Cooldown]:
+    """The branches of a wsd run at these fractions of its steps, shortest first."""
+    branches = []
+    for fraction in sorted(float(f) for f in fractions):
+        steps = max(1, round(fraction * trunk.total_steps))
+        decay_steps = min(steps - trunk.warmup_steps, max(1, round(steps * decay_fraction)))
+        branches.append(Cooldown(fraction, Schedule("wsd", trunk.peak_lr, steps, trunk.warmup_steps, trunk.min_lr_ratio,
+                                                    decay_steps, trunk.decay_shape)))
+    return branches

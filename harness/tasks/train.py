@@ -83,9 +83,11 @@ def evaluate(layout: parallel.Layout, windows: np.ndarray, batch_size: int, cast
     return total / count
 
 
-def run(cfg: DictConfig, out_dir: Path | None = None) -> dict:
+def run(cfg: DictConfig, out_dir: Path | None = None, write_branch=None) -> dict:
     """Train one model on the ranks its parallel layout asks for; returns the record's sections. With
-    task.checkpoint_every, out_dir holds the run's checkpoint, and a checkpoint found there is resumed."""
+    task.checkpoint_every, out_dir holds the run's checkpoint, and a checkpoint found there is resumed. With
+    task.cooldowns, each cooldown branch then trains from the state the run saved where the branch starts decaying,
+    in out_dir/<its config hash>/, and write_branch(directory, config, digest, result) records it."""
     wall_start = time.perf_counter()
     device = measure.resolve_device(cfg.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -107,12 +109,21 @@ def run(cfg: DictConfig, out_dir: Path | None = None) -> dict:
 
     if cfg.parallel.name == "single":
         result = train(cfg, out_dir)
+        result["metrics"]["wall_time_s"] = time.perf_counter() - wall_start   # the run's own, not its branches'
+        for branch, config, digest in result.pop("cooldowns", []):
+            branch_dir = out_dir / digest
+            if records.find_ok_record(out_dir, digest) is not None:
+                continue  # recorded before this run was killed
+            branch_start = time.perf_counter()
+            branch_result = train(cfg, branch_dir, cooldown=branch)
+            branch_result["metrics"]["wall_time_s"] = time.perf_counter() - branch_start
+            write_branch(branch_dir, config, digest, branch_result)
     else:
         container = OmegaConf.to_container(cfg, resolve=True)
         result = distributed.launch(_train_rank, (container,), world, device.type,
                                     backend_name=cfg.parallel.get("backend", "auto"),
                                     timeout_s=float(cfg.parallel.get("timeout_s", 600)))[0]
-    result["metrics"]["wall_time_s"] = time.perf_counter() - wall_start
+        result["metrics"]["wall_time_s"] = time.perf_counter() - wall_start
     return result
 
 
@@ -120,9 +131,22 @@ def _train_rank(container: dict) -> dict:
     return train(OmegaConf.create(container))
 
 
-def train(cfg: DictConfig, checkpoint_dir: Path | None = None) -> dict:
+def cooldown_config(config: dict, branch: schedules.Cooldown, tokens_per_step: int) -> tuple[dict, str]:
+    """A cooldown branch's config (the run's, with the branch's tokens and no cooldowns of its own, and a
+    `cooldown` section naming the run it branched from and where) and its config hash."""
+    branched = {**config, "compute": None, "data": {**config["data"], "tokens": branch.schedule.total_steps * tokens_per_step},
+                "task": {**config["task"], "cooldowns": []},
+                "cooldown": {"fraction": branch.fraction, "from": records.config_hash(config),
+                             "start_step": branch.start, "steps": branch.schedule.total_steps}}
+    return branched, records.config_hash(branched)
+
+
+def train(cfg: DictConfig, checkpoint_dir: Path | None = None, cooldown: schedules.Cooldown | None = None) -> dict:
     """Train on this process's rank (the only one for parallel=single); with task.checkpoint_every, save the full
-    training state to checkpoint_dir every that many steps, and continue from a checkpoint of this config there."""
+    training state to checkpoint_dir every that many steps, and continue from a checkpoint of this config there.
+
+    With task.cooldowns (a wsd run), save the state where each branch starts decaying into its directory; with
+    `cooldown`, train that branch from the state saved there to its own end."""
     device = measure.resolve_device(cfg.device)
     multi_rank = cfg.parallel.name != "single"
     if multi_rank:
@@ -148,6 +172,16 @@ def train(cfg: DictConfig, checkpoint_dir: Path | None = None) -> dict:
     tokens_per_step = batch_size * seq_len
     total_steps = max(1, round(tokens_requested / tokens_per_step))
     schedule = schedules.from_task(t, total_steps)
+    branches = (schedules.cooldowns(schedule, t.cooldowns, float(t.decay_fraction))
+                if t.get("cooldowns") and cooldown is None else [])
+    config = OmegaConf.to_container(cfg, resolve=True)
+    digest = records.config_hash(config)
+    branch_starts = {}   # step -> (branch, its config, its config hash)
+    for branch in branches:
+        branch_starts[branch.start] = (branch, *cooldown_config(config, branch, batch_size * seq_len))
+    if cooldown is not None:
+        schedule, total_steps = cooldown.schedule, cooldown.schedule.total_steps
+        digest = cooldown_config(config, cooldown, batch_size * seq_len)[1]
     eval_steps = {max(1, round(total_steps * (i + 1) / int(t.eval_points))) for i in range(int(t.eval_points))}
     grad_clip = float(t.grad_clip)
 
@@ -176,13 +210,16 @@ def train(cfg: DictConfig, checkpoint_dir: Path | None = None) -> dict:
         return (x.pin_memory(), y.pin_memory()) if device.type == "cuda" else (x, y)
 
     check_every, checkpoint_every = int(t.check_every), int(t.get("checkpoint_every", 0))
-    digest = records.config_hash(OmegaConf.to_container(cfg, resolve=True))
     curve: list[dict] = []
     pending: list[torch.Tensor] = []   # the losses of steps not read back to the host yet
     interval_losses: list[float] = []
     earlier_seconds: list[float] = []  # step times of the process(es) before a resume
     start_step = 0
-    resumed = checkpoint.load(checkpoint_dir, digest) if checkpoint_every and checkpoint_dir and cfg.resume else None
+    # A branch always starts from a saved state: the one the run saved where it starts decaying, or a later one.
+    resumed = (checkpoint.load(checkpoint_dir, digest) if cooldown is not None else
+               checkpoint.load(checkpoint_dir, digest) if checkpoint_every and checkpoint_dir and cfg.resume else None)
+    if cooldown is not None and resumed is None:
+        raise RuntimeError(f"cooldown branch {cooldown.fraction:g} has no saved state to start from in {checkpoint_dir}")
     if resumed is not None:
         start_step, curve, interval_losses = resumed["step"], resumed["curve"], resumed["interval_losses"]
         earlier_seconds, batch = resumed["step_seconds"], resumed["next_batch"]
@@ -196,12 +233,13 @@ def train(cfg: DictConfig, checkpoint_dir: Path | None = None) -> dict:
         torch.set_rng_state(resumed["torch_rng"])
         if device.type == "cuda":
             torch.cuda.set_rng_state(resumed["cuda_rng"], device)
-        log.info("resuming from step %d of %d (%s)", start_step, total_steps, checkpoint.path(checkpoint_dir))
+        log.info("%s from step %d of %d (%s)", cooldown.name if cooldown is not None else "resuming", start_step,
+                 total_steps, checkpoint.path(checkpoint_dir))
     else:
         batch = next_examples()
 
-    def save_checkpoint(next_step: int) -> None:
-        checkpoint.save(checkpoint_dir, digest, {
+    def save_checkpoint(next_step: int, directory: Path | None = None, owner: str | None = None) -> None:
+        checkpoint.save(directory or checkpoint_dir, owner or digest, {
             "step": next_step, "model": layout.model.state_dict(), "optimizer": layout.optimizer.state_dict(),
             "scaler": scaler.state_dict() if scaler is not None else None, "skipped_steps": int(skipped_steps),
             "batches": batches.state(), "examples": examples.state(), "next_batch": batch,
@@ -210,7 +248,8 @@ def train(cfg: DictConfig, checkpoint_dir: Path | None = None) -> dict:
 
     measure.reset_peak_memory(device)
     is_rank0 = layout.rank == 0
-    progress = Progress(total_steps * tokens_per_step, cfg.progress if is_rank0 else "off", done=start_step * tokens_per_step)
+    progress = Progress(total_steps * tokens_per_step, cfg.progress if is_rank0 else "off", done=start_step * tokens_per_step,
+                        label=cooldown.name if cooldown is not None else "train")
     clock = measure.StepClock(device)
     try:
         for step in range(start_step, total_steps):
@@ -229,7 +268,8 @@ def train(cfg: DictConfig, checkpoint_dir: Path | None = None) -> dict:
                 skipped_steps += skipped
             evaluating = step + 1 in eval_steps
             saving = checkpoint_every and checkpoint_dir and (step + 1) % checkpoint_every == 0 and step + 1 < total_steps
-            if evaluating or saving or (step + 1) % check_every == 0 or step + 1 == total_steps:
+            branching = step + 1 in branch_starts
+            if evaluating or saving or branching or (step + 1) % check_every == 0 or step + 1 == total_steps:
                 # One read of the losses every check_every steps: the only host sync of the steps between evaluations.
                 losses = torch.stack(pending).float().tolist()
                 bad = next((i for i, value in enumerate(losses) if not math.isfinite(value)), None)
@@ -248,6 +288,9 @@ def train(cfg: DictConfig, checkpoint_dir: Path | None = None) -> dict:
                 interval_losses = []
             if saving:
                 save_checkpoint(step + 1)
+            if branching:
+                branch, _, branch_digest = branch_starts[step + 1]
+                save_checkpoint(step + 1, checkpoint_dir / branch_digest, branch_digest)
     finally:
         progress.close()
     step_times = earlier_seconds + clock.seconds()
@@ -274,7 +317,10 @@ def train(cfg: DictConfig, checkpoint_dir: Path | None = None) -> dict:
         "tokens": tokens,
         "tokens_requested": tokens_requested,
         "steps": total_steps,
-        "resumed_from_step": start_step or None,   # the checkpoint's step when a killed run was continued
+        # what this job computed: a branch only from where it left the run
+        "flops_spent": (total_steps - (cooldown.start if cooldown is not None else 0)) * tokens_per_step * per_token.causal,
+        # the checkpoint's step when a killed run (or branch) was continued
+        "resumed_from_step": start_step if start_step != (cooldown.start if cooldown is not None else 0) else None,
         "epochs": tokens / batches.windows_per_epoch_tokens(),
         "flops": tokens * per_token.causal,
         "flops_dense": tokens * per_token.dense,
@@ -329,7 +375,8 @@ def train(cfg: DictConfig, checkpoint_dir: Path | None = None) -> dict:
     saved = {"model_state": {k: v.detach().cpu() for k, v in layout.model.state_dict().items()}} if t.get("save_model") else {}
     return {**saved, "metrics": metrics, "model_info": model_info, "data_info": data_info, "precision_info": precision_info,
             "parallel_info": parallel_info, "schedule_info": schedule.info(), "quantized": quantized,
-            "length_extrapolation": extrapolation, "curve": curve}
+            "length_extrapolation": extrapolation, "curve": curve,
+            **({"cooldowns": list(branch_starts.values())} if branch_starts else {})}
 
 
 def _rank_info(layout: parallel.Layout, mode, param_dtype: torch.dtype, timed: list[float], tokens_per_step: int,

@@ -1,0 +1,73 @@
+"""Cooldown branches: one wsd run gives a converged point at each branch, each a record of its own, and a branch
+ends exactly where a run trained on that schedule alone ends."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from harness import checkpoint, load_results, records
+from tests.conftest import TIMEOUT_S, harness_cmd
+
+# 400 steps of 8 x 32 tokens; branches at 100 and 200 steps leave the run at steps 80 and 160.
+TRUNK = ["data.tokens=1.024e5", "task.eval_points=4", "task.schedule=wsd", "task.cooldowns=[0.25,0.5]"]
+
+
+def test_each_branch_is_a_record_that_ends_where_its_schedule_run_alone_ends(tmp_path, tiny):
+    result = harness_cmd(*tiny, *TRUNK, "hydra.run.dir=run", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    df = load_results(tmp_path / "run").sort_values("metrics.tokens")
+    trunk = df.iloc[-1]
+    assert list(df["metrics.tokens"]) == [25600, 51200, 102400] and list(df["status"]) == ["ok"] * 3
+    assert list(df["cooldown.fraction"].iloc[:2]) == [0.25, 0.5] and list(df["cooldown.start_step"].iloc[:2]) == [80, 160]
+    assert (df["cooldown.from"].iloc[:2] == trunk["config_hash"]).all()
+    per_token = trunk["model_info.flops_per_token_causal"]
+    assert list(df["metrics.flops"]) == [tokens * per_token for tokens in (25600, 51200, 102400)]
+    # what each job computed: a branch from where it left the run (20 and 40 steps), the run all of its own
+    assert list(df["metrics.flops_spent"]) == [20 * 256 * per_token, 40 * 256 * per_token, 102400 * per_token]
+    assert not list((tmp_path / "run").rglob(records.CHECKPOINT_NAME))   # removed once every record is ok
+
+    # The same schedule trained alone: 100 steps, 20 of warm-up (the run's), 20 of decay from step 80.
+    alone = harness_cmd(*tiny, "data.tokens=2.56e4", "task.eval_points=4", "task.schedule=wsd",
+                        "task.warmup_fraction=0.2", "hydra.run.dir=alone", cwd=tmp_path)
+    assert alone.returncode == 0, alone.stderr
+    single = records.read_record(tmp_path / "alone" / records.RECORD_NAME)
+    branch = records.read_record(df["path"].iloc[0])
+    assert branch["schedule_info"] == single["schedule_info"]
+    assert branch["metrics"]["val_loss"] == single["metrics"]["val_loss"]   # bit for bit
+    last = ("step", "tokens", "flops", "val_loss", "lr")   # train_loss averages since each run's previous evaluation
+    assert [branch["curve"][-1][k] for k in last] == [single["curve"][-1][k] for k in last]
+
+
+def test_a_killed_branch_continues_from_where_it_left_the_run(tmp_path, tiny):
+    run = [*tiny, *TRUNK, "task.checkpoint_every=50"]
+    whole = harness_cmd(*run, "hydra.run.dir=whole", cwd=tmp_path)
+    assert whole.returncode == 0, whole.stderr
+    job = subprocess.Popen([sys.executable, "-m", "harness", *run, "hydra.run.dir=killed"], cwd=tmp_path,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    deadline = time.monotonic() + TIMEOUT_S
+    for line in job.stdout:   # the run has ended and its second branch has begun
+        if "cooldown-0.5 from step 160" in line or time.monotonic() > deadline:
+            break
+    os.killpg(job.pid, signal.SIGKILL)
+    job.wait()
+    assert not (tmp_path / "killed" / records.RECORD_NAME).exists(), "the run finished before the kill"
+
+    again = harness_cmd(*run, "hydra.run.dir=killed", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "cooldown-0.25 from" not in again.stderr + again.stdout   # recorded before the kill: not trained again
+    first, resumed = (load_results(tmp_path / name).sort_values("metrics.tokens") for name in ("whole", "killed"))
+    assert list(resumed["metrics.val_loss"]) == list(first["metrics.val_loss"])   # bit for bit, all three
+    assert resumed["metrics.resumed_from_step"].iloc[-1] == 350   # the run's last checkpoint, not step 0
+
+
+@pytest.mark.parametrize("name", ["wsd", "cosine"])
+def test_the_schedule_the_record_states_is_the_one_config_asked_for(tmp_path, tiny, name):
+    result = harness_cmd(*tiny, f"task.schedule={name}", "hydra.run.dir=run", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    record = json.loads((tmp_path / "run" / records.RECORD_NAME).read_text())
+    assert record["schedule_info"]["name"] == name and record["config"]["task"]["schedule"] == name
+    assert not checkpoint.path(tmp_path / "run").exists()
