@@ -309,3 +309,19 @@ def length_extrapolation(table: pd.DataFrame, out_dir: Path, name: str = "length
            title="Loss beyond the training length")
     ax.legend(fontsize=8)
     return save(fig, out_dir, name)
+
+
+def schedule_comparison(points: pd.DataFrame, out_dir: Path, name: str = "wsd_vs_cosine") -> list[Path]:
+    """Validation loss against tokens for each schedule design, one panel per model size; bars: the seeds' spread."""
+    sns.set_theme(style="whitegrid")
+    sizes = sorted(points["params"].unique())
+    fig, axes = plt.subplots(1, len(sizes), figsize=(4.6 * len(sizes), 4.0), squeeze=False)
+    for ax, size in zip(axes[0], sizes):
+        for design, rows in points[points["params"] == size].groupby("design", sort=True):
+            rows = rows.sort_values("tokens")
+            ax.errorbar(rows["tokens"], rows["val_loss"], yerr=rows["seed_std"], marker="o", capsize=3, label=design)
+        ax.set_xscale("log")
+        ax.set(xlabel="tokens D", ylabel="validation loss (nats/token)", title=f"N = {_label_params(size)}")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return save(fig, out_dir, name)

@@ -71,3 +71,19 @@ def test_the_schedule_the_record_states_is_the_one_config_asked_for(tmp_path, ti
     record = json.loads((tmp_path / "run" / records.RECORD_NAME).read_text())
     assert record["schedule_info"]["name"] == name and record["config"]["task"]["schedule"] == name
     assert not checkpoint.path(tmp_path / "run").exists()
+
+
+def test_the_study_sets_each_difference_beside_the_pooled_seed_spread():
+    import pandas as pd
+
+    from studies import wsd_vs_cosine
+    rows = [{"status": "ok", "task.schedule": schedule, "model_info.params_non_embedding": 100, "metrics.tokens": 1000,
+             "metrics.val_loss": loss, "metrics.flops_spent": spent}
+            for schedule, losses, spent in (("cosine", (2.0, 2.2), 10.0), ("wsd", (1.9, 2.0), 4.0)) for loss in losses]
+    table = wsd_vs_cosine.points(pd.DataFrame(rows))
+    assert table.set_index("design")["flops_spent"].to_dict() == {"cosine": 20.0, "wsd": 8.0}
+    compared = wsd_vs_cosine.comparison(table).iloc[0]
+    # sample standard deviations 0.02**0.5 and 0.005**0.5, pooled: ((0.02 + 0.005) / 2)**0.5
+    assert compared["difference"] == pytest.approx(1.95 - 2.1)
+    assert compared["seed_std"] == pytest.approx(0.0125**0.5)
+    assert compared["difference_in_seed_stds"] == pytest.approx(-0.15 / 0.0125**0.5)
