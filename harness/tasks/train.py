@@ -216,8 +216,8 @@ def train(cfg: DictConfig, checkpoint_dir: Path | None = None, cooldown: schedul
     earlier_seconds: list[float] = []  # step times of the process(es) before a resume
     start_step = 0
     # A branch always starts from a saved state: the one the run saved where it starts decaying, or a later one.
-    resumed = (checkpoint.load(checkpoint_dir, digest) if cooldown is not None else
-               checkpoint.load(checkpoint_dir, digest) if checkpoint_every and checkpoint_dir and cfg.resume else None)
+    resumable = cooldown is not None or (checkpoint_every and checkpoint_dir and cfg.resume)
+    resumed = checkpoint.load(checkpoint_dir, digest) if resumable else None
     if cooldown is not None and resumed is None:
         raise RuntimeError(f"cooldown branch {cooldown.fraction:g} has no saved state to start from in {checkpoint_dir}")
     if resumed is not None:
@@ -289,7 +289,7 @@ def train(cfg: DictConfig, checkpoint_dir: Path | None = None, cooldown: schedul
             if saving:
                 save_checkpoint(step + 1)
             if branching:
-                branch, _, branch_digest = branch_starts[step + 1]
+                branch_digest = branch_starts[step + 1][2]
                 save_checkpoint(step + 1, checkpoint_dir / branch_digest, branch_digest)
     finally:
         progress.close()
