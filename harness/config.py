@@ -25,6 +25,9 @@ ATTENTION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch
 ATTENTION_MODES = ("fwd", "fwd_bwd")
 ALIBI_ATTENTION = ("sdpa", "dense")
 MIN_REPEATS = 5  # timed repeats behind an inference median: fewer move with the machine's noise
+# Training options that work on one process only, and why where it is not plain.
+SINGLE_PROCESS_ONLY = {"save_model": "", "cooldowns": " (branches start from single-process checkpoints)",
+                       "checkpoint_every": " (sharded checkpoints are not written yet)", "eval_quantized": ""}
 
 
 def group_options(group: str) -> list[str]:
@@ -175,16 +178,9 @@ def _check_parallel(cfg: DictConfig, machine: distributed.Machine | None) -> Non
         raise ConfigError(f"parallel.backend={p.backend!r}; known: auto, gloo, nccl")
     if p.get("tp_degree") is not None:
         _positive(p.tp_degree, "parallel.tp_degree", integer=True)
-    if cfg.task.get("save_model") and p.name != "single":
-        raise ConfigError(f"task.save_model needs parallel=single, got parallel={p.name}")
-    if cfg.task.get("cooldowns") and p.name != "single":
-        raise ConfigError(f"task.cooldowns needs parallel=single (branches start from single-process checkpoints), "
-                          f"got parallel={p.name}")
-    if cfg.task.get("checkpoint_every") and p.name != "single":
-        raise ConfigError(f"task.checkpoint_every needs parallel=single (sharded checkpoints are not written yet), "
-                          f"got parallel={p.name}")
-    if cfg.task.get("eval_quantized") and p.name != "single":
-        raise ConfigError(f"task.eval_quantized needs parallel=single, got parallel={p.name}")
+    for key, why in SINGLE_PROCESS_ONLY.items():
+        if cfg.task.get(key) and p.name != "single":
+            raise ConfigError(f"task.{key} needs parallel=single{why}, got parallel={p.name}")
     world = distributed.world_size(setting, distributed.device_type(str(cfg.device), machine), machine)
     if setting == "auto" and world < 2 and p.name != "single":
         return  # one GPU here: the run records `unsupported`, so a sweep over strategies goes on

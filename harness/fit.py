@@ -298,6 +298,10 @@ class ParametricFit:
         return np.array([np.log(self.A), np.log(self.B), np.log(self.E), self.alpha, self.beta])
 
 
+def _huber(r, delta):
+    return np.where(np.abs(r) <= delta, 0.5 * r * r, delta * (np.abs(r) - 0.5 * delta))
+
+
 def huber_objective(theta, log_n, log_d, log_loss, delta):
     """Sum over points of Huber_delta(log L_pred - log L), L_pred by log-sum-exp, and its gradient."""
     a, b, e, alpha, beta = theta
@@ -307,7 +311,7 @@ def huber_objective(theta, log_n, log_d, log_loss, delta):
     total = x_n + x_d + x_e
     r = top + np.log(total) - log_loss
     inside = np.abs(r) <= delta
-    value = np.where(inside, 0.5 * r * r, delta * (np.abs(r) - 0.5 * delta)).sum()
+    value = _huber(r, delta).sum()
     slope = np.where(inside, r, delta * np.sign(r)) / total
     g_n, g_d = slope * x_n, slope * x_d
     # Elementwise sums, not BLAS dot products: BLAS threads in several worker processes fight over the cores.
@@ -377,7 +381,7 @@ def grid_objectives(starts: np.ndarray, log_n, log_d, log_loss, delta: float) ->
     """The summed Huber objective at every start at once (rows of theta = log A, log B, log E, alpha, beta)."""
     a, b, e, alpha, beta = (column[:, None] for column in starts.T)
     r = np.logaddexp(np.logaddexp(a - alpha * log_n, b - beta * log_d), e) - log_loss
-    return np.where(np.abs(r) <= delta, 0.5 * r * r, delta * (np.abs(r) - 0.5 * delta)).sum(axis=1)
+    return _huber(r, delta).sum(axis=1)
 
 
 def fit_parametric(N, D, loss, *, huber_delta: float = 1e-3, init: ParametricFit | None = None,

@@ -109,10 +109,6 @@ class StepClock:
         self._start = None
 
     @property
-    def running(self) -> bool:
-        return self._start is not None
-
-    @property
     def steps(self) -> int:
         return len(self.marks)
 

@@ -13,6 +13,8 @@ import logging
 
 import torch
 
+from harness.errors import first_line
+
 METHODS = ("int8", "nf4")
 
 
@@ -31,8 +33,7 @@ def torchao_problem() -> str | None:
     try:
         _config("int8"), _config("nf4")
     except Exception as error:  # ImportError, AttributeError from a torch it was not built for, ...
-        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        return f"torchao is installed but does not load with torch {torch.__version__}: {message}"
+        return f"torchao is installed but does not load with torch {torch.__version__}: {first_line(error)}"
     return None
 
 

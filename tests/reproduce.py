@@ -22,7 +22,7 @@ import pandas as pd
 
 REL, ABS = 1e-6, 1e-12
 NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
-NOT_IDENTIFIED = "not identified"
+from studies.isoflop import NOT_IDENTIFIED  # the words a report marks an unidentified fit with
 
 
 def close(a: float, b: float) -> bool:

@@ -1,6 +1,5 @@
 """Cooldown branches: one wsd run gives a converged point at each branch, each a record of its own, and a branch
 ends exactly where a run trained on that schedule alone ends."""
-import json
 import os
 import signal
 import subprocess
@@ -9,7 +8,7 @@ import time
 
 import pytest
 
-from harness import checkpoint, load_results, records
+from harness import load_results, records
 from tests.conftest import TIMEOUT_S, harness_cmd
 
 # 400 steps of 8 x 32 tokens; branches at 100 and 200 steps leave the run at steps 80 and 160.
@@ -62,15 +61,6 @@ def test_a_killed_branch_continues_from_where_it_left_the_run(tmp_path, tiny):
     first, resumed = (load_results(tmp_path / name).sort_values("metrics.tokens") for name in ("whole", "killed"))
     assert list(resumed["metrics.val_loss"]) == list(first["metrics.val_loss"])   # bit for bit, all three
     assert resumed["metrics.resumed_from_step"].iloc[-1] == 350   # the run's last checkpoint, not step 0
-
-
-@pytest.mark.parametrize("name", ["wsd", "cosine"])
-def test_the_schedule_the_record_states_is_the_one_config_asked_for(tmp_path, tiny, name):
-    result = harness_cmd(*tiny, f"task.schedule={name}", "hydra.run.dir=run", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    record = json.loads((tmp_path / "run" / records.RECORD_NAME).read_text())
-    assert record["schedule_info"]["name"] == name and record["config"]["task"]["schedule"] == name
-    assert not checkpoint.path(tmp_path / "run").exists()
 
 
 def test_the_study_sets_each_difference_beside_the_pooled_seed_spread():

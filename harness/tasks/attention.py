@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 
 from harness import flops, measure
 from harness.config import ATTENTION_DTYPES, attention_options
-from harness.errors import Unsupported
+from harness.errors import Unsupported, first_line
 from models import attention as attention_registry
 from models.attention.reference import reference, relative_error
 
@@ -85,7 +85,7 @@ def run(cfg: DictConfig) -> dict:
             memory = measure.tensor_bytes(lambda: _call(attn, q, k, v, grad_out), device).peak
             accuracy = errors(attn, cfg, dtype, device, backward)
     except NotImplementedError as error:  # e.g. FlexAttention's missing CPU backward, xformers' missing kernels
-        raise Unsupported(f"attention={name}: {str(error).strip().splitlines()[0]}") from None
+        raise Unsupported(f"attention={name}: {first_line(error)}") from None
 
     convention = flops.attention_flop_convention(name) if backward else "forward"
     needed = flops.attention_flops(name, **shape, causal=bool(t.causal), backward=backward, options=options)

@@ -23,7 +23,7 @@ from harness import checkpoint, distributed, families, flops, measure, parallel,
 from harness import schedules
 from harness.config import attention_options, check_data_fits, gpt_config, requested_tokens
 from harness.progress import Progress
-from harness.errors import Diverged, Unsupported
+from harness.errors import Diverged, Unsupported, first_line
 from models import attention as attention_registry
 from models.gpt import IGNORE
 from models.positions import TABLE_KINDS
@@ -428,5 +428,5 @@ def _quantized_evaluation(model: torch.nn.Module, t: DictConfig, val_windows: np
             quantized[method] = {"model_bytes": quantize.model_bytes(copy), "val_loss": loss,
                                  "val_loss_change": loss - val_loss, "layers_left_full_precision": kept}
         except Exception as error:
-            quantized[method] = {"error": f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"}
+            quantized[method] = {"error": f"{type(error).__name__}: {first_line(error)}"}
     return quantized
