@@ -52,7 +52,7 @@ def run_point(cfg: DictConfig, out_dir: Path, sweep_dir: Path | None = None) -> 
               "start_time": measure.now_iso()}
     try:
         validate(cfg)
-        with measure.job_state(int(cfg.seed)):
+        with measure.job_state(int(cfg.seed), None if cfg.get("threads", "auto") == "auto" else int(cfg.threads)):
             record.update(_task_runner(cfg.task.name)(cfg, out_dir, functools.partial(_write_branch, cfg)))
     except ConfigError as error:
         if not multirun:

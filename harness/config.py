@@ -60,6 +60,8 @@ def validate(cfg: DictConfig, machine: distributed.Machine | None = None) -> Non
     will not run here (a SLURM launcher's nodes); by default this machine resolves device=auto and world_size=auto."""
     if cfg.task.name not in TASKS:
         raise ConfigError(f"task.name={cfg.task.name!r}; known: {', '.join(TASKS)}")
+    if cfg.get("threads", "auto") != "auto":
+        _positive(cfg.threads, "threads", integer=True)
     _check_attention(cfg)
     if cfg.task.name == "attention":
         _validate_attention_task(cfg.task)

@@ -110,9 +110,14 @@ def _budget_minimum(log_n: np.ndarray, loss: np.ndarray, log_d: np.ndarray) -> d
     bracketed = log_n.min() < best < log_n.max()
     row = {"curvature": float(c2), "parabola": (c2, c1, c0)}
     if not (c2 > 0 and log_n.min() <= vertex <= log_n.max() and bracketed):
-        why = ("loss is not convex in log N" if c2 <= 0 else
-               f"the {'smallest' if best == log_n.min() else 'largest'} model is best: the minimum lies outside "
-               "the sizes tried, extend the grid")
+        if c2 <= 0:
+            why = "loss is not convex in log N"
+        elif bracketed:
+            why = (f"the parabola's vertex lies {'below' if vertex < log_n.min() else 'above'} the sizes tried though the "
+                   "best run is inside them: the losses are not a parabola over this range of N")
+        else:
+            why = (f"the {'smallest' if best == log_n.min() else 'largest'} model is best: the minimum lies outside "
+                   "the sizes tried, extend the grid")
         return {**row, "interior": False, "why": why}
     order = np.argsort(log_n)
     # The tokens the budget's runs trained, interpolated (log-log) between the two sizes around N_opt.

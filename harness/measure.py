@@ -46,11 +46,14 @@ STARTING_STATE = _process_state()  # as this process started, before any job
 
 
 @contextlib.contextmanager
-def job_state(seed: int):
+def job_state(seed: int, threads: int | None = None):
     """Every job starts from the state the process started in, whatever the job before it set (a basic-launcher
-    sweep runs its jobs in one process: a tf32 job must not leave the next fp32 job in TF32), with its seeds set
-    and compiled graphs dropped; the starting state is back when it ends."""
+    sweep runs its jobs in one process: a tf32 job must not leave the next fp32 job in TF32), with its seeds set,
+    its CPU threads (`threads`, else torch's default) and compiled graphs dropped; the starting state is back when
+    it ends."""
     _set_process_state(STARTING_STATE)
+    if threads is not None:
+        torch.set_num_threads(threads)
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)

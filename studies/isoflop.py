@@ -24,12 +24,36 @@ RESAMPLES_PARAMETRIC = 200
 
 
 def runs_of(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per finished run of a budget: C (the configured budget), params (N), tokens (D), its FLOPs per token."""
+    """One row per (N, D) point of a budget that finished ok: C (the configured budget; a cooldown branch's is its
+    fraction of its run's), params (N), tokens (D), its FLOPs per token, and the validation loss as the mean over the
+    point's seeds (one measurement of the point, however many seeds measured it)."""
     ok = df[(df["status"] == "ok") & df["compute"].notna()]
-    return pd.DataFrame({"C": ok["compute"].astype(float), "params": ok["model_info.params_non_embedding"].astype(float),
-                         "tokens": ok["metrics.tokens"].astype(float), "val_loss": ok["metrics.val_loss"],
-                         "flops_per_token": ok["metrics.flops"].astype(float) / ok["metrics.tokens"].astype(float),
-                         }).reset_index(drop=True)
+    points = pd.DataFrame({"C": ok["compute"].astype(float), "params": ok["model_info.params_non_embedding"].astype(float),
+                           "tokens": ok["metrics.tokens"].astype(float), "val_loss": ok["metrics.val_loss"],
+                           "flops_per_token": ok["metrics.flops"].astype(float) / ok["metrics.tokens"].astype(float)})
+    grouped = points.groupby(["C", "params", "tokens"], sort=False)
+    return grouped.agg(val_loss=("val_loss", "mean"), flops_per_token=("flops_per_token", "first"),
+                       seeds=("val_loss", "size")).reset_index()
+
+
+def seed_spread(df: pd.DataFrame) -> pd.DataFrame:
+    """The points measured with more than one seed: the seeds' mean validation loss and standard deviation."""
+    ok = df[(df["status"] == "ok") & df["compute"].notna()]
+    grouped = ok.groupby([ok["compute"].astype(float).rename("C"), ok["model_info.params_non_embedding"].rename("params"),
+                          ok["metrics.tokens"].rename("tokens")])["metrics.val_loss"]
+    table = grouped.agg(val_loss="mean", seed_std=lambda loss: loss.std(ddof=1), seeds="size").reset_index()
+    return table[table["seeds"] > 1].reset_index(drop=True)
+
+
+def flops_spent(df: pd.DataFrame) -> dict | None:
+    """What the jobs computed against a grid of the same points, each trained as a run of its own (its `metrics.flops`):
+    less when points are cooldown branches of longer runs. None when no record counts what it spent."""
+    ok = df[df["status"] == "ok"]
+    if "metrics.flops_spent" not in ok or ok["metrics.flops_spent"].isna().all():
+        return None
+    spent, grid = float(ok["metrics.flops_spent"].sum()), float(ok["metrics.flops"].sum())
+    branches = int(ok["cooldown.from"].notna().sum()) if "cooldown.from" in ok else 0
+    return {"spent": spent, "separate_runs": grid, "ratio": spent / grid, "points": len(ok), "branches": branches}
 
 
 def flops_per_token_law(runs: pd.DataFrame):
@@ -101,6 +125,37 @@ def family_line(df: pd.DataFrame) -> str:
     return f"Model family: {names[0]} (loss: {families.LOSS.get(names[0], 'its training loss')})."
 
 
+def inside(value: float, interval) -> bool:
+    return interval is not None and interval[0] <= value <= interval[1]
+
+
+def agreement(fits: dict, runs: pd.DataFrame, law, spread: pd.DataFrame) -> dict:
+    """Whether approaches 2 and 3 measure one exponent (each a inside the other's 95% interval), and how far the
+    parametric form misses the points, beside how far seeds move them: misses well beyond the seeds' spread are the
+    form's, not noise's."""
+    iso, par = fits["isoflop"], fits["parametric"]
+    log_residuals = np.log(runs["val_loss"]) - np.log(law.predict(runs["params"], runs["tokens"]))
+    seed_log_std = float((spread["seed_std"] / spread["val_loss"]).mean()) if not spread.empty else None
+    return {"isoflop_a": iso["a"], "isoflop_a_interval": iso["a_interval"], "parametric_a": par["a"],
+            "parametric_a_interval": par["a_interval"], "parametric_a_at_budgets": par["a_at_budgets"],
+            "each_inside_the_other": bool(inside(iso["a"], par["a_interval"]) and inside(par["a"], iso["a_interval"])),
+            "parametric_rms_log_residual": float(np.sqrt(np.mean(log_residuals**2))),
+            "parametric_max_abs_log_residual": float(np.abs(log_residuals).max()), "seed_log_std": seed_log_std}
+
+
+def agreement_section(check: dict) -> str:
+    verdict = ("each inside the other's 95% interval" if check["each_inside_the_other"] else
+               "**not** each inside the other's 95% interval")
+    seeds = (f", against a seed-to-seed spread of {check['seed_log_std']:.2%}" if check["seed_log_std"] is not None
+             else "")
+    return ("## Do the approaches agree?\n\n"
+            f"N_opt ~ C^a: approach 2 a = {with_interval(check['isoflop_a'], check['isoflop_a_interval'])}, approach 3 "
+            f"a = {with_interval(check['parametric_a'], check['parametric_a_interval'])} (under C = 6ND; "
+            f"{check['parametric_a_at_budgets']:.3f} with C counted as the runs counted it): {verdict}. Approach 3 misses "
+            f"the points by {check['parametric_rms_log_residual']:.2%} (root mean square of log L), "
+            f"{check['parametric_max_abs_log_residual']:.2%} at most{seeds}.")
+
+
 def analyse(df: pd.DataFrame, out: Path) -> list[str]:
     sections = [family_line(df), *generic_analysis(df, out)]
     runs = runs_of(df)
@@ -136,8 +191,9 @@ def analyse(df: pd.DataFrame, out: Path) -> list[str]:
                         f"N_opt ~ C^a with a = {with_interval(envelope.a, envelope.intervals.get('a'))}, D_opt ~ C^b with "
                         f"b = {with_interval(envelope.b, envelope.intervals.get('b'))} (200 resamples of whole runs) over "
                         f"{len(envelope.envelope)} FLOP values "
-                        f"({curves['run'].nunique()} runs, {len(curves)} evaluations; with few evaluations per run and a "
-                        "cosine schedule, intermediate points sit above what a shorter run would reach).")
+                        f"({curves['run'].nunique()} runs, {len(curves)} evaluations; an evaluation before a run's "
+                        "learning rate has decayed sits above what a run of that length reaches, so with few evaluations "
+                        "per run this is the least reliable of the three approaches).")
     except FitError as error:
         sections.append(f"## Approach 1: envelope\n\nNot available from these runs: {error}")
     try:
@@ -151,14 +207,14 @@ def analyse(df: pd.DataFrame, out: Path) -> list[str]:
         a_here, b_here = law.exponents_at(sorted(runs["C"].unique()), per_token)
         fits["parametric"] = {name: getattr(law, name) for name in names} | {
             f"{name}_interval": law_ci[name] for name in names} | {
-            "objective": law.objective, "a_at_budgets": a_here, "b_at_budgets": b_here,
+            "objective": law.objective, "resamples_failed": law_ci["_failed"], "a_at_budgets": a_here, "b_at_budgets": b_here,
             "identified": law.identified, "why": law.unidentified}
         table = pd.DataFrame({"parameter": names, "fit [95% interval]": [with_interval(getattr(law, n), law_ci[n]) for n in names]})
         sections += [
             "## Approach 3: L(N, D) = E + A / N^alpha + B / D^beta\n\n"
             "Huber loss (delta 1e-3) on log L, summed; L-BFGS from Chinchilla's 4500 starts; 95% intervals from "
             f"{RESAMPLES_PARAMETRIC} bootstrap resamples of each budget's log residuals about the fitted law, each refitted from "
-            "the fit and the best of the grid's starts. a = beta / (alpha + beta) and b are the exponents under "
+            f"the fit and the best of the grid's starts ({law_ci['_failed']} failed). a = beta / (alpha + beta) and b are the exponents under "
             f"C = 6ND; with C counted as these runs counted it, the fitted law's optimum moves as N_opt ~ C^{a_here:.3f}, "
             f"D_opt ~ C^{b_here:.3f} over these budgets. Chinchilla (Epoch's replication): alpha 0.35, beta 0.37, "
             "a = 0.51.\n\n" + markdown_table(table) + identification_note(law, runs),
@@ -166,6 +222,22 @@ def analyse(df: pd.DataFrame, out: Path) -> list[str]:
         ]
     except FitError as error:
         sections.append(f"## Approach 3: parametric fit\n\nNot available from these runs: {error}")
+    spread = seed_spread(df)
+    if "isoflop" in fits and "parametric" in fits:
+        fits["agreement"] = check = agreement(fits, runs, law, spread)
+        sections.append(agreement_section(check))
+    if not spread.empty:
+        fits["seed_spread"] = spread.to_dict(orient="records")
+        sections.append("## Seed spread\n\nThe points trained with more than one seed (the fits take each point's mean): "
+                        f"a standard deviation of {spread['seed_std'].mean():.4f} nats/token on average, against "
+                        f"{runs.groupby('C')['val_loss'].agg(lambda loss: loss.max() - loss.min()).mean():.4f} between "
+                        "the best and worst size of a budget.\n\n" + markdown_table(spread))
+    spent = flops_spent(df)
+    if spent is not None and spent["branches"]:
+        fits["flops_spent"] = spent
+        sections.append(f"## FLOPs spent\n\n{spent['points']} points, {spent['branches']} of them cooldown branches of "
+                        f"warmup-stable-decay runs, cost {spent['spent']:.3g} FLOPs; the same points as separate runs (a "
+                        f"grid of cosine runs) cost {spent['separate_runs']:.3g}: {spent['ratio']:.3f}x.")
     if runs["C"].nunique() >= 3:
         fits["extrapolation"] = check = extrapolation(runs, iso)
         lines = extrapolation_lines(check)

@@ -9,6 +9,8 @@ from harness.config import CONF_DIR, check_data, check_group_overrides, validate
 from harness.errors import ConfigError
 
 CHECKS = [
+    (['threads=0'],
+     'threads=0 must be a positive integer'),
     (['task.name=fly'],
      "task.name='fly'; known: train, attention, inference"),
     (['model.family=mamba'],
@@ -221,3 +223,19 @@ def test_an_unknown_group_option_is_one_line(arg, message):
     with pytest.raises(ConfigError) as raised:
         check_group_overrides([arg])
     assert str(raised.value) == message
+
+
+def test_the_demo_grows_width_alone_and_its_branches_land_on_its_budgets():
+    from harness.config import model_shape
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+        sweep = compose("config", overrides=["study=demo"], return_hydra_config=True).hydra.sweeper.params
+    budgets, shapes = set(), {}
+    for design in sweep["+study/demo"].split(","):
+        cfg = config(["study=demo", f"+study/demo={design}"])
+        validate(cfg)
+        n_layer, d_model, n_head = model_shape(cfg.model)
+        shapes[d_model] = (n_layer, n_head, cfg.model.seq_len, round(cfg.task.lr * d_model, 6))
+        budgets |= {round(cfg.compute * fraction / 1e10) for fraction in [*cfg.task.cooldowns, 1]}
+    assert sorted(shapes) == [12, 16, 24, 32, 48, 64]
+    assert len(set(shapes.values())) == 1   # depth, heads, context and lr x width held: only the width changes
+    assert sorted(budgets) == [8, 11, 16, 23, 32, 45, 64]   # x 1e10 FLOPs, a factor sqrt(2) apart

@@ -41,8 +41,9 @@ def test_each_branch_is_a_record_that_ends_where_its_schedule_run_alone_ends(tmp
     assert [branch["curve"][-1][k] for k in last] == [single["curve"][-1][k] for k in last]
 
 
-def test_a_killed_branch_continues_from_where_it_left_the_run(tmp_path, tiny):
-    run = [*tiny, *TRUNK, "task.checkpoint_every=50"]
+@pytest.mark.parametrize("every", [50, 0])   # 0: the run trains again from step 0, past the recorded branch's start
+def test_a_killed_branch_continues_from_where_it_left_the_run(tmp_path, tiny, every):
+    run = [*tiny, *TRUNK, f"task.checkpoint_every={every}"]
     whole = harness_cmd(*run, "hydra.run.dir=whole", cwd=tmp_path)
     assert whole.returncode == 0, whole.stderr
     job = subprocess.Popen([sys.executable, "-m", "harness", *run, "hydra.run.dir=killed"], cwd=tmp_path,
@@ -60,7 +61,20 @@ def test_a_killed_branch_continues_from_where_it_left_the_run(tmp_path, tiny):
     assert "cooldown-0.25 from" not in again.stderr + again.stdout   # recorded before the kill: not trained again
     first, resumed = (load_results(tmp_path / name).sort_values("metrics.tokens") for name in ("whole", "killed"))
     assert list(resumed["metrics.val_loss"]) == list(first["metrics.val_loss"])   # bit for bit, all three
-    assert resumed["metrics.resumed_from_step"].iloc[-1] == 350   # the run's last checkpoint, not step 0
+    if every:
+        assert resumed["metrics.resumed_from_step"].iloc[-1] == 350   # the run's last checkpoint, not step 0
+    assert not list((tmp_path / "killed").rglob(records.CHECKPOINT_NAME))   # none left behind, a skipped branch's too
+
+
+def test_a_budgeted_runs_branches_take_their_fraction_of_its_budget():
+    from harness import schedules
+    from harness.tasks.train import cooldown_config
+    trunk = schedules.Schedule("wsd", 1e-3, 400, 20, 0.1, 80, "sqrt")
+    branch = schedules.cooldowns(trunk, [0.25], 0.2)[0]
+    run = {"compute": 6.4e11, "data": {"tokens": 1e6}, "task": {"cooldowns": [0.25]}}
+    branched, _ = cooldown_config(run, branch, 256)
+    assert branched["compute"] == 1.6e11 and branched["data"]["tokens"] == 100 * 256   # an IsoFLOP point at C/4
+    assert cooldown_config({**run, "compute": None}, branch, 256)[0]["compute"] is None
 
 
 def test_the_study_sets_each_difference_beside_the_pooled_seed_spread():

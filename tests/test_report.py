@@ -53,6 +53,8 @@ def test_report_rebuilds_everything_from_records(tmp_path):
     # The records follow L = E + A/N^alpha + B/D^beta exactly: approach 3 recovers it and extrapolates to the last budget.
     assert fits["parametric"]["alpha"] == pytest.approx(0.34, abs=0.01) and fits["parametric"]["E"] == pytest.approx(1.7, abs=0.02)
     assert fits["extrapolation"]["approach3"]["mean_abs_rel_error"] < 0.01 and fits["extrapolation"]["approach3"]["identified"]
+    # The two approaches measure one exponent, and approach 3's form misses none of these points.
+    assert fits["agreement"]["each_inside_the_other"] and fits["agreement"]["parametric_max_abs_log_residual"] < 1e-3
     text = (out / "report.md").read_text()
     assert "## Extrapolation check" in text and "## Approach 3" in text
     for figure in ("isoflop", "n_opt_vs_compute", "loss_curves", "loss_vs_compute", "parametric_contours", "residuals"):
@@ -142,3 +144,33 @@ def test_the_comparison_catches_a_changed_number_table_and_figure(tmp_path):
     data = reproduce.figure_data(figure)
     data["axes"][0][0]["columns"][1][2] *= 1 + 1e-5  # the mean loss of one drawn line
     assert reproduce.compare_json(reproduce.figure_data(figure), data, figure.name)
+
+
+def test_an_isoflop_point_is_its_seeds_mean_and_branches_count_what_they_saved():
+    from studies.isoflop import agreement, flops_spent, runs_of, seed_spread
+    row = {"status": "ok", "compute": 1e10, "model_info.params_non_embedding": 100, "metrics.tokens": 1000,
+           "metrics.flops": 1e10, "metrics.flops_spent": 1e10, "cooldown.from": None}
+    df = pd.DataFrame([{**row, "metrics.val_loss": 2.0}, {**row, "metrics.val_loss": 2.2, "seed": 1},
+                       {**row, "model_info.params_non_embedding": 200, "metrics.tokens": 500, "metrics.val_loss": 2.5,
+                        "metrics.flops_spent": 3e9, "cooldown.from": "abc"}])
+    runs = runs_of(df).sort_values("params")
+    assert list(runs["val_loss"]) == [pytest.approx(2.1), 2.5] and list(runs["seeds"]) == [2, 1]
+    spread = seed_spread(df)
+    assert len(spread) == 1 and spread["seed_std"].iloc[0] == pytest.approx(0.02**0.5)
+    assert flops_spent(df) == {"spent": 2.3e10, "separate_runs": 3e10, "ratio": pytest.approx(2.3 / 3), "points": 3,
+                               "branches": 1}
+
+    class Law:   # misses the first point by 10% in L
+        def predict(self, N, D):
+            return np.where(np.asarray(N) == 100, 2.1 * 1.1, 2.5)
+    fits = {"isoflop": {"a": 0.7, "a_interval": (0.64, 0.78)},
+            "parametric": {"a": 0.53, "a_interval": (0.40, 0.72), "a_at_budgets": 0.6}}
+    check = agreement(fits, runs, Law(), spread)
+    assert not check["each_inside_the_other"]   # 0.7 is inside approach 3's interval, 0.53 is not inside approach 2's
+    assert check["parametric_max_abs_log_residual"] == pytest.approx(np.log(1.1))
+    assert check["seed_log_std"] == pytest.approx(0.02**0.5 / 2.1)
+    fits["parametric"]["a_interval"] = (0.40, 0.69)
+    fits["isoflop"]["a_interval"] = (0.5, 0.78)
+    assert not agreement(fits, runs, Law(), spread)["each_inside_the_other"]
+    fits["parametric"]["a_interval"] = (0.40, 0.72)
+    assert agreement(fits, runs, Law(), spread)["each_inside_the_other"]

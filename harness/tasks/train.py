@@ -112,8 +112,10 @@ def run(cfg: DictConfig, out_dir: Path | None = None, write_branch=None) -> dict
         result["metrics"]["wall_time_s"] = time.perf_counter() - wall_start   # the run's own, not its branches'
         for branch, config, digest in result.pop("cooldowns", []):
             branch_dir = out_dir / digest
-            if records.find_ok_record(out_dir, digest) is not None:
-                continue  # recorded before this run was killed
+            if records.find_ok_record(out_dir, digest) is not None:  # recorded before this run was killed
+                if not cfg.task.get("keep_checkpoints"):
+                    checkpoint.remove(branch_dir)   # the start the run saved for it again
+                continue
             branch_start = time.perf_counter()
             branch_result = train(cfg, branch_dir, cooldown=branch)
             branch_result["metrics"]["wall_time_s"] = time.perf_counter() - branch_start
@@ -133,8 +135,11 @@ def _train_rank(container: dict) -> dict:
 
 def cooldown_config(config: dict, branch: schedules.Cooldown, tokens_per_step: int) -> tuple[dict, str]:
     """A cooldown branch's config (the run's, with the branch's tokens and no cooldowns of its own, and a
-    `cooldown` section naming the run it branched from and where) and its config hash."""
-    branched = {**config, "compute": None, "data": {**config["data"], "tokens": branch.schedule.total_steps * tokens_per_step},
+    `cooldown` section naming the run it branched from and where) and its config hash. A run with a compute budget
+    gives its branches the same fraction of it, so a sweep of sizes at one budget with cooldowns at budget ratios
+    gives IsoFLOP slices: every branch belongs to a budget as a run of its own would."""
+    budget = config["compute"] * branch.fraction if config.get("compute") is not None else None
+    branched = {**config, "compute": budget, "data": {**config["data"], "tokens": branch.schedule.total_steps * tokens_per_step},
                 "task": {**config["task"], "cooldowns": []},
                 "cooldown": {"fraction": branch.fraction, "from": records.config_hash(config),
                              "start_step": branch.start, "steps": branch.schedule.total_steps}}
