@@ -25,9 +25,8 @@ ATTENTION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch
 ATTENTION_MODES = ("fwd", "fwd_bwd")
 ALIBI_ATTENTION = ("sdpa", "dense")
 MIN_REPEATS = 5  # timed repeats behind an inference median: fewer move with the machine's noise
-# Training options that work on one process only, and why where it is not plain.
-SINGLE_PROCESS_ONLY = {"save_model": "", "cooldowns": " (branches start from single-process checkpoints)",
-                       "checkpoint_every": " (sharded checkpoints are not written yet)", "eval_quantized": ""}
+# Training options that work on one process only.
+SINGLE_PROCESS_ONLY = ("save_model", "eval_quantized")
 
 
 def group_options(group: str) -> list[str]:
@@ -180,9 +179,9 @@ def _check_parallel(cfg: DictConfig, machine: distributed.Machine | None) -> Non
         raise ConfigError(f"parallel.backend={p.backend!r}; known: auto, gloo, nccl")
     if p.get("tp_degree") is not None:
         _positive(p.tp_degree, "parallel.tp_degree", integer=True)
-    for key, why in SINGLE_PROCESS_ONLY.items():
+    for key in SINGLE_PROCESS_ONLY:
         if cfg.task.get(key) and p.name != "single":
-            raise ConfigError(f"task.{key} needs parallel=single{why}, got parallel={p.name}")
+            raise ConfigError(f"task.{key} needs parallel=single, got parallel={p.name}")
     world = distributed.world_size(setting, distributed.device_type(str(cfg.device), machine), machine)
     if setting == "auto" and world < 2 and p.name != "single":
         return  # one GPU here: the run records `unsupported`, so a sweep over strategies goes on

@@ -1,6 +1,8 @@
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,18 @@ def harness_cmd(*args: str, cwd: Path, timeout: float = TIMEOUT_S) -> subprocess
     env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
     return subprocess.run([sys.executable, "-m", "harness", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, env=env)
+
+
+def kill_when(*args: str, cwd: Path, ready) -> None:
+    """Start `harness *args` in a process group of its own and kill -9 the whole group (ranks and launcher workers
+    included) as soon as ready() holds, or when the job ends first."""
+    job = subprocess.Popen([sys.executable, "-m", "harness", *args], cwd=cwd, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + TIMEOUT_S
+    while not ready() and job.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.killpg(job.pid, signal.SIGKILL)
+    job.wait()
 
 
 # A tiny, fast training config on synthetic data (seconds on 2 cores).

@@ -1,15 +1,10 @@
 """Resumable runs: a run killed mid-training continues from its last checkpoint and ends as an uninterrupted run."""
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
 
 from harness import checkpoint, records
-from tests.conftest import TIMEOUT_S, harness_cmd
+from tests.conftest import harness_cmd, kill_when
 
 # 400 steps of 8 x 32 tokens over a 5e4-token split: the run wraps into a third epoch, so the data order's
 # state crosses epoch boundaries after the resume; dropout draws from torch's generator at every step.
@@ -22,15 +17,8 @@ def test_a_killed_run_continues_from_its_checkpoint_and_ends_bit_for_bit(tmp_pat
     tiny = [f"model={family}", *tiny]
     whole = harness_cmd(*tiny, *LONG, "hydra.run.dir=whole", cwd=tmp_path)
     assert whole.returncode == 0, whole.stderr
-    command = [sys.executable, "-m", "harness", *tiny, *LONG, "hydra.run.dir=killed"]
-    job = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                           start_new_session=True)
     saved = checkpoint.path(tmp_path / "killed")
-    deadline = time.monotonic() + TIMEOUT_S
-    while not saved.exists() and job.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    os.killpg(job.pid, signal.SIGKILL)
-    job.wait()
+    kill_when(*tiny, *LONG, "hydra.run.dir=killed", cwd=tmp_path, ready=saved.exists)
     assert saved.exists() and not (tmp_path / "killed" / records.RECORD_NAME).exists(), "killed before its first save"
     step = torch.load(saved, weights_only=False)["step"]
 
@@ -42,6 +30,33 @@ def test_a_killed_run_continues_from_its_checkpoint_and_ends_bit_for_bit(tmp_pat
     assert resumed["curve"] == first["curve"]   # every point: train and validation losses, bit for bit
     assert resumed["metrics"]["val_loss"] == first["metrics"]["val_loss"]
     assert not saved.exists() and not checkpoint.path(tmp_path / "whole").exists()   # removed once the run is ok
+
+
+MULTI_RANK = ["data=markov", "data.train_tokens=5e4", "data.val_tokens=2e4", "data.tokens=1.024e5", "model.n_layer=2",
+              "model.d_model=32", "model.n_head=2", "model.seq_len=32", "task.batch_size=8", "task.eval_points=4",
+              "task.eval_tokens=2048", "task.checkpoint_every=50", "progress=off"]
+
+
+@pytest.mark.parametrize("strategy", ["ddp", *[pytest.param(s, marks=pytest.mark.slow)
+                                               for s in ("zero1", "fsdp_zero2", "fsdp_zero3", "tp", "pp")]])
+def test_a_killed_multi_rank_run_continues_from_every_ranks_part_bit_for_bit(tmp_path, strategy):
+    # Two gloo ranks, each saving its own part (a shard under FSDP and TP, its partition's optimizer under ZeRO,
+    # its pipeline stage), the whole process group killed once a checkpoint is complete.
+    run = [*MULTI_RANK, f"parallel={strategy}"]
+    whole = harness_cmd(*run, "hydra.run.dir=whole", cwd=tmp_path)
+    assert whole.returncode == 0, whole.stderr
+    manifest = checkpoint.path(tmp_path / "killed")
+    kill_when(*run, "hydra.run.dir=killed", cwd=tmp_path, ready=manifest.exists)
+    assert manifest.exists() and not (tmp_path / "killed" / records.RECORD_NAME).exists(), "killed before its first save"
+    step = torch.load(manifest, weights_only=False)["step"]
+
+    again = harness_cmd(*run, "hydra.run.dir=killed", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    first = records.read_record(tmp_path / "whole" / records.RECORD_NAME)
+    resumed = records.read_record(tmp_path / "killed" / records.RECORD_NAME)
+    assert 0 < resumed["metrics"]["resumed_from_step"] == step < 400
+    assert resumed["curve"] == first["curve"] and resumed["metrics"]["val_loss"] == first["metrics"]["val_loss"]
+    assert not list((tmp_path / "killed").glob("checkpoint*")) and not list((tmp_path / "whole").glob("checkpoint*"))
 
 
 def test_a_checkpoint_of_another_config_or_unreadable_is_not_resumed(tmp_path):

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from harness import load_results, records
-from tests.conftest import TIMEOUT_S, harness_cmd
+from tests.conftest import TIMEOUT_S, harness_cmd, kill_when
 
 # 400 steps of 8 x 32 tokens; branches at 100 and 200 steps leave the run at steps 80 and 160.
 TRUNK = ["data.tokens=1.024e5", "task.eval_points=4", "task.schedule=wsd", "task.cooldowns=[0.25,0.5]"]
@@ -64,6 +64,24 @@ def test_a_killed_branch_continues_from_where_it_left_the_run(tmp_path, tiny, ev
     if every:
         assert resumed["metrics.resumed_from_step"].iloc[-1] == 350   # the run's last checkpoint, not step 0
     assert not list((tmp_path / "killed").rglob(records.CHECKPOINT_NAME))   # none left behind, a skipped branch's too
+
+
+def test_a_killed_multi_rank_run_trains_its_unrecorded_branches_on_its_ranks(tmp_path, tiny):
+    # Two gloo ranks: the run saves each branch's start as every rank's part, and rank 0 records each branch.
+    run = [*tiny, *TRUNK, "parallel=ddp"]
+    whole = harness_cmd(*run, "hydra.run.dir=whole", cwd=tmp_path)
+    assert whole.returncode == 0, whole.stderr
+    # killed once the first branch is recorded: the second is training
+    kill_when(*run, "hydra.run.dir=killed", cwd=tmp_path, ready=lambda: any((tmp_path / "killed").glob("*/record.json")))
+    assert not (tmp_path / "killed" / records.RECORD_NAME).exists(), "the run finished before the kill"
+
+    again = harness_cmd(*run, "hydra.run.dir=killed", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    first, resumed = (load_results(tmp_path / name).sort_values("metrics.tokens") for name in ("whole", "killed"))
+    assert list(resumed["cooldown.fraction"].iloc[:2]) == [0.25, 0.5] and list(resumed["status"]) == ["ok"] * 3
+    assert list(resumed["metrics.val_loss"]) == list(first["metrics.val_loss"])   # bit for bit, all three
+    assert (resumed["parallel_info.world_size"] == 2).all()
+    assert not list((tmp_path / "killed").rglob("checkpoint*"))
 
 
 def test_a_budgeted_runs_branches_take_their_fraction_of_its_budget():

@@ -108,29 +108,41 @@ def run(cfg: DictConfig, out_dir: Path | None = None, write_branch=None) -> dict
                           f"{world} GPU on this machine")
 
     if cfg.parallel.name == "single":
-        result = train(cfg, out_dir)
-        result["metrics"]["wall_time_s"] = time.perf_counter() - wall_start   # the run's own, not its branches'
-        for branch, config, digest in result.pop("cooldowns", []):
-            branch_dir = out_dir / digest
-            if records.find_ok_record(out_dir, digest) is not None:  # recorded before this run was killed
-                if not cfg.task.get("keep_checkpoints"):
-                    checkpoint.remove(branch_dir)   # the start the run saved for it again
-                continue
-            branch_start = time.perf_counter()
-            branch_result = train(cfg, branch_dir, cooldown=branch)
-            branch_result["metrics"]["wall_time_s"] = time.perf_counter() - branch_start
-            write_branch(branch_dir, config, digest, branch_result)
+        result = train_with_branches(cfg, out_dir, write_branch, wall_start)
     else:
         container = OmegaConf.to_container(cfg, resolve=True)
-        result = distributed.launch(_train_rank, (container,), world, device.type,
+        result = distributed.launch(_train_rank, (container, out_dir, write_branch), world, device.type,
                                     backend_name=cfg.parallel.get("backend", "auto"),
                                     timeout_s=float(cfg.parallel.get("timeout_s", 600)))[0]
-        result["metrics"]["wall_time_s"] = time.perf_counter() - wall_start
+    result["metrics"].setdefault("wall_time_s", time.perf_counter() - wall_start)
     return result
 
 
-def _train_rank(container: dict) -> dict:
-    return train(OmegaConf.create(container))
+def _train_rank(container: dict, out_dir: Path | None, write_branch) -> dict:
+    return train_with_branches(OmegaConf.create(container), out_dir, write_branch, time.perf_counter())
+
+
+def train_with_branches(cfg: DictConfig, out_dir: Path | None, write_branch, wall_start: float) -> dict:
+    """Train the run on this rank, then each of its cooldown branches not recorded yet, from the state the run saved
+    where the branch leaves it; rank 0 records each branch as it ends (write_branch). Returns the run's result."""
+    result = train(cfg, out_dir)
+    branches = result.pop("cooldowns", [])
+    if not branches:
+        return result
+    result["metrics"]["wall_time_s"] = time.perf_counter() - wall_start   # the run's own, not its branches'
+    writer = not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
+    for branch, config, digest in branches:
+        branch_dir = out_dir / digest
+        if records.find_ok_record(out_dir, digest) is not None:  # recorded before this run was killed
+            if writer and not cfg.task.get("keep_checkpoints"):
+                checkpoint.remove(branch_dir)   # the start the run saved for it again
+            continue
+        branch_start = time.perf_counter()
+        branch_result = train(cfg, branch_dir, cooldown=branch)
+        branch_result["metrics"]["wall_time_s"] = time.perf_counter() - branch_start
+        if writer:
+            write_branch(branch_dir, config, digest, branch_result)
+    return result
 
 
 def cooldown_config(config: dict, branch: schedules.Cooldown, tokens_per_step: int) -> tuple[dict, str]:
@@ -222,14 +234,19 @@ def train(cfg: DictConfig, checkpoint_dir: Path | None = None, cooldown: schedul
     start_step = 0
     # A branch always starts from a saved state: the one the run saved where it starts decaying, or a later one.
     resumable = cooldown is not None or (checkpoint_every and checkpoint_dir and cfg.resume)
-    resumed = checkpoint.load(checkpoint_dir, digest) if resumable else None
+    resumed = None
+    if resumable:
+        resumed = checkpoint.load_sharded(checkpoint_dir, digest) if multi_rank else checkpoint.load(checkpoint_dir, digest)
     if cooldown is not None and resumed is None:
         raise RuntimeError(f"cooldown branch {cooldown.fraction:g} has no saved state to start from in {checkpoint_dir}")
     if resumed is not None:
         start_step, curve, interval_losses = resumed["step"], resumed["curve"], resumed["interval_losses"]
         earlier_seconds, batch = resumed["step_seconds"], resumed["next_batch"]
-        layout.model.load_state_dict(resumed["model"])
-        layout.optimizer.load_state_dict(resumed["optimizer"])
+        if multi_rank:
+            checkpoint.restore_rank_state(layout.model, layout.optimizer, resumed)
+        else:
+            layout.model.load_state_dict(resumed["model"])
+            layout.optimizer.load_state_dict(resumed["optimizer"])
         if scaler is not None:
             scaler.load_state_dict(resumed["scaler"])
         skipped_steps += resumed["skipped_steps"]
@@ -244,8 +261,11 @@ def train(cfg: DictConfig, checkpoint_dir: Path | None = None, cooldown: schedul
         batch = next_examples()
 
     def save_checkpoint(next_step: int, directory: Path | None = None, owner: str | None = None) -> None:
-        checkpoint.save(directory or checkpoint_dir, owner or digest, {
-            "step": next_step, "model": layout.model.state_dict(), "optimizer": layout.optimizer.state_dict(),
+        model_and_optimizer = (checkpoint.rank_state(layout.model, layout.optimizer) if multi_rank else
+                               {"model": layout.model.state_dict(), "optimizer": layout.optimizer.state_dict()})
+        save = checkpoint.save_sharded if multi_rank else checkpoint.save
+        save(directory or checkpoint_dir, owner or digest, {
+            "step": next_step, **model_and_optimizer,
             "scaler": scaler.state_dict() if scaler is not None else None, "skipped_steps": int(skipped_steps),
             "batches": batches.state(), "examples": examples.state(), "next_batch": batch,
             "torch_rng": torch.get_rng_state(), "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
