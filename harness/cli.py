@@ -53,6 +53,7 @@ def run_point(cfg: DictConfig, out_dir: Path, sweep_dir: Path | None = None) -> 
     try:
         validate(cfg)
         with measure.job_state(int(cfg.seed), None if cfg.get("threads", "auto") == "auto" else int(cfg.threads)):
+            record["env"] = measure.environment(measure.resolve_device(cfg.device))   # as the job runs: its threads
             record.update(_task_runner(cfg.task.name)(cfg, out_dir, functools.partial(_write_branch, cfg)))
     except ConfigError as error:
         if not multirun:
@@ -73,7 +74,7 @@ def run_point(cfg: DictConfig, out_dir: Path, sweep_dir: Path | None = None) -> 
         return None  # under SLURM every task runs this job; rank 0 writes the record with every rank's figures
     model_state = record.pop("model_state", None)
     record["end_time"] = measure.now_iso()
-    record["env"] = measure.environment(measure.resolve_device(cfg.device))
+    record.setdefault("env", measure.environment(measure.resolve_device(cfg.device)))   # a job stopped before it ran
     if model_state is not None:
         record["model_file"] = records.write_model(out_dir, model_state).name
     path = records.write_record(out_dir, record)

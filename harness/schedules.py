@@ -59,13 +59,16 @@ class Schedule:
         return {**asdict(self), "decay_start": self.decay_start}
 
 
+def _decay_steps(total_steps: int, warmup_steps: int, decay_fraction: float) -> int:
+    """A wsd decay over `decay_fraction` of the run's steps, at least one, never into the warm-up."""
+    return min(total_steps - warmup_steps, max(1, round(total_steps * decay_fraction)))
+
+
 def from_task(t, total_steps: int) -> Schedule:
     """The schedule `task` asks for over a run of `total_steps` optimizer steps."""
     name = t.get("schedule", "cosine")
     warmup_steps = max(1, int(total_steps * float(t.warmup_fraction)))
-    decay_steps = 0
-    if name == "wsd":
-        decay_steps = min(total_steps - warmup_steps, max(1, round(total_steps * float(t.decay_fraction))))
+    decay_steps = _decay_steps(total_steps, warmup_steps, float(t.decay_fraction)) if name == "wsd" else 0
     return Schedule(name, float(t.lr), total_steps, warmup_steps, float(t.min_lr_ratio), decay_steps,
                     str(t.decay_shape) if name == "wsd" else None)
 
@@ -94,7 +97,7 @@ def cooldowns(trunk: Schedule, fractions, decay_fraction: float) -> list[Cooldow
     branches = []
     for fraction in sorted(float(f) for f in fractions):
         steps = max(1, round(fraction * trunk.total_steps))
-        decay_steps = min(steps - trunk.warmup_steps, max(1, round(steps * decay_fraction)))
         branches.append(Cooldown(fraction, Schedule("wsd", trunk.peak_lr, steps, trunk.warmup_steps, trunk.min_lr_ratio,
-                                                    decay_steps, trunk.decay_shape)))
+                                                    _decay_steps(steps, trunk.warmup_steps, decay_fraction),
+                                                    trunk.decay_shape)))
     return branches

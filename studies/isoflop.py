@@ -26,23 +26,21 @@ RESAMPLES_PARAMETRIC = 200
 def runs_of(df: pd.DataFrame) -> pd.DataFrame:
     """One row per (N, D) point of a budget that finished ok: C (the configured budget; a cooldown branch's is its
     fraction of its run's), params (N), tokens (D), its FLOPs per token, and the validation loss as the mean over the
-    point's seeds (one measurement of the point, however many seeds measured it)."""
+    point's seeds (one measurement of the point, however many seeds measured it), their standard deviation and count."""
     ok = df[(df["status"] == "ok") & df["compute"].notna()]
     points = pd.DataFrame({"C": ok["compute"].astype(float), "params": ok["model_info.params_non_embedding"].astype(float),
                            "tokens": ok["metrics.tokens"].astype(float), "val_loss": ok["metrics.val_loss"],
                            "flops_per_token": ok["metrics.flops"].astype(float) / ok["metrics.tokens"].astype(float)})
     grouped = points.groupby(["C", "params", "tokens"], sort=False)
     return grouped.agg(val_loss=("val_loss", "mean"), flops_per_token=("flops_per_token", "first"),
-                       seeds=("val_loss", "size")).reset_index()
+                       seed_std=("val_loss", "std"), seeds=("val_loss", "size")).reset_index()
 
 
-def seed_spread(df: pd.DataFrame) -> pd.DataFrame:
-    """The points measured with more than one seed: the seeds' mean validation loss and standard deviation."""
-    ok = df[(df["status"] == "ok") & df["compute"].notna()]
-    grouped = ok.groupby([ok["compute"].astype(float).rename("C"), ok["model_info.params_non_embedding"].rename("params"),
-                          ok["metrics.tokens"].rename("tokens")])["metrics.val_loss"]
-    table = grouped.agg(val_loss="mean", seed_std=lambda loss: loss.std(ddof=1), seeds="size").reset_index()
-    return table[table["seeds"] > 1].reset_index(drop=True)
+def seed_spread(runs: pd.DataFrame) -> pd.DataFrame:
+    """The points of runs_of() measured with more than one seed."""
+    several = runs[runs["seeds"] > 1]
+    table = several[["C", "params", "tokens", "val_loss", "seed_std", "seeds"]].astype({"params": int, "tokens": int})
+    return table.sort_values(["C", "params"]).reset_index(drop=True)
 
 
 def flops_spent(df: pd.DataFrame) -> dict | None:
@@ -222,7 +220,7 @@ def analyse(df: pd.DataFrame, out: Path) -> list[str]:
         ]
     except FitError as error:
         sections.append(f"## Approach 3: parametric fit\n\nNot available from these runs: {error}")
-    spread = seed_spread(df)
+    spread = seed_spread(runs)
     if "isoflop" in fits and "parametric" in fits:
         fits["agreement"] = check = agreement(fits, runs, law, spread)
         sections.append(agreement_section(check))

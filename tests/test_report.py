@@ -155,7 +155,7 @@ def test_an_isoflop_point_is_its_seeds_mean_and_branches_count_what_they_saved()
                         "metrics.flops_spent": 3e9, "cooldown.from": "abc"}])
     runs = runs_of(df).sort_values("params")
     assert list(runs["val_loss"]) == [pytest.approx(2.1), 2.5] and list(runs["seeds"]) == [2, 1]
-    spread = seed_spread(df)
+    spread = seed_spread(runs)
     assert len(spread) == 1 and spread["seed_std"].iloc[0] == pytest.approx(0.02**0.5)
     assert flops_spent(df) == {"spent": 2.3e10, "separate_runs": 3e10, "ratio": pytest.approx(2.3 / 3), "points": 3,
                                "branches": 1}

@@ -37,6 +37,15 @@ def test_wsd_holds_the_peak_then_decays_with_its_shape(shape):
     assert schedule.lr(170) == pytest.approx(1e-2 * (0.1 + 0.9 * expected), rel=1e-12)
 
 
+def test_a_decay_rounds_to_its_nearest_step_as_hagele_et_al_do_and_never_enters_the_warm_up():
+    run = schedules.from_task(task(schedule="wsd"), 33)   # 0.2 x 33 = 6.6 steps of decay: 7, as round() in their code
+    assert (run.warmup_steps, run.decay_steps) == (3, 7)
+    branch = schedules.cooldowns(schedules.from_task(task(schedule="wsd"), 100), [0.33], 0.2)[0].schedule
+    assert (branch.total_steps, branch.warmup_steps, branch.decay_steps) == (33, 10, 7)   # the run's warm-up, its own decay
+    squeezed = schedules.from_task(task(schedule="wsd", warmup_fraction=0.5, decay_fraction=0.9), 10)
+    assert (squeezed.warmup_steps, squeezed.decay_steps) == (5, 5)
+
+
 def test_cosine_and_constant_follow_their_closed_forms():
     cosine = schedules.from_task(task(), 100)
     assert [cosine.lr(s) for s in range(10)] == pytest.approx([1e-2 * (s + 1) / 10 for s in range(10)], rel=1e-12)

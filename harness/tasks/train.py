@@ -195,10 +195,10 @@ def train(cfg: DictConfig, checkpoint_dir: Path | None = None, cooldown: schedul
     digest = records.config_hash(config)
     branch_starts = {}   # step -> (branch, its config, its config hash)
     for branch in branches:
-        branch_starts[branch.start] = (branch, *cooldown_config(config, branch, batch_size * seq_len))
+        branch_starts[branch.start] = (branch, *cooldown_config(config, branch, tokens_per_step))
     if cooldown is not None:
         schedule, total_steps = cooldown.schedule, cooldown.schedule.total_steps
-        digest = cooldown_config(config, cooldown, batch_size * seq_len)[1]
+        digest = cooldown_config(config, cooldown, tokens_per_step)[1]
     eval_steps = {max(1, round(total_steps * (i + 1) / int(t.eval_points))) for i in range(int(t.eval_points))}
     grad_clip = float(t.grad_clip)
 
