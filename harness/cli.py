@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -116,6 +117,10 @@ def app(cfg: DictConfig) -> None:
 
 
 def main() -> None:
+    # A custom model's class (model._target_) is imported from the user's code: the directory harness runs in, as
+    # `python -m` would, in this process and in the launcher's workers and ranks it starts.
+    sys.path.insert(0, os.getcwd())
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")]))
     try:
         check_group_overrides(sys.argv[1:])
     except ConfigError as error:

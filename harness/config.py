@@ -8,14 +8,14 @@ import importlib.util
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from harness import distributed, families, parallel, precision, quantize, schedules
-from harness.errors import ConfigError
+from harness import distributed, parallel, precision, quantize, schedules
+from harness.errors import ConfigError, Unsupported
 
 from models import attention as attention_registry
-from models.gpt import GPTConfig
-from models.positions import KINDS as POSITION_KINDS, TABLE_KINDS
+from models import spec as model_specs
+from models.positions import KINDS as POSITION_KINDS
 from models.sizing import shape_for_params
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -59,6 +59,8 @@ def validate(cfg: DictConfig, machine: distributed.Machine | None = None) -> Non
     will not run here (a SLURM launcher's nodes); by default this machine resolves device=auto and world_size=auto."""
     if cfg.task.name not in TASKS:
         raise ConfigError(f"task.name={cfg.task.name!r}; known: {', '.join(TASKS)}")
+    if not isinstance(cfg.get("compile", False), bool):
+        raise ConfigError(f"compile={cfg.compile!r} must be true or false")
     if cfg.get("threads", "auto") != "auto":
         _positive(cfg.threads, "threads", integer=True)
     _check_attention(cfg)
@@ -66,53 +68,39 @@ def validate(cfg: DictConfig, machine: distributed.Machine | None = None) -> Non
         _validate_attention_task(cfg.task)
         return
     m = cfg.model
-    family = m.get("family", "gpt")
-    if family not in families.FAMILIES:
-        raise ConfigError(f"model.family={family!r}; known: {', '.join(families.FAMILIES)}")
-    if m.params is not None:
-        _positive(m.params, "model.params")
-        _positive(m.aspect_ratio, "model.aspect_ratio")
-        _positive(m.head_dim, "model.head_dim", integer=True)
-        model_shape(m)
-    else:
-        for key in ("n_layer", "d_model"):
-            _positive(m[key], f"model.{key}", integer=True)
-        if m.n_head is None:  # heads of model.head_dim channels
-            _positive(m.head_dim, "model.head_dim", integer=True)
-            if m.d_model % m.head_dim:
-                raise ConfigError(f"model.head_dim={m.head_dim} does not divide model.d_model={m.d_model}")
-        else:
-            _positive(m.n_head, "model.n_head", integer=True)
-            if m.d_model % m.n_head:
-                raise ConfigError(f"model.n_head={m.n_head} does not divide model.d_model={m.d_model}")
-        _, d_model, n_head = model_shape(m)
-        if m.positions == "rope" and (d_model // n_head) % 2:
-            raise ConfigError(f"model.positions=rope needs an even head size, got d_model/n_head={d_model // n_head}")
+    spec = model_spec(m)
+    if spec.unsupported("sizing") is None:
+        _check_shape(m, spec)
+    elif m.get("params") is not None:
+        raise ConfigError(f"model.params: model.family={spec.name} has {spec.unsupported('sizing')}; size it by its own arguments")
     _positive(m.seq_len, "model.seq_len", integer=True)
-    _positive(m.mlp_ratio, "model.mlp_ratio")
-    if not 0 <= m.dropout < 1:
+    for key in ("mlp_ratio", "ffn_hidden", "multiple_of", "n_kv_head"):
+        if m.get(key) is not None:
+            _positive(m[key], f"model.{key}", integer=key != "mlp_ratio")
+    if not 0 <= m.get("dropout", 0.0) < 1:
         raise ConfigError(f"model.dropout={m.dropout} must be in [0, 1)")
-    if m.positions not in POSITION_KINDS:
-        raise ConfigError(f"model.positions={m.positions!r}; known: {', '.join(POSITION_KINDS)}")
-    if m.positions == "alibi" and cfg.attention.name not in ALIBI_ATTENTION:
+    positions = m.get("positions")
+    if positions is not None and positions not in POSITION_KINDS:
+        raise ConfigError(f"model.positions={positions!r}; known: {', '.join(POSITION_KINDS)}")
+    if positions == "alibi" and cfg.attention.name not in ALIBI_ATTENTION:
         raise ConfigError(f"model.positions=alibi biases the full score matrix: it needs attention=sdpa or dense, "
                           f"got attention={cfg.attention.name}")
-    if family == "encdec":
-        if cfg.attention.name not in ALIBI_ATTENTION:
-            raise ConfigError(f"model.family=encdec cross-attends queries to a different number of keys: it needs "
-                              f"attention=sdpa or dense, got attention={cfg.attention.name}")
-        if cfg.parallel.name == "pp":
-            raise ConfigError("model.family=encdec has two stacks the decoder reads across; parallel=pp splits one "
-                              "stack into stages: use single, ddp, zero1, fsdp_zero2, fsdp_zero3, tp or fsdp_tp")
-        if cfg.task.get("eval_lengths"):
-            raise ConfigError("task.eval_lengths needs a family that reads windows of any length (gpt, encoder)")
-    if m.positions == "alibi" and cfg.parallel.name in ("tp", "fsdp_tp"):
+    if positions == "alibi" and cfg.parallel.name in ("tp", "fsdp_tp"):
         raise ConfigError(f"model.positions=alibi is not supported with parallel={cfg.parallel.name}")
+    if spec.attentions is not None and cfg.attention.name not in spec.attentions:
+        raise ConfigError(f"model.family={spec.name} {spec.attentions_why}: it needs attention="
+                          f"{' or '.join(spec.attentions)}, got attention={cfg.attention.name}")
+    if cfg.task.get("eval_lengths") and not spec.any_length:
+        raise ConfigError(f"task.eval_lengths needs a family that reads windows of any length; model.family={spec.name} does not")
+    problem = spec.problems(shaped(m), OmegaConf.to_container(cfg.task, resolve=True))
+    if problem:
+        raise ConfigError(problem)
 
     if cfg.precision.name not in precision.MODES:
         raise ConfigError(f"precision.name={cfg.precision.name!r}; known: {', '.join(precision.MODES)}")
     if cfg.task.name == "inference":
         _validate_inference_task(cfg)
+        _check_capabilities(cfg, spec)
         return
     if cfg.compute is not None:
         _positive(cfg.compute, "compute")
@@ -134,9 +122,10 @@ def validate(cfg: DictConfig, machine: distributed.Machine | None = None) -> Non
     _check_schedule(t)
     if not isinstance(t.checkpoint_every, int) or t.checkpoint_every < 0:
         raise ConfigError(f"task.checkpoint_every={t.checkpoint_every} must be a whole number of steps (0: none)")
-    _check_parallel(cfg, machine)
+    _check_parallel(cfg, machine, spec)
     if cfg.study.name != "none" and importlib.util.find_spec(f"studies.{cfg.study.name}") is None:
         raise ConfigError(f"study.name={cfg.study.name!r} has no module studies/{cfg.study.name}.py")
+    _check_capabilities(cfg, spec)
 
 
 def _check_schedule(t: DictConfig) -> None:
@@ -166,7 +155,7 @@ def _check_schedule(t: DictConfig) -> None:
         raise ConfigError(f"task.cooldowns={list(t.cooldowns)} names a fraction twice")
 
 
-def _check_parallel(cfg: DictConfig, machine: distributed.Machine | None) -> None:
+def _check_parallel(cfg: DictConfig, machine: distributed.Machine | None, spec: model_specs.ModelSpec) -> None:
     """Shape and batch checks of the layout on the ranks `machine` gives; whether it really has them is checked
     when the job runs."""
     p = cfg.parallel
@@ -185,9 +174,10 @@ def _check_parallel(cfg: DictConfig, machine: distributed.Machine | None) -> Non
     world = distributed.world_size(setting, distributed.device_type(str(cfg.device), machine), machine)
     if setting == "auto" and world < 2 and p.name != "single":
         return  # one GPU here: the run records `unsupported`, so a sweep over strategies goes on
-    n_layer, _, n_head = model_shape(cfg.model)
-    problem = parallel.problems(p.name, world, parallel.degrees(p.name, world, p.get("tp_degree")), n_head=n_head,
-                                n_layer=n_layer, batch_size=int(cfg.task.batch_size),
+    shape = spec.describe(spec.config(shaped(cfg.model), 1, str(cfg.attention.name), {}))  # the vocabulary does not matter
+    problem = parallel.problems(p.name, world, parallel.degrees(p.name, world, p.get("tp_degree")),
+                                heads={f"model.{key}": shape[key] for key in spec.tp_divides},
+                                n_layer=shape.get("n_layer"), batch_size=int(cfg.task.batch_size),
                                 microbatches=int(p.get("microbatches", 1)), schedule=str(p.get("schedule", "1f1b")))
     if problem:
         raise ConfigError(problem)
@@ -204,10 +194,7 @@ def _check_attention(cfg: DictConfig) -> None:
 
 def _validate_inference_task(cfg: DictConfig) -> None:
     from harness.tasks.inference import WEIGHTS
-    t, m = cfg.task, cfg.model
-    family = m.get("family", "gpt")
-    if family == "encoder":
-        raise ConfigError("task=inference decodes left to right with a KV cache; model.family=encoder is not a decoder")
+    t = cfg.task
     if cfg.parallel.name != "single":
         raise ConfigError(f"task=inference runs on one device, got parallel={cfg.parallel.name}")
     refused = attention_registry.cached_decoding_refused(cfg.attention.name)
@@ -220,16 +207,6 @@ def _validate_inference_task(cfg: DictConfig) -> None:
     for name in [t.weights, *(t.compare_weights or [])]:
         if name not in WEIGHTS:
             raise ConfigError(f"task.weights={name!r}; known: {', '.join(WEIGHTS)}")
-    if family == "encdec" and m.positions in TABLE_KINDS:
-        from models.encdec import span_layout
-        layout = span_layout(m.seq_len)
-        if t.context > layout.encoder_len or t.new_tokens > layout.decoder_len:
-            raise ConfigError(f"task.context={t.context} and task.new_tokens={t.new_tokens} must fit the learned tables of "
-                              f"model.seq_len={m.seq_len}: {layout.encoder_len} encoder and {layout.decoder_len} decoder "
-                              "positions; raise model.seq_len or use positions=rope|sinusoidal|alibi")
-    elif m.positions in TABLE_KINDS and t.context + t.new_tokens > m.seq_len:
-        raise ConfigError(f"task.context={t.context} + task.new_tokens={t.new_tokens} exceeds the learned position "
-                          f"table of model.seq_len={m.seq_len}; raise model.seq_len or use positions=rope|sinusoidal|alibi")
     if t.checkpoint and not Path(t.checkpoint).is_file():
         raise ConfigError(f"task.checkpoint={t.checkpoint!r} is not a file")
 
@@ -248,29 +225,76 @@ def attention_options(cfg: DictConfig) -> dict:
     return {k: v for k, v in cfg.attention.items() if k != "name"}
 
 
+def model_spec(m: DictConfig) -> model_specs.ModelSpec:
+    try:
+        return model_specs.get(m.get("family", "gpt"), OmegaConf.to_container(m, resolve=True))
+    except (ValueError, ImportError) as error:
+        raise ConfigError(str(error)) from None
+
+
+def _check_shape(m: DictConfig, spec: model_specs.ModelSpec) -> None:
+    if m.params is not None:
+        _positive(m.params, "model.params")
+        _positive(m.aspect_ratio, "model.aspect_ratio")
+        _positive(m.head_dim, "model.head_dim", integer=True)
+    else:
+        for key in ("n_layer", "d_model"):
+            _positive(m[key], f"model.{key}", integer=True)
+        if m.n_head is None:  # heads of model.head_dim channels
+            _positive(m.head_dim, "model.head_dim", integer=True)
+            if m.d_model % m.head_dim:
+                raise ConfigError(f"model.head_dim={m.head_dim} does not divide model.d_model={m.d_model}")
+        else:
+            _positive(m.n_head, "model.n_head", integer=True)
+            if m.d_model % m.n_head:
+                raise ConfigError(f"model.n_head={m.n_head} does not divide model.d_model={m.d_model}")
+    resolved = shaped(m)
+    if m.get("positions") == "rope" and (resolved["d_model"] // resolved["n_head"]) % 2:
+        raise ConfigError(f"model.positions=rope needs an even head size, got d_model/n_head="
+                          f"{resolved['d_model'] // resolved['n_head']}")
+
+
+def _check_capabilities(cfg: DictConfig, spec: model_specs.ModelSpec) -> None:
+    """What the task and layout ask of the family that its spec says it cannot do: an `unsupported` record."""
+    needs = {"tp": cfg.parallel.name in ("tp", "fsdp_tp"), "pp": cfg.parallel.name == "pp",
+             "kv_cache": cfg.task.name == "inference"}
+    for capability, needed in needs.items():
+        if needed and spec.unsupported(capability):
+            raise Unsupported(f"{spec.unsupported(capability)} (parallel={cfg.parallel.name}, task={cfg.task.name})"
+                              if capability != "kv_cache" else spec.unsupported(capability))
+
+
 def model_shape(m: DictConfig) -> tuple[int, int, int]:
-    """(n_layer, d_model, n_head): as given, or picked for the target `model.params`."""
+    """(n_layer, d_model, n_head): as given, or picked for the target `model.params` by the family's closed-form count."""
     if m.params is None:
         n_head = int(m.n_head) if m.n_head is not None else int(m.d_model) // int(m.head_dim)
         return int(m.n_layer), int(m.d_model), n_head
+    spec = model_spec(m)
+    section = OmegaConf.to_container(m, resolve=True)
+
+    def count(n_layer: int, d_model: int, n_head: int) -> int:
+        shape = {**section, "n_layer": n_layer, "d_model": d_model, "n_head": n_head}
+        return spec.non_embedding_params(spec.config(shape, 1, "sdpa", {}))
     try:
-        return shape_for_params(float(m.params), aspect_ratio=float(m.aspect_ratio), head_dim=int(m.head_dim),
-                                mlp_ratio=float(m.mlp_ratio), bias=bool(m.bias), family=str(m.get("family", "gpt")))
+        return shape_for_params(float(m.params), count, aspect_ratio=float(m.aspect_ratio), head_dim=int(m.head_dim))
     except ValueError as error:
         raise ConfigError(str(error)) from None
 
 
-def gpt_config(cfg: DictConfig, data_vocab: int) -> GPTConfig:
-    """The model's shape; its vocabulary is the data's plus what the family adds (an encoder's [MASK])."""
-    m = cfg.model
-    family = m.get("family", "gpt")
-    n_layer, d_model, n_head = model_shape(m)
-    return GPTConfig(
-        causal=families.causal(family), vocab_size=families.model_vocab(family, data_vocab, int(m.seq_len)), seq_len=int(m.seq_len), n_layer=n_layer, d_model=d_model, n_head=n_head,
-        mlp_ratio=float(m.mlp_ratio), bias=bool(m.bias), dropout=float(m.dropout),
-        tie_embeddings=bool(m.tie_embeddings), positions=str(m.positions),
-        attention=str(cfg.attention.name), attention_options=attention_options(cfg),
-    )
+def shaped(m: DictConfig) -> dict:
+    """The model section with its shape resolved (n_layer, d_model, n_head; the target `params` picked)."""
+    section = OmegaConf.to_container(m, resolve=True)
+    if model_spec(m).unsupported("sizing") is None:
+        section["n_layer"], section["d_model"], section["n_head"] = model_shape(m)
+    return section
+
+
+def model_config(cfg: DictConfig, data_vocab: int):
+    """The family's config of the model to build; its vocabulary is the data's plus what the family adds (an
+    encoder's [MASK], an encoder-decoder's sentinels)."""
+    spec = model_spec(cfg.model)
+    return spec.config(shaped(cfg.model), spec.model_vocab(data_vocab, int(cfg.model.seq_len)),
+                       str(cfg.attention.name), attention_options(cfg))
 
 
 def requested_tokens(cfg: DictConfig, flops_per_token: float) -> float:
@@ -280,7 +304,7 @@ def requested_tokens(cfg: DictConfig, flops_per_token: float) -> float:
 
 def check_data(cfg: DictConfig, dataset) -> None:
     """The checks that need the data (task=train): every split holds a window, the budget holds a batch."""
-    per_token = families.flops_per_token(cfg.model.get("family", "gpt"), gpt_config(cfg, dataset.vocab_size))
+    per_token = model_spec(cfg.model).flops_per_token(model_config(cfg, dataset.vocab_size))
     check_data_fits(cfg, len(dataset.train), len(dataset.val), requested_tokens(cfg, per_token.causal))
 
 

@@ -1,25 +1,16 @@
-"""Every FLOP formula and device peak rate in the harness lives here.
+"""The harness's shared FLOP and memory formulas and device peak rates.
 
-Training FLOPs per token count the matrix multiplies (2 FLOPs per multiply-add) of
-one forward pass and multiply by 3: the backward pass computes the gradient with
-respect to both the input and the weight of every matmul, twice the forward work
-(Kaplan et al. 2020, sec. 2.1; Hoffmann et al. 2022, app. F). Element-wise work
-(norms, GELU, softmax, bias adds) is left out, as FlopCounterMode does. A fused
-attention kernel that recomputes the scores in backward does more arithmetic than
-this; that recomputation is hardware work, not model work, and is not counted.
-
-Attention's score (QK^T) and value (AV) products are counted two ways:
-  dense:  every query against every key, as a dense kernel performs them;
-  causal: only the keys the model's mask lets through: (n+1)/2 per query on average for a causal
-          decoder, which is the "half" in PaLM's and Chinchilla's accounting; all n for an encoder.
-An encoder's masked-token head runs over every position, as it is computed, so it counts like the GPT's.
+A family's own training FLOPs per token are its spec's (models/<family>.py), each in closed form beside its
+model, and FlopCounterMode's count where no closed form exists (measured_flops_per_token: a model the harness has
+never seen). A fused attention kernel that recomputes the scores in backward does more arithmetic than the model
+needs; that recomputation is hardware work, not model work, and is not counted.
 """
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
 
-from models.gpt import GPTConfig
+import torch
 
 
 @dataclass(frozen=True)
@@ -27,39 +18,24 @@ class FlopsPerToken:
     dense: float       # training FLOPs per token, attention as a dense kernel performs it
     causal: float      # training FLOPs per token, attention as a causal mask needs it
     six_n: float       # the 6N approximation (Kaplan), N = non-embedding parameters
-    attention_dense: float
-    attention_causal: float
+    attention_dense: float | None = None    # None where attention is not separable (a measured count)
+    attention_causal: float | None = None
 
 
-def block_matmul_flops_per_token(cfg: GPTConfig) -> float:
-    """Forward FLOPs per token of one block's dense matmuls: QKV, output projection, MLP."""
-    d = cfg.d_model
-    return 2 * d * 3 * d + 2 * d * d + 2 * 2 * d * cfg.d_mlp
+def measured_flops_per_token(model: torch.nn.Module, seq_len: int, non_embedding_params: int) -> FlopsPerToken:
+    """Training FLOPs per token as PyTorch's FlopCounterMode counts one forward, the cross-entropy and one backward
+    of `model` (built on the meta device: no memory, no arithmetic) over one window of seq_len tokens. The counter
+    counts matmuls, convolutions and attention kernels, as the closed forms do; attention under a causal mask
+    counts as the dense kernel performs it, so `causal` equals `dense` here."""
+    from torch.utils.flop_counter import FlopCounterMode
 
-
-def forward_matmul_flops_per_token(cfg: GPTConfig) -> float:
-    """Forward FLOPs per token for the dense (non-attention) matmuls: every block's, and the logits."""
-    return cfg.n_layer * block_matmul_flops_per_token(cfg) + 2 * cfg.d_model * cfg.vocab_size
-
-
-def forward_attention_flops_per_token(cfg: GPTConfig, *, causal: bool) -> float:
-    """Forward FLOPs per token of QK^T and AV over all heads: 2 matmuls x 2 FLOPs x keys x d_model per layer."""
-    n = cfg.seq_len
-    keys_per_query = (n + 1) / 2 if causal else n
-    return cfg.n_layer * 2 * 2 * keys_per_query * cfg.d_model
-
-
-def training_flops_per_token(cfg: GPTConfig, non_embedding_params: int) -> FlopsPerToken:
-    matmul = forward_matmul_flops_per_token(cfg)
-    attn_dense = forward_attention_flops_per_token(cfg, causal=False)
-    attn_causal = forward_attention_flops_per_token(cfg, causal=cfg.causal)  # an encoder's mask lets every key through
-    return FlopsPerToken(
-        dense=3 * (matmul + attn_dense),
-        causal=3 * (matmul + attn_causal),
-        six_n=6.0 * non_embedding_params,
-        attention_dense=3 * attn_dense,
-        attention_causal=3 * attn_causal,
-    )
+    from models.spec import token_loss
+    idx = torch.zeros((1, seq_len), dtype=torch.long, device="meta")
+    with FlopCounterMode(display=False) as counter:
+        logits = model(idx)
+        token_loss(logits, torch.zeros(logits.shape[:-1], dtype=torch.long, device="meta")).backward()
+    per_token = counter.get_total_flops() / seq_len
+    return FlopsPerToken(dense=per_token, causal=per_token, six_n=6.0 * non_embedding_params)
 
 
 # Dense (no sparsity) peak rates in FLOP/s from NVIDIA's data sheets, per product, by the compute dtype a precision
@@ -221,29 +197,3 @@ def context_where_cache_exceeds(weights_bytes: int, *, n_layer: int, kv_heads: i
     """The context length at which the KV cache for `batch` sequences holds as many bytes as the weights."""
     return weights_bytes / kv_cache_bytes(n_layer=n_layer, kv_heads=kv_heads, head_dim=head_dim, context=1,
                                           batch=batch, bytes_per_element=bytes_per_element)
-
-
-def encdec_training_flops_per_token(cfg: GPTConfig, non_embedding_params: int) -> FlopsPerToken:
-    """Training FLOPs per token of the window an encoder-decoder is trained on (models/encdec.py): the encoder
-    reads encoder_len tokens, the decoder writes decoder_len; each decoder layer also projects the encoder's
-    output to keys and values and attends to all of it. Per window, divided by its seq_len tokens."""
-    from models.encdec import span_layout
-    layout = span_layout(cfg.seq_len)
-    enc, dec, d, layers = layout.encoder_len, layout.decoder_len, cfg.d_model, cfg.n_layer
-    block = block_matmul_flops_per_token(cfg)
-    cross = 2 * d * d + 2 * d * d                                       # cross-attention query and output projections
-    encoder = enc * layers * (block + 2 * 2 * enc * d)                  # bidirectional: every key
-    cross_kv = enc * layers * 2 * d * 2 * d                             # encoder output -> keys and values, per decoder layer
-    decoder_fixed = dec * layers * (block + cross + 2 * 2 * enc * d) + dec * 2 * d * cfg.vocab_size
-    self_dense = dec * layers * 2 * 2 * dec * d
-    self_causal = dec * layers * 2 * 2 * (dec + 1) / 2 * d
-    attention_dense = layers * 2 * 2 * d * (enc * enc + dec * dec + dec * enc)
-    attention_causal = attention_dense - self_dense + self_causal
-    fixed = encoder + cross_kv + decoder_fixed
-    return FlopsPerToken(
-        dense=3 * (fixed + self_dense) / cfg.seq_len,
-        causal=3 * (fixed + self_causal) / cfg.seq_len,
-        six_n=6.0 * non_embedding_params,
-        attention_dense=3 * attention_dense / cfg.seq_len,
-        attention_causal=3 * attention_causal / cfg.seq_len,
-    )

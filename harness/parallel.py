@@ -1,4 +1,4 @@
-"""Parallel strategies: lay a built GPT out over the ranks, step it, and count what each rank holds.
+"""Parallel strategies: lay a built model out over the ranks, step it, and count what each rank holds.
 
   single      one process, one device
   ddp         DistributedDataParallel: every rank holds everything; gradients are all-reduced
@@ -6,12 +6,15 @@
   fsdp_zero2  FSDP2 `fully_shard(reshard_after_forward=False)`: gradients and optimizer state sharded, parameters
               gathered once per step and kept from forward to backward (ZeRO stage 2's memory during the step)
   fsdp_zero3  FSDP2 full sharding: parameters gathered per block and freed after use (ZeRO stage 3)
-  tp          tensor parallel (DTensor): column-parallel QKV and MLP-up, row-parallel output and MLP-down,
-              vocabulary-parallel embedding and head, sequence parallel on the LayerNorms and the residual stream
-  pp          pipeline parallel (torch.distributed.pipelining): blocks split evenly into one stage per rank,
-              `gpipe` or `1f1b` over `microbatches`; tied embeddings kept equal as Megatron does (the first and
-              last stage each hold a copy and sum their gradients)
+  tp          tensor parallel (DTensor) by the family's plan (its spec's tp_plan: Megatron's column- and row-parallel
+              projections with sequence parallelism)
+  pp          pipeline parallel (torch.distributed.pipelining): the spec's (embed, blocks, head) split evenly into
+              one stage per rank, `gpipe` or `1f1b` over `microbatches`; tied embeddings kept equal as Megatron does
+              (the first and last stage each hold a copy and sum their gradients)
   fsdp_tp     2-D mesh (dp, tp): tp inside each group of `tp_degree` ranks, FSDP2 across the groups
+
+ddp, zero1 and the FSDP strategies work for any module (FSDP's units: the entries of its outermost ModuleLists,
+its repeated blocks); tp and pp need the family's spec to give a plan and a split.
 
 Every strategy trains the same global batch as `single` (data-parallel ranks take equal slices of it), so the loss
 trajectories agree; tests/test_parallel.py proves it.
@@ -34,10 +37,9 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 
-from models.gpt import sinusoid_rows
+from models.spec import ModelSpec, token_loss
 
 STRATEGIES = ("single", "ddp", "zero1", "fsdp_zero2", "fsdp_zero3", "tp", "pp", "fsdp_tp")
 ZERO_STAGE = {"single": 0, "ddp": 0, "zero1": 1, "fsdp_zero2": 2, "fsdp_zero3": 3, "tp": 0, "pp": 0, "fsdp_tp": 3}
@@ -64,7 +66,7 @@ def degrees(name: str, world: int, tp_degree: int | None = None) -> Degrees:
     return Degrees(dp=world)
 
 
-def problems(name: str, world: int, deg: Degrees, *, n_head: int, n_layer: int, batch_size: int,
+def problems(name: str, world: int, deg: Degrees, *, heads: dict[str, int], n_layer: int | None, batch_size: int,
              microbatches: int, schedule: str) -> str | None:
     """What makes this layout impossible for this model shape and batch, as one line; None when it fits."""
     if name not in STRATEGIES:
@@ -75,9 +77,10 @@ def problems(name: str, world: int, deg: Degrees, *, n_head: int, n_layer: int, 
         return f"parallel={name} needs parallel.world_size >= 2, got {world}"
     if deg.dp * deg.tp * deg.pp != world:
         return f"parallel.tp_degree={deg.tp} does not divide parallel.world_size={world}"
-    if n_head % deg.tp:
-        return f"parallel={name}: tensor-parallel degree {deg.tp} does not divide model.n_head={n_head}"
-    if deg.pp > n_layer:
+    for key, count in heads.items():
+        if count % deg.tp:
+            return f"parallel={name}: tensor-parallel degree {deg.tp} does not divide {key}={count}"
+    if n_layer is not None and deg.pp > n_layer:
         return f"parallel=pp: {deg.pp} pipeline stages (world_size) is more than model.n_layer={n_layer}"
     if batch_size % deg.dp:
         return f"task.batch_size={batch_size} does not split evenly over {deg.dp} data-parallel ranks"
@@ -110,7 +113,7 @@ class Layout:
     dp_group: object = None
     dp_sharded_params: bool = False
     schedule: object = None              # pp: this rank's pipeline schedule (its model is its stage)
-    tied_copy: nn.Parameter | None = None
+    tied_copies: list = field(default_factory=list)   # pp, last stage: its copies of weights tied to the first's
     params_in_step_bytes: int = 0
     extra: dict = field(default_factory=dict)
 
@@ -120,9 +123,10 @@ def local(model: nn.Module, device: torch.device) -> Layout:
     return Layout("single", model, None, Degrees(), 0, slice(None), device)
 
 
-def build(name: str, model: nn.Module, make_optimizer, device: torch.device, batch_size: int, *,
+def build(name: str, model: nn.Module, spec: ModelSpec, make_optimizer, device: torch.device, batch_size: int, *,
           tp_degree: int | None = None, schedule: str = "1f1b", microbatches: int = 4, cast=contextlib.nullcontext) -> Layout:
-    """Lay out `model` (built identically on every rank, same seed) for this rank. make_optimizer(module_or_params, zero=)"""
+    """Lay out `model` (built identically on every rank, same seed) for this rank, by its family's `spec`.
+    make_optimizer(module_or_params, zero=)"""
     if name == "single":
         return Layout(name, model, make_optimizer(model), Degrees(), 0, slice(0, batch_size), device)
     world, rank = dist.get_world_size(), dist.get_rank()
@@ -144,66 +148,53 @@ def build(name: str, model: nn.Module, make_optimizer, device: torch.device, bat
         return Layout(name, model, make_optimizer(model), deg, rank, rows(rank), device, dp_sharded_params=True)
     if name == "tp":
         mesh = init_device_mesh(device.type, (world,))
-        tensor_parallel(model, mesh)
+        tensor_parallel(model, mesh, spec.tp_plan(model))
         return Layout(name, model, make_optimizer(model), deg, rank, rows(0), device)
     if name == "fsdp_tp":
         mesh = init_device_mesh(device.type, (deg.dp, deg.tp), mesh_dim_names=("dp", "tp"))
-        tensor_parallel(model, mesh["tp"])
+        tensor_parallel(model, mesh["tp"], spec.tp_plan(model))
         _fully_shard(model, mesh["dp"], reshard_after_forward=True)
         dp_rank = mesh.get_local_rank("dp")
         return Layout(name, model, make_optimizer(model), deg, rank, rows(dp_rank), device,
                       dp_group=mesh.get_group("dp"), dp_sharded_params=True)
     if name == "pp":
-        return _pipeline(model, make_optimizer, device, deg, rank, batch_size, schedule, microbatches, cast)
+        return _pipeline(spec.pipeline_parts(model), make_optimizer, device, deg, rank, batch_size, schedule,
+                         microbatches, cast)
     raise ValueError(f"unknown parallel strategy {name!r}")
+
+
+def repeated_blocks(model: nn.Module) -> list[nn.Module]:
+    """The entries of the outermost ModuleLists: a transformer's blocks, whatever it names them."""
+    lists = [m for m in model.modules() if isinstance(m, nn.ModuleList)]
+    inner = {id(sub) for outer in lists for sub in outer.modules() if sub is not outer}
+    return [block for blocks in lists if id(blocks) not in inner for block in blocks]
 
 
 def _fully_shard(model: nn.Module, mesh, *, reshard_after_forward: bool) -> None:
     from torch.distributed.fsdp import fully_shard
-    for block in [*model.blocks, *getattr(model, "decoder_blocks", [])]:
+    for block in repeated_blocks(model):
         fully_shard(block, mesh=mesh, reshard_after_forward=reshard_after_forward)
     fully_shard(model, mesh=mesh, reshard_after_forward=reshard_after_forward)
 
 
-def tensor_parallel(model: nn.Module, mesh) -> None:
-    """Megatron-style TP with sequence parallelism, on the modules by name (torchtitan's plan for Llama). An
-    encoder-decoder's decoder blocks add cross-attention: its query and key-value projections column-parallel
-    (the key-values from the all-gathered encoder output), its output projection row-parallel."""
-    from torch.distributed.tensor import Replicate, Shard, distribute_tensor
-    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, SequenceParallel, parallelize_module
+def tensor_parallel(model: nn.Module, mesh, plan: dict) -> None:
+    """Apply a TP plan (module name -> ColwiseParallel, RowwiseParallel, SequenceParallel, ...). Weights tied before
+    (a head sharing the token table) are tied again after; whatever the plan left becomes a replicated DTensor, so
+    every parameter lives on the mesh. Rotary frequencies stay plain tensors: they act on each rank's local heads."""
+    from torch.distributed.tensor import Replicate, distribute_tensor
+    from torch.distributed.tensor.parallel import parallelize_module
 
     from models.positions import Rotary
 
-    plan = {"wte": RowwiseParallel(input_layouts=Replicate(), output_layouts=Shard(1), use_local_output=False),
-            "ln_f": SequenceParallel(),
-            "lm_head": ColwiseParallel(input_layouts=Shard(1), output_layouts=Replicate())}
-    for table in ("wpe", "wpe_encoder", "wpe_decoder"):
-        if getattr(model, table, None) is not None:
-            plan[table] = RowwiseParallel(input_layouts=Replicate(), output_layouts=Replicate(), use_local_output=False)
-    decoder_blocks = [f"decoder_blocks.{i}" for i in range(len(getattr(model, "decoder_blocks", [])))]
-    for block in [f"blocks.{i}" for i in range(len(model.blocks))] + decoder_blocks:
-        plan.update({
-            f"{block}.ln_attn": SequenceParallel(),
-            f"{block}.attn.qkv": ColwiseParallel(input_layouts=Shard(1)),   # all-gather the sequence, local heads out
-            f"{block}.attn.proj": RowwiseParallel(output_layouts=Shard(1), use_local_output=False),  # reduce-scatter
-            f"{block}.ln_mlp": SequenceParallel(),
-            f"{block}.mlp.up": ColwiseParallel(input_layouts=Shard(1)),
-            f"{block}.mlp.down": RowwiseParallel(output_layouts=Shard(1), use_local_output=False),
-        })
-    for block in decoder_blocks:
-        plan.update({
-            f"{block}.ln_cross": SequenceParallel(),
-            f"{block}.cross.q": ColwiseParallel(input_layouts=Shard(1)),
-            f"{block}.cross.kv": ColwiseParallel(input_layouts=Shard(1)),  # the encoder's output, all-gathered
-            f"{block}.cross.proj": RowwiseParallel(output_layouts=Shard(1), use_local_output=False),
-        })
-    if decoder_blocks:
-        plan["ln_encoder"] = SequenceParallel()
-    tied = model.lm_head.weight is model.wte.weight
+    places: dict[int, list[tuple[nn.Module, str]]] = {}
+    for module in model.modules():
+        for key, param in module._parameters.items():
+            if param is not None:
+                places.setdefault(id(param), []).append((module, key))
     parallelize_module(model, mesh, plan)
-    if tied:  # both are split along the vocabulary (Shard(0)), so one DTensor serves both again
-        model.lm_head.weight = model.wte.weight
-    # Whatever the plan left (a sinusoid table) becomes a replicated DTensor; rotary frequencies act on local heads.
+    for (owner, key), *others in (p for p in places.values() if len(p) > 1):
+        for module, other_key in others:  # both were split alike (the table and the head along the vocabulary)
+            setattr(module, other_key, getattr(owner, key))
     for module in model.modules():
         if isinstance(module, Rotary):
             continue
@@ -216,38 +207,28 @@ def tensor_parallel(model: nn.Module, mesh) -> None:
 
 
 class PipelineStageModule(nn.Module):
-    """A contiguous slice of the GPT: the embeddings on the first stage, the final norm and head on the last."""
+    """A contiguous slice of a model: its embedding on the first stage, its final norm and head on the last."""
 
-    def __init__(self, model: nn.Module, first_block: int, end_block: int, *, first: bool, last: bool, cast):
+    def __init__(self, embed: nn.Module, blocks: list[nn.Module], head: nn.Module, *, first: bool, last: bool, cast):
         super().__init__()
         self.first, self.last, self.cast = first, last, cast
-        self.positions = model.cfg.positions
-        self.wte = model.wte if first else None
-        self.wpe = model.wpe if first else None
-        if first and self.positions == "sinusoidal":
-            self.register_buffer("sinusoids", model.sinusoids, persistent=False)
-        self.blocks = nn.ModuleList(model.blocks[first_block:end_block])
-        self.ln_f = model.ln_f if last else None
-        self.lm_head = model.lm_head if last else None
+        self.embed = embed if first else None
+        self.blocks = nn.ModuleList(blocks)
+        self.head = head if last else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with self.cast():
             if self.first:
-                n = x.shape[1]
-                x = self.wte(x)
-                if self.wpe is not None:
-                    x = x + self.wpe(torch.arange(n, device=x.device))
-                elif self.positions == "sinusoidal":
-                    x = x + sinusoid_rows(self.sinusoids, 0, n).to(x.dtype)
+                x = self.embed(x)
             for block in self.blocks:
                 x = block(x)
             if self.last:
-                x = self.lm_head(self.ln_f(x))
+                x = self.head(x)
         return x
 
 
 def _pipeline_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1))
+    return token_loss(logits, targets).reshape(())
 
 
 def stage_bounds(n_layer: int, stages: int) -> list[tuple[int, int]]:
@@ -261,28 +242,39 @@ def stage_bounds(n_layer: int, stages: int) -> list[tuple[int, int]]:
     return bounds
 
 
-def _pipeline(model, make_optimizer, device, deg: Degrees, rank: int, batch_size: int, schedule: str,
+def tied_weights(embed: nn.Module, head: nn.Module) -> list[tuple[nn.Module, str]]:
+    """(module, name) of each of the head's parameters that is one of the embedding's (a tied unembedding)."""
+    shared = {id(p) for p in embed.parameters()}
+    return [(module, key) for module in head.modules() for key, p in module._parameters.items()
+            if p is not None and id(p) in shared]
+
+
+def _pipeline(parts: tuple, make_optimizer, device, deg: Degrees, rank: int, batch_size: int, schedule: str,
               microbatches: int, cast) -> Layout:
     from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
 
+    embed, blocks, head = parts
     stages = deg.pp
     first, last = rank == 0, rank == stages - 1
-    lo, hi = stage_bounds(len(model.blocks), stages)[rank]
-    module = PipelineStageModule(model, lo, hi, first=first, last=last, cast=cast)
-    tied = model.lm_head.weight is model.wte.weight
-    tied_copy = None
-    if tied and last:
-        # The last stage's head gets its own copy of the tied table; its gradient is summed with the first stage's.
-        tied_copy = nn.Parameter(model.wte.weight.detach().clone())
-        module.lm_head.weight = tied_copy
+    lo, hi = stage_bounds(len(blocks), stages)[rank]
+    tied = tied_weights(embed, head)
+    module = PipelineStageModule(embed, list(blocks)[lo:hi], head, first=first, last=last, cast=cast)
+    tied_copies, tied_originals = [], []
+    for owner, key in tied:
+        if last:  # the last stage's head gets its own copy; its gradient is summed with the first stage's
+            copy = nn.Parameter(getattr(owner, key).detach().clone())
+            setattr(owner, key, copy)
+            tied_copies.append(copy)
+        elif first:
+            tied_originals.append(getattr(owner, key))
     module.to(device)
     stage = PipelineStage(module, rank, stages, device)
     schedule_class = {"gpipe": ScheduleGPipe, "1f1b": Schedule1F1B}[schedule]
     runner = schedule_class(stage, n_microbatches=microbatches, loss_fn=_pipeline_loss)
     layout = Layout("pp", module, make_optimizer(module), deg, rank, slice(0, batch_size), device,
-                    schedule=runner, tied_copy=tied_copy)
+                    schedule=runner, tied_copies=tied_copies)
     ends = dist.new_group([0, stages - 1]) if tied else None  # every rank joins new_group, members or not
-    layout.extra = {"stage_blocks": [lo, hi], "tied": tied, "ends_group": ends}
+    layout.extra = {"stage_blocks": [lo, hi], "tied": tied_copies or tied_originals, "ends_group": ends}
     return layout
 
 
@@ -293,7 +285,7 @@ def forward_backward(layout: Layout, x: torch.Tensor, y: torch.Tensor, cast, sca
         return _pipeline_step(layout, x, y)
     x, y = x[layout.rows], y[layout.rows]
     with cast():
-        _, loss = layout.model(x, y)
+        loss = token_loss(layout.model(x), y)
     if measure_params:  # what the parameters occupy mid-step (FSDP has gathered them by now)
         layout.params_in_step_bytes = tensor_bytes(layout.model.parameters())
     (scaler.scale(loss) if scaler is not None else loss).backward()
@@ -312,9 +304,8 @@ def _pipeline_step(layout: Layout, x: torch.Tensor, y: torch.Tensor) -> torch.Te
         layout.schedule.step(target=y, losses=losses)
     else:
         layout.schedule.step()
-    if layout.tied_copy is not None or (layout.model.first and layout.extra["tied"]):
-        grad = layout.tied_copy.grad if layout.tied_copy is not None else layout.model.wte.weight.grad
-        dist.all_reduce(grad, group=layout.extra["ends_group"])
+    for weight in layout.extra["tied"]:   # on the first and last stage: the tied weights' two gradients, summed
+        dist.all_reduce(weight.grad, group=layout.extra["ends_group"])
     loss = torch.stack(losses).mean() if losses else torch.zeros((), device=layout.device)
     dist.broadcast(loss, src=layout.degrees.pp - 1)
     return loss
@@ -326,7 +317,7 @@ def clip_grad_norm(layout: Layout, max_norm: float) -> torch.Tensor:
     params = [p for p in layout.model.parameters() if p.grad is not None]
     if layout.name != "pp":
         return torch.nn.utils.clip_grad_norm_(params, max_norm)
-    own = [p for p in params if p is not layout.tied_copy]  # the tied table counted once, on the first stage
+    own = [p for p in params if not any(p is copy for copy in layout.tied_copies)]  # a tied table counted once
     squares = torch.zeros((), dtype=torch.float32, device=layout.device)
     for p in own:
         squares += p.grad.float().pow(2).sum()
@@ -344,18 +335,20 @@ def eval_loss(layout: Layout, x: torch.Tensor, y: torch.Tensor, cast) -> float:
     if layout.name != "pp":
         model = layout.model.module if hasattr(layout.model, "module") else layout.model
         with cast():
-            _, loss = model(x, y)
+            loss = token_loss(model(x), y)
         return float(loss)
     module, rank, stages = layout.model, layout.rank, layout.degrees.pp
     if module.first:
         h = module(x)
-    else:
+    else:  # the activation's shape first (the stages know their own modules, not each other's widths)
+        shape = torch.empty(3, dtype=torch.int64, device=layout.device)
+        dist.recv(shape, src=rank - 1)
         # the residual stream keeps the parameters' dtype (autocast's narrower block outputs are added into it)
-        h = torch.empty((*x.shape, module.blocks[0].ln_attn.normalized_shape[0]), device=layout.device,
-                        dtype=next(module.parameters()).dtype)
+        h = torch.empty(tuple(shape.tolist()), device=layout.device, dtype=next(module.parameters()).dtype)
         dist.recv(h, src=rank - 1)
         h = module(h)
     if not module.last:
+        dist.send(torch.tensor(h.shape, dtype=torch.int64, device=layout.device), dst=rank + 1)
         dist.send(h.contiguous(), dst=rank + 1)
         loss = torch.zeros((), device=layout.device)
     else:

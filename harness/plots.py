@@ -298,6 +298,35 @@ def inference_costs(table: pd.DataFrame, out_dir: Path) -> list[Path]:
     return paths
 
 
+def kv_heads_costs(table: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """The KV cache's measured bytes and decode speed with the cache against context, one line per attention kind
+    (multi-head, grouped-query, multi-query), one marker per batch; each model's weights for scale."""
+    sns.set_theme(style="whitegrid")
+    fig, (memory, speed) = plt.subplots(1, 2, figsize=(11, 4.4))
+    kinds = list(dict.fromkeys(table["attention"]))
+    for kind, colour in zip(kinds, sns.color_palette("colorblind")):
+        for (batch, group), marker in zip(table[table["attention"] == kind].groupby("batch"), "os^D"):
+            memory.plot(group["context"], group["kv_cache_mb"], marker + "-", color=colour, label=f"{kind}, batch {batch}")
+            speed.plot(group["context"], group["decode_tokens_per_s"], marker + "-", color=colour, label=f"{kind}, batch {batch}")
+        memory.axhline(table.loc[table["attention"] == kind, "weights_mb"].iloc[0], color=colour, linestyle=":", alpha=0.8)
+    memory.set(xscale="log", yscale="log", xlabel="context (tokens)", ylabel="MB",
+               title="KV cache (measured); dotted: each model's weights")
+    speed.set(xscale="log", yscale="log", xlabel="context (tokens)", ylabel="tokens / s", title="Decode with the KV cache")
+    memory.legend(fontsize=7)
+    return save(fig, out_dir, "inference_kv_heads")
+
+
+def compile_speedups(table: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """Median step time per family, eager beside compiled."""
+    sns.set_theme(style="whitegrid")
+    long = table.melt(id_vars="family", value_vars=["eager_step_ms", "compiled_step_ms"], var_name="mode",
+                      value_name="step_ms").replace({"eager_step_ms": "eager", "compiled_step_ms": "compiled"})
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    sns.barplot(long, x="family", y="step_ms", hue="mode", ax=ax, palette="colorblind")
+    ax.set(xlabel="", ylabel="median step time (ms)", title="torch.compile against eager")
+    return save(fig, out_dir, "compile_speedups")
+
+
 def length_extrapolation(table: pd.DataFrame, out_dir: Path, name: str = "length_extrapolation") -> list[Path]:
     """Validation loss against evaluation length (log2 x), one line per positional encoding; the training length marked."""
     sns.set_theme(style="whitegrid")

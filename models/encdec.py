@@ -18,12 +18,14 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from harness.flops import FlopsPerToken
 from models import attention as attention_registry
-from models.gpt import IGNORE, MLP, Block, GPTConfig, KVCache, SelfAttention, init_weights, scaled_sinusoids, sinusoid_rows
+from models import gpt
+from models.gpt import MLP, Block, GPTConfig, KVCache, SelfAttention, init_weights, scaled_sinusoids, sinusoid_rows
 from models.positions import KINDS as POSITION_KINDS
+from models.spec import ModelSpec, embedding_split
 
 NOISE_DENSITY = 0.15
 MEAN_SPAN = 3.0
@@ -92,7 +94,7 @@ class EncDecCache:
 
     def __init__(self, cfg: GPTConfig, batch: int, encoder_len: int, max_len: int, dtype: torch.dtype,
                  device: torch.device):
-        self.self_attention = KVCache(cfg, batch, max_len, dtype, device)
+        self.self_attention = KVCache(cfg.n_layer, batch, cfg.n_head, max_len, cfg.head_dim, dtype, device)
         shape = (cfg.n_layer, batch, cfg.n_head, encoder_len, cfg.head_dim)
         self.cross_k = torch.zeros(shape, dtype=dtype, device=device)
         self.cross_v = torch.zeros(shape, dtype=dtype, device=device)
@@ -206,21 +208,88 @@ class EncoderDecoder(nn.Module):
             cache.cross_ready = True
         return self.lm_head(self.ln_f(x))
 
-    def forward(self, packed_bn: torch.Tensor, targets_bn: torch.Tensor | None = None):
+    def forward(self, packed_bn: torch.Tensor) -> torch.Tensor:
+        """The decoder's logits for packed [encoder | decoder] inputs."""
         split = self.layout.encoder_len
         if packed_bn.shape[1] != split + self.layout.decoder_len:
             raise ValueError(f"packed inputs of {packed_bn.shape[1]} tokens; this model takes {split} encoder + "
                              f"{self.layout.decoder_len} decoder tokens (span corruption of model.seq_len={self.cfg.seq_len})")
-        logits = self.decode(packed_bn[:, split:], self.encode(packed_bn[:, :split]))
-        if targets_bn is None:
-            return logits
-        return logits, F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets_bn.reshape(-1), ignore_index=IGNORE)
+        return self.decode(packed_bn[:, split:], self.encode(packed_bn[:, :split]))
 
-    def param_counts(self) -> dict[str, int]:
-        total = sum(p.numel() for p in self.parameters())
-        embedding = self.wte.weight.numel() + (0 if self.cfg.tie_embeddings else self.lm_head.weight.numel())
-        if self.cfg.positions == "learned":
-            embedding += self.wpe_encoder.weight.numel() + self.wpe_decoder.weight.numel()
-        encoder = sum(p.numel() for p in self.blocks.parameters()) + sum(p.numel() for p in self.ln_encoder.parameters())
-        return {"total": total, "embedding": embedding, "non_embedding": total - embedding,
-                "encoder": encoder, "decoder": total - embedding - encoder}
+
+# --- the spec ----------------------------------------------------------------------------------------------------
+
+def non_embedding_params(cfg: GPTConfig) -> int:
+    """Two stacks; the decoder's blocks add cross-attention (query, key-value and output projections) and a norm."""
+    return 2 * gpt.stack_params(cfg) + cfg.n_layer * (gpt.attention_params(cfg) + gpt.norm_params(cfg))
+
+
+def flops_per_token(cfg: GPTConfig) -> FlopsPerToken:
+    """Training FLOPs per token of the window an encoder-decoder is trained on (the GPT's accounting, models/gpt.py):
+    the encoder reads encoder_len tokens, the decoder writes decoder_len; each decoder layer also projects the
+    encoder's output to keys and values and attends to all of it. Per window, divided by its seq_len tokens."""
+    layout = span_layout(cfg.seq_len)
+    enc, dec, d, layers = layout.encoder_len, layout.decoder_len, cfg.d_model, cfg.n_layer
+    block = gpt.block_matmul_flops_per_token(cfg)
+    cross = 2 * d * d + 2 * d * d                                       # cross-attention query and output projections
+    encoder = enc * layers * (block + 2 * 2 * enc * d)                  # bidirectional: every key
+    cross_kv = enc * layers * 2 * d * 2 * d                             # encoder output -> keys and values, per decoder layer
+    decoder_fixed = dec * layers * (block + cross + 2 * 2 * enc * d) + dec * 2 * d * cfg.vocab_size
+    self_dense = dec * layers * 2 * 2 * dec * d
+    self_causal = dec * layers * 2 * 2 * (dec + 1) / 2 * d
+    attention_dense = layers * 2 * 2 * d * (enc * enc + dec * dec + dec * enc)
+    attention_causal = attention_dense - self_dense + self_causal
+    fixed = encoder + cross_kv + decoder_fixed
+    return FlopsPerToken(
+        dense=3 * (fixed + self_dense) / cfg.seq_len,
+        causal=3 * (fixed + self_causal) / cfg.seq_len,
+        six_n=6.0 * non_embedding_params(cfg),
+        attention_dense=3 * attention_dense / cfg.seq_len,
+        attention_causal=3 * attention_causal / cfg.seq_len,
+    )
+
+
+def param_counts(model: EncoderDecoder) -> dict[str, int]:
+    counts = embedding_split(model, (model.lm_head,))
+    encoder = sum(p.numel() for p in model.blocks.parameters()) + sum(p.numel() for p in model.ln_encoder.parameters())
+    return {**counts, "encoder": encoder, "decoder": counts["non_embedding"] - encoder}
+
+
+def examples(windows_bn: torch.Tensor, data_vocab: int, generator, rng: np.random.Generator):
+    return corrupt_spans(windows_bn[:, :-1], data_vocab, rng)
+
+
+def kv_cache(model: EncoderDecoder, batch: int, context: int, new_tokens: int, dtype: torch.dtype,
+             device: torch.device) -> EncDecCache:
+    return EncDecCache(model.cfg, batch, context, new_tokens, dtype, device)
+
+
+def decoding(model: EncoderDecoder, text_bn: torch.Tensor, cache: EncDecCache | None):
+    """Answer span corruption's question "what is hidden here", asked at the end: the encoder reads the text's first
+    n - 1 tokens and the first sentinel once, and the decoder writes from its start token."""
+    prompt = torch.cat([text_bn[:, :-1], torch.full_like(text_bn[:, :1], model.first_sentinel)], dim=1)
+    memory = model.encode(prompt)
+    return torch.full_like(prompt[:, :1], model.start_token), lambda tokens: model.decode(tokens, memory, cache)
+
+
+def problems(m: dict, task: dict) -> str | None:
+    """A generation must fit the learned tables of the encoder's and the decoder's positions."""
+    if task["name"] != "inference" or m["positions"] != "learned":
+        return None
+    layout = span_layout(m["seq_len"])
+    if task["context"] > layout.encoder_len or task["new_tokens"] > layout.decoder_len:
+        return (f"task.context={task['context']} and task.new_tokens={task['new_tokens']} must fit the learned tables "
+                f"of model.seq_len={m['seq_len']}: {layout.encoder_len} encoder and {layout.decoder_len} decoder "
+                "positions; raise model.seq_len or use positions=rope|sinusoidal|alibi")
+    return None
+
+
+SPEC = ModelSpec(
+    name="encdec", loss="cross-entropy of the decoder's sentinels and hidden spans (span corruption, 15% noise)",
+    config=gpt.config, build=EncoderDecoder, model_vocab=model_vocab, examples=examples, flops_per_token=flops_per_token,
+    param_counts=param_counts, describe=gpt.describe, non_embedding_params=non_embedding_params, tp_plan=gpt.tp_plan,
+    tp_divides=("n_head",),
+    pipeline_parts="model.family=encdec has two stacks the decoder reads across; parallel=pp splits one stack into stages",
+    kv_cache=kv_cache, decoding=decoding, cache_shape=gpt.cache_shape,   # self and cross positions: context + new_tokens
+    attentions=("sdpa", "dense"), attentions_why="cross-attends queries to a different number of keys",
+    any_length=False, problems=problems)

@@ -6,21 +6,12 @@ a random token and 10% stay as they are; the loss is over the chosen positions o
 """
 from __future__ import annotations
 
-from dataclasses import replace
-
 import torch
 
-from models.gpt import GPT, IGNORE, GPTConfig
+from models import gpt
+from models.spec import IGNORE, ModelSpec
 
 MASK_RATE = 0.15
-
-
-def build(cfg: GPTConfig) -> GPT:
-    return GPT(replace(cfg, causal=False))
-
-
-def model_vocab(data_vocab: int) -> int:
-    return data_vocab + 1
 
 
 def mask_tokens(tokens_bn: torch.Tensor, data_vocab: int, generator: torch.Generator,
@@ -36,3 +27,16 @@ def mask_tokens(tokens_bn: torch.Tensor, data_vocab: int, generator: torch.Gener
     inputs[swap] = random_tokens[swap]                                 # a random token; the last 10% stay
     targets = torch.where(chosen, tokens_bn, torch.full_like(tokens_bn, IGNORE))
     return inputs, targets
+
+
+def examples(windows_bn: torch.Tensor, data_vocab: int, generator: torch.Generator, rng) -> tuple[torch.Tensor, torch.Tensor]:
+    return mask_tokens(windows_bn[:, :-1], data_vocab, generator)
+
+
+SPEC = ModelSpec(
+    name="encoder", loss="masked-token cross-entropy over the 15% masked positions",
+    config=lambda m, vocab_size, attention, options: gpt.config(m, vocab_size, attention, options, causal=False),
+    build=gpt.GPT, model_vocab=lambda data_vocab, seq_len: data_vocab + 1,   # [MASK]
+    examples=examples, flops_per_token=gpt.flops_per_token, param_counts=gpt.param_counts, describe=gpt.describe,
+    non_embedding_params=gpt.stack_params, tp_plan=gpt.tp_plan, tp_divides=("n_head",), pipeline_parts=gpt.pipeline_parts,
+    kv_cache="task=inference decodes left to right with a KV cache; model.family=encoder is not a decoder")

@@ -1,8 +1,8 @@
-"""The transformer both families use: pre-LayerNorm blocks, GELU MLP, attention from the registry.
+"""The GPT family: pre-LayerNorm blocks, GELU MLP, attention from the registry, and its spec (models/spec.py).
 
 causal=True is the decoder-only GPT (next-token prediction); causal=False is the BERT-style encoder
-(models/encoder.py: the same blocks without the mask, trained by masked-token prediction). Targets equal to
-IGNORE (-100) add nothing to the loss. The model never knows how it is parallelised or timed.
+(models/encoder.py: the same blocks without the mask, trained by masked-token prediction). forward(idx) returns
+logits; the harness computes the loss (models.spec.token_loss). The model never knows how it is parallelised or timed.
 """
 from __future__ import annotations
 
@@ -13,15 +13,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from harness.flops import FlopsPerToken
 from models import attention as attention_registry
 from models.positions import KINDS as POSITION_KINDS, TABLE_KINDS, Rotary, alibi_bias, alibi_slopes, sinusoidal_table
+from models.spec import ModelSpec, embedding_split, next_token_examples
 
 
 # Sinusoids have a per-channel RMS of 1/sqrt(2); token embeddings start at std 0.02 (GPT-2). Scaled to the
 # embeddings' size, position and token signals start level, as Vaswani et al.'s sqrt(d_model) embedding scaling
 # levels them there; unscaled, the positions drown the tokens and training suffers.
 SINUSOID_SCALE = 0.02 * 2 ** 0.5
-IGNORE = -100  # a target that is not predicted (an unmasked position of a masked-token batch)
 
 
 def scaled_sinusoids(n_positions: int, d_model: int) -> torch.Tensor:
@@ -63,10 +64,11 @@ class GPTConfig:
 
 class KVCache:
     """Keys and values of every layer for `max_len` positions, allocated once: 2 x layers x batch x heads x
-    max_len x head_dim elements, the figure harness.flops.kv_cache_bytes computes."""
+    max_len x head_dim elements, the figure harness.flops.kv_cache_bytes computes (heads: the key-value heads)."""
 
-    def __init__(self, cfg: "GPTConfig", batch: int, max_len: int, dtype: torch.dtype, device: torch.device):
-        shape = (cfg.n_layer, batch, cfg.n_head, max_len, cfg.head_dim)
+    def __init__(self, n_layer: int, batch: int, heads: int, max_len: int, head_dim: int, dtype: torch.dtype,
+                 device: torch.device):
+        shape = (n_layer, batch, heads, max_len, head_dim)
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.length = 0
@@ -80,10 +82,20 @@ class KVCache:
 
     def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store this step's keys and values for one layer; returns all of that layer's keys and values so far."""
+        if self.length > 0 and k.shape[2] > 1:
+            raise ValueError("a cached forward takes one new token at a time after the prompt")
         end = self.length + k.shape[2]
         self.k[layer, :, :, self.length:end] = k
         self.v[layer, :, :, self.length:end] = v
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+
+def decoder_of(attention: nn.Module):
+    """A decoding step's attention: the newest queries against the cached keys their mask lets them see (built on
+    first use: a variant without exact cached decoding still trains)."""
+    if attention._attend_cached is None:
+        attention._attend_cached = attention_registry.get_decoder(attention.attention, **attention.attention_options)
+    return attention._attend_cached
 
 
 class SelfAttention(nn.Module):
@@ -105,11 +117,7 @@ class SelfAttention(nn.Module):
 
     @property
     def attend_cached(self):
-        """A decoding step's attention: the newest queries against the cached keys their mask lets them see (built
-        on first use: a variant without exact cached decoding still trains)."""
-        if self._attend_cached is None:
-            self._attend_cached = attention_registry.get_decoder(self.attention, **self.attention_options)
-        return self._attend_cached
+        return decoder_of(self)
 
     def forward(self, x_bnd: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         b, n, _ = x_bnd.shape
@@ -121,8 +129,6 @@ class SelfAttention(nn.Module):
             q, k = self.rotary(q, start), self.rotary(k, start)
         decoding = cache is not None and start > 0
         if cache is not None:
-            if decoding and n > 1:
-                raise ValueError("a cached forward takes one new token at a time after the prompt")
             k, v = cache.append(self.layer, k, v)
         if self.alibi_slopes is not None:
             bias = alibi_bias(self.alibi_slopes, n, k.shape[2], causal=self.causal and not decoding, dtype=q.dtype)
@@ -172,6 +178,18 @@ def init_weights(model: nn.Module, residual_layers: int) -> None:
             nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * residual_layers))
 
 
+def embed(module: nn.Module, positions: str, idx_bn: torch.Tensor, start: int = 0) -> torch.Tensor:
+    """Token embeddings plus the position signal that is added to them (learned table or sinusoids), read off
+    `module`'s wte, wpe and sinusoids: the model's own, or a pipeline stage's that holds them."""
+    n = idx_bn.shape[1]
+    x = module.wte(idx_bn)
+    if positions == "learned":
+        x = x + module.wpe(torch.arange(start, start + n, device=idx_bn.device))
+    elif positions == "sinusoidal":
+        x = x + sinusoid_rows(module.sinusoids, start, start + n).to(x.dtype)
+    return x
+
+
 class GPT(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
@@ -190,36 +208,172 @@ class GPT(nn.Module):
             self.lm_head.weight = self.wte.weight
         init_weights(self, residual_layers=cfg.n_layer)
 
-    def forward(self, idx_bn: torch.Tensor, targets_bn: torch.Tensor | None = None, cache: KVCache | None = None):
-        """Logits (and the mean cross-entropy against targets). With a cache: the prompt first, then one token at
-        a time, each attending to the cached keys and values of everything before it."""
+    def forward(self, idx_bn: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """Logits. With a cache: the prompt first, then one token at a time, each attending to the cached keys and
+        values of everything before it."""
         n = idx_bn.shape[1]
         if cache is not None and not self.cfg.causal:
             raise ValueError("a KV cache decodes left to right; this model is a bidirectional encoder")
         start = cache.length if cache is not None else 0
         if start + n > self.cfg.seq_len and self.cfg.positions in TABLE_KINDS:
             raise ValueError(f"position {start + n} exceeds the learned table of model.seq_len={self.cfg.seq_len} positions")
-        x = self.wte(idx_bn)
-        if self.wpe is not None:
-            x = x + self.wpe(torch.arange(start, start + n, device=idx_bn.device))
-        elif self.cfg.positions == "sinusoidal":
-            x = x + sinusoid_rows(self.sinusoids, start, start + n).to(x.dtype)
-        x = self.dropout(x)
+        x = self.dropout(embed(self, self.cfg.positions, idx_bn, start))
         for block in self.blocks:
             x = block(x, cache)
         if cache is not None:
             cache.length += n
-        logits = self.lm_head(self.ln_f(x))
-        if targets_bn is None:
-            return logits
-        return logits, F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets_bn.reshape(-1), ignore_index=IGNORE)
+        return self.lm_head(self.ln_f(x))
 
-    def param_counts(self) -> dict[str, int]:
-        """Exact counts. Non-embedding (Kaplan et al. 2020) excludes the token and position tables and an untied output head."""
-        total = sum(p.numel() for p in self.parameters())
-        embedding = self.wte.weight.numel()
-        if self.wpe is not None:
-            embedding += self.wpe.weight.numel()
-        if not self.cfg.tie_embeddings:
-            embedding += self.lm_head.weight.numel()
-        return {"total": total, "embedding": embedding, "non_embedding": total - embedding}
+
+# --- the spec: what the harness knows of the family ------------------------------------------------------------
+
+def config(m: dict, vocab_size: int, attention: str, attention_options: dict, causal: bool = True) -> GPTConfig:
+    """The model section (its shape resolved) as a GPTConfig."""
+    return GPTConfig(vocab_size=vocab_size, seq_len=int(m["seq_len"]), n_layer=int(m["n_layer"]),
+                     d_model=int(m["d_model"]), n_head=int(m["n_head"]), mlp_ratio=float(m["mlp_ratio"]),
+                     bias=bool(m["bias"]), dropout=float(m["dropout"]), tie_embeddings=bool(m["tie_embeddings"]),
+                     positions=str(m["positions"]), attention=attention, attention_options=attention_options,
+                     causal=causal)
+
+
+def stack_params(cfg: GPTConfig) -> int:
+    """One stack of n_layer blocks and a final norm."""
+    d, h, bias = cfg.d_model, cfg.d_mlp, int(cfg.bias)
+    return cfg.n_layer * (attention_params(cfg) + 2 * d * h + bias * (h + d) + 2 * norm_params(cfg)) + norm_params(cfg)
+
+
+def attention_params(cfg: GPTConfig) -> int:
+    return 4 * cfg.d_model * cfg.d_model + int(cfg.bias) * 4 * cfg.d_model
+
+
+def norm_params(cfg: GPTConfig) -> int:
+    return cfg.d_model * (1 + int(cfg.bias))
+
+
+# Training FLOPs per token count the matrix multiplies (2 FLOPs per multiply-add) of one forward pass and multiply
+# by 3: the backward pass computes the gradient with respect to both the input and the weight of every matmul,
+# twice the forward work (Kaplan et al. 2020, sec. 2.1; Hoffmann et al. 2022, app. F). Element-wise work (norms,
+# GELU, softmax, bias adds) is left out, as FlopCounterMode does. Attention's QK^T and AV are counted two ways:
+# dense, every query against every key as a dense kernel performs them; causal, only the keys the mask lets
+# through, (n+1)/2 per query on average for a decoder (PaLM's and Chinchilla's "half"), all n for an encoder.
+# An encoder's masked-token head runs over every position, as it is computed, so it counts like the GPT's.
+def block_matmul_flops_per_token(cfg: GPTConfig) -> float:
+    """Forward FLOPs per token of one block's dense matmuls: QKV, output projection, MLP."""
+    d = cfg.d_model
+    return 2 * d * 3 * d + 2 * d * d + 2 * 2 * d * cfg.d_mlp
+
+
+def attention_flops_per_token(n_layer: int, d_model: int, keys_per_query: float) -> float:
+    """Forward FLOPs per token of QK^T and AV over all heads: 2 matmuls x 2 FLOPs x keys x d_model per layer."""
+    return n_layer * 2 * 2 * keys_per_query * d_model
+
+
+def training_flops(matmul: float, n_layer: int, d_model: int, seq_len: int, causal: bool,
+                   non_embedding_params: int) -> FlopsPerToken:
+    """FlopsPerToken of a decoder or encoder stack whose forward matmuls (all but attention's) are `matmul` per token."""
+    dense = attention_flops_per_token(n_layer, d_model, seq_len)
+    masked = attention_flops_per_token(n_layer, d_model, (seq_len + 1) / 2 if causal else seq_len)
+    return FlopsPerToken(dense=3 * (matmul + dense), causal=3 * (matmul + masked), six_n=6.0 * non_embedding_params,
+                         attention_dense=3 * dense, attention_causal=3 * masked)
+
+
+def flops_per_token(cfg: GPTConfig) -> FlopsPerToken:
+    matmul = cfg.n_layer * block_matmul_flops_per_token(cfg) + 2 * cfg.d_model * cfg.vocab_size
+    return training_flops(matmul, cfg.n_layer, cfg.d_model, cfg.seq_len, cfg.causal, stack_params(cfg))
+
+
+def param_counts(model: GPT) -> dict[str, int]:
+    """Exact counts. Non-embedding (Kaplan et al. 2020) excludes the token and position tables and an untied output head."""
+    counts = embedding_split(model, (model.lm_head,))
+    side = "decoder" if model.cfg.causal else "encoder"
+    return {**counts, side: counts["non_embedding"], ("encoder" if side == "decoder" else "decoder"): 0}
+
+
+def describe(cfg: GPTConfig) -> dict:
+    return {"n_layer": cfg.n_layer, "d_model": cfg.d_model, "n_head": cfg.n_head, "head_dim": cfg.head_dim,
+            "d_mlp": cfg.d_mlp, "positions": cfg.positions}
+
+
+def tp_plan(model: nn.Module) -> dict:
+    """Megatron-style TP with sequence parallelism, on the modules by name (torchtitan's plan for Llama):
+    column-parallel QKV and MLP-up, row-parallel output and MLP-down, vocabulary-parallel embedding and head,
+    sequence parallel on the LayerNorms and the residual stream. The fused QKV's columns are grouped by head, so a
+    column split gives each rank whole heads. An encoder-decoder's decoder blocks add cross-attention: its query and
+    key-value projections column-parallel (the key-values from the all-gathered encoder output), its output
+    projection row-parallel."""
+    from torch.distributed.tensor import Replicate, Shard
+    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, SequenceParallel
+
+    plan = {"wte": RowwiseParallel(input_layouts=Replicate(), output_layouts=Shard(1), use_local_output=False),
+            "ln_f": SequenceParallel(),
+            "lm_head": ColwiseParallel(input_layouts=Shard(1), output_layouts=Replicate())}
+    for table in ("wpe", "wpe_encoder", "wpe_decoder"):
+        if getattr(model, table, None) is not None:
+            plan[table] = RowwiseParallel(input_layouts=Replicate(), output_layouts=Replicate(), use_local_output=False)
+    decoder_blocks = [f"decoder_blocks.{i}" for i in range(len(getattr(model, "decoder_blocks", [])))]
+    for block in [f"blocks.{i}" for i in range(len(model.blocks))] + decoder_blocks:
+        plan.update({
+            f"{block}.ln_attn": SequenceParallel(),
+            f"{block}.attn.qkv": ColwiseParallel(input_layouts=Shard(1)),   # all-gather the sequence, local heads out
+            f"{block}.attn.proj": RowwiseParallel(output_layouts=Shard(1), use_local_output=False),  # reduce-scatter
+            f"{block}.ln_mlp": SequenceParallel(),
+            f"{block}.mlp.up": ColwiseParallel(input_layouts=Shard(1)),
+            f"{block}.mlp.down": RowwiseParallel(output_layouts=Shard(1), use_local_output=False),
+        })
+    for block in decoder_blocks:
+        plan.update({
+            f"{block}.ln_cross": SequenceParallel(),
+            f"{block}.cross.q": ColwiseParallel(input_layouts=Shard(1)),
+            f"{block}.cross.kv": ColwiseParallel(input_layouts=Shard(1)),  # the encoder's output, all-gathered
+            f"{block}.cross.proj": RowwiseParallel(output_layouts=Shard(1), use_local_output=False),
+        })
+    if decoder_blocks:
+        plan["ln_encoder"] = SequenceParallel()
+    return plan
+
+
+class Embedding(nn.Module):
+    """The first pipeline stage's view of the model's input side: its token and position tables."""
+
+    def __init__(self, model: GPT):
+        super().__init__()
+        self.positions, self.wte, self.wpe = model.cfg.positions, model.wte, model.wpe
+        if self.positions == "sinusoidal":
+            self.register_buffer("sinusoids", model.sinusoids, persistent=False)
+
+    def forward(self, idx_bn: torch.Tensor) -> torch.Tensor:
+        return embed(self, self.positions, idx_bn)
+
+
+def pipeline_parts(model: GPT) -> tuple[nn.Module, nn.ModuleList, nn.Module]:
+    return Embedding(model), model.blocks, nn.Sequential(model.ln_f, model.lm_head)
+
+
+def kv_cache(model: GPT, batch: int, context: int, new_tokens: int, dtype: torch.dtype, device: torch.device) -> KVCache:
+    """The cache a generation of `new_tokens` after a prompt of `context` tokens fills."""
+    cfg = model.cfg
+    return KVCache(cfg.n_layer, batch, cfg.n_head, context + new_tokens, cfg.head_dim, dtype, device)
+
+
+def decoding(model: nn.Module, prompt_bn: torch.Tensor, cache):
+    """Continue the prompt: the first step reads all of it, each later step one new token."""
+    return prompt_bn, lambda tokens: model(tokens, cache=cache)
+
+
+def cache_shape(cfg: GPTConfig) -> dict:
+    return {"n_layer": cfg.n_layer, "kv_heads": cfg.n_head, "head_dim": cfg.head_dim}
+
+
+def problems(m: dict, task: dict) -> str | None:
+    """A generation must fit a learned position table."""
+    if task["name"] == "inference" and m["positions"] in TABLE_KINDS and task["context"] + task["new_tokens"] > m["seq_len"]:
+        return (f"task.context={task['context']} + task.new_tokens={task['new_tokens']} exceeds the learned position "
+                f"table of model.seq_len={m['seq_len']}; raise model.seq_len or use positions=rope|sinusoidal|alibi")
+    return None
+
+
+SPEC = ModelSpec(
+    name="gpt", loss="next-token cross-entropy", config=config, build=GPT, model_vocab=lambda data_vocab, seq_len: data_vocab,
+    examples=next_token_examples, flops_per_token=flops_per_token, param_counts=param_counts, describe=describe,
+    non_embedding_params=stack_params, tp_plan=tp_plan, tp_divides=("n_head",), pipeline_parts=pipeline_parts,
+    kv_cache=kv_cache, decoding=decoding, cache_shape=cache_shape, problems=problems)

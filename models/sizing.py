@@ -8,35 +8,20 @@ so n_head = d_model / head_dim. Among shapes whose non-embedding count is within
 from __future__ import annotations
 
 import math
-
-from models.gpt import GPTConfig
-
-
-def non_embedding_params(cfg: GPTConfig, family: str = "gpt") -> int:
-    """One stack of n_layer blocks and a final norm; an encoder-decoder has two, the decoder's blocks with
-    cross-attention (query, key-value and output projections) and a third norm."""
-    d, h, bias = cfg.d_model, cfg.d_mlp, int(cfg.bias)
-    attention = 4 * d * d + bias * 4 * d
-    mlp = 2 * d * h + bias * (h + d)
-    norm = d + bias * d
-    stack = cfg.n_layer * (attention + mlp + 2 * norm) + norm
-    if family != "encdec":
-        return stack
-    return 2 * stack + cfg.n_layer * (attention + norm)
+from typing import Callable
 
 
-def shape_for_params(target: float, *, aspect_ratio: float = 32.0, head_dim: int = 32,
-                     mlp_ratio: float = 4.0, bias: bool = True, tolerance: float = 0.10,
-                     family: str = "gpt") -> tuple[int, int, int]:
-    """(n_layer, d_model, n_head) with non-embedding params within `tolerance` of `target`."""
+def shape_for_params(target: float, count: Callable[[int, int, int], int], *, aspect_ratio: float = 32.0,
+                     head_dim: int = 32, tolerance: float = 0.10) -> tuple[int, int, int]:
+    """(n_layer, d_model, n_head) whose non-embedding count, count(n_layer, d_model, n_head) (the family's closed
+    form), is within `tolerance` of `target`."""
     if target <= 0:
         raise ValueError(f"model.params={target:g} must be positive")
     candidates = []
     for n_layer in range(1, 257):
         for n_head in range(1, 1025):
             d_model = n_head * head_dim
-            n = non_embedding_params(GPTConfig(n_layer=n_layer, d_model=d_model, n_head=n_head, mlp_ratio=mlp_ratio,
-                                               bias=bias), family)
+            n = count(n_layer, d_model, n_head)
             if n > target * (1 + tolerance):
                 break
             if n >= target * (1 - tolerance):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.report import markdown_table
+from harness.analysis import markdown_table
 
 TARGET = 0.5  # the best exact kernel should reach half the device's matrix-product rate
 

@@ -13,7 +13,7 @@ import pandas as pd
 
 from harness import plots
 from harness.fit import FitError, fit_power_law
-from harness.report import markdown_table
+from harness.analysis import markdown_table
 
 FIT_FROM = 2048
 BASELINE = "sdpa"

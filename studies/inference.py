@@ -12,10 +12,10 @@ import numpy as np
 import pandas as pd
 
 from harness import plots
-from harness.report import markdown_table
+from harness.analysis import markdown_table
 
 
-MODELS = {"gpt": "decoder-only GPT",
+MODELS = {"gpt": "decoder-only GPT", "llama": "LLaMA-style decoder (RMSNorm, SwiGLU, rotary positions)",
           "encdec": "T5-style encoder-decoder (the prompt is encoded once; its cache is the decoder's self-attention "
                     "keys and values plus each decoder layer's cross-attention keys and values of the encoder's output, "
                     "context + new tokens positions in all)"}
@@ -25,9 +25,17 @@ def measured(df: pd.DataFrame) -> pd.DataFrame:
     return df[(df["status"] == "ok") & (df["task.name"] == "inference")]
 
 
+def kv_heads(ok: pd.DataFrame) -> pd.Series | None:
+    """Each point's key-value heads, for a family that records them (grouped-query attention), else None."""
+    return ok["model_info.n_kv_head"].astype(int) if "model_info.n_kv_head" in ok.columns else None
+
+
 def points(df: pd.DataFrame) -> pd.DataFrame:
     ok = measured(df)
+    heads = kv_heads(ok)
+    keys = (["kv_heads"] if heads is not None else []) + ["batch", "context"]
     return pd.DataFrame({
+        **({"kv_heads": heads} if heads is not None else {}),
         "batch": ok["task.batch_size"].astype(int), "context": ok["task.context"].astype(int),
         "prefill_s": ok["metrics.prefill_s"], "decode_ms_per_token": ok["metrics.decode_ms_per_token"],
         "decode_ms_per_token_recompute": ok["metrics.decode_ms_per_token_recompute"],
@@ -39,7 +47,36 @@ def points(df: pd.DataFrame) -> pd.DataFrame:
         "generation_peak_mb": ok["metrics.generation_peak_bytes"] / 1e6,
         "weights_mb": ok["metrics.weights_bytes"] / 1e6,
         "cache_exceeds_weights_at": ok["metrics.cache_exceeds_weights_at_context"],
-    }).sort_values(["batch", "context"]).reset_index(drop=True)
+    }).sort_values(keys, ascending=[k != "kv_heads" for k in keys]).reset_index(drop=True)
+
+
+def attention_kind(kv: int, n_head: int) -> str:
+    return "MHA" if kv == n_head else "MQA" if kv == 1 else f"GQA ({kv} groups)"
+
+
+def kv_heads_section(table: pd.DataFrame, n_head: int, out: Path) -> tuple[list[str], dict]:
+    """Multi-head, grouped-query and multi-query attention side by side: cache bytes, decode speed with the cache,
+    and where the cache outgrows the weights, per key-value head count."""
+    table = table.assign(attention=[attention_kind(kv, n_head) for kv in table["kv_heads"]])
+    plots.kv_heads_costs(table, out)
+    largest = table["context"].max()
+    at = table[table["context"] == largest]
+    mha = at[at["kv_heads"] == n_head].set_index("batch")
+    rows = [{"attention": r.attention, "kv_heads": r.kv_heads, "batch": r.batch, "context": r.context,
+             "kv_cache_mb": r.kv_cache_mb, "cache_vs_mha": r.kv_cache_mb / mha.loc[r.batch, "kv_cache_mb"] if r.batch in mha.index else None,
+             "decode_tokens_per_s": r.decode_tokens_per_s,
+             "speed_vs_mha": r.decode_tokens_per_s / mha.loc[r.batch, "decode_tokens_per_s"] if r.batch in mha.index else None,
+             "weights_mb": r.weights_mb, "cache_exceeds_weights_at": r.cache_exceeds_weights_at} for r in at.itertuples()]
+    summary = pd.DataFrame(rows)
+    fits = {"n_head": n_head, "at_context": int(largest),
+            "by_kv_heads": summary.drop(columns=["attention"]).to_dict(orient="records")}
+    text = ("## Key-value heads: multi-head, grouped-query, multi-query\n\n"
+            f"{n_head} query heads; the cache holds the key-value heads only, so it shrinks by n_head / kv_heads. "
+            f"At context {largest:,} (cache_vs_mha and speed_vs_mha against multi-head attention at the same batch; "
+            "cache_exceeds_weights_at: cached positions at which the cache holds as many bytes as that model's weights, "
+            "which shrink too, as the key and value projections narrow):\n\n" + markdown_table(summary)
+            + "\n\n![KV cache and decode speed by key-value heads](inference_kv_heads.png)")
+    return [text], fits
 
 
 def weights_table(df: pd.DataFrame) -> pd.DataFrame:
@@ -80,12 +117,16 @@ def analyse(df: pd.DataFrame, out: Path) -> list[str]:
         same_tokens_as_fp32=("same_tokens_as_fp32", "mean")).reset_index() if not weights.empty else weights
     if not summary.empty:
         summary["speed_vs_fp32"] = summary["decode_tokens_per_s_median"] / summary.loc[summary["weights"] == "fp32", "decode_tokens_per_s_median"].iloc[0]
-    crossover = table.groupby("batch")["cache_exceeds_weights_at"].first().reset_index()
+    by = ["kv_heads", "batch"] if "kv_heads" in table.columns else ["batch"]
+    crossover = table.groupby(by)["cache_exceeds_weights_at"].first().reset_index()
     formula_error = float(np.max(np.abs(table["kv_cache_mb"] / table["kv_cache_formula_mb"] - 1)))
+    heads_text, heads_fits = (kv_heads_section(table, int(ok["model_info.n_head"].iloc[0]), out)
+                              if "kv_heads" in table.columns and table["kv_heads"].nunique() > 1 else ([], {}))
     (out / "fits.json").write_text(json.dumps({
-        "cache_speedup_at_2048": at_2k[["batch", "cache_speedup"]].to_dict(orient="records"),
+        "cache_speedup_at_2048": at_2k[[*by, "cache_speedup"]].to_dict(orient="records"),
         "cache_exceeds_weights_at": crossover.to_dict(orient="records"),
-        "kv_cache_max_relative_error_vs_formula": formula_error}, indent=1, default=float))
+        "kv_cache_max_relative_error_vs_formula": formula_error,
+        **({"kv_heads": heads_fits} if heads_fits else {})}, indent=1, default=float))
     family = str(first.get("model_info.family", "gpt"))
     source = str(first["model_info.weights_source"])
     weights_note = f"weights {source}" + ("; the validation-loss changes of bf16/int8/nf4 are those of an untrained "
@@ -93,7 +134,8 @@ def analyse(df: pd.DataFrame, out: Path) -> list[str]:
     return [
         f"Device: {first['env.device_name']} ({first['env.device']}). Model: {MODELS.get(family, family)}, "
         f"{int(first['model_info.n_layer'])} layers{' per stack' if family == 'encdec' else ''}, "
-        f"d_model {int(first['model_info.d_model'])}, {int(first['model_info.n_head'])} heads of {int(first['model_info.head_dim'])}, "
+        f"d_model {int(first['model_info.d_model'])}, {int(first['model_info.n_head'])} heads of {int(first['model_info.head_dim'])}"
+        f"{' (key-value heads: ' + ', '.join(map(str, sorted(table['kv_heads'].unique(), reverse=True))) + ')' if 'kv_heads' in table.columns else ''}, "
         f"{first['model_info.positions']} positions, {int(first['model_info.params_total']):,} parameters; {weights_note}. "
         f"Greedy decoding of {int(first['task.new_tokens'])} tokens after a prompt of real validation text; medians of "
         f"{int(first['task.repeats'])} generations.",
@@ -106,8 +148,9 @@ def analyse(df: pd.DataFrame, out: Path) -> list[str]:
         "the cache produced exactly the tokens of recomputing.\n\n"
         + markdown_table(table),
         "The cache holds as many bytes as the weights from "
-        f"{', '.join(f'{r.cache_exceeds_weights_at:,.0f} cached positions (batch {r.batch})' for r in crossover.itertuples())}. "
+        f"{', '.join(f'{r.cache_exceeds_weights_at:,.0f} cached positions (' + (f'{r.kv_heads} key-value heads, ' if 'kv_heads' in by else '') + f'batch {r.batch})' for r in crossover.itertuples())}. "
         f"The measured cache is within {formula_error:.2%} of the formula at every point.",
+        *heads_text,
         "## Weight precision\n\nDecode speed with the cache, median over the sweep's points; validation loss on "
         "model.seq_len windows.\n\n" + (markdown_table(summary) if not summary.empty else "No weight comparison."),
         "![latency vs context](inference_latency.png)\n\n![KV cache memory vs context](inference_memory.png)",

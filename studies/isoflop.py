@@ -13,9 +13,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from harness import families, plots
+from harness import plots
+from models import spec as model_specs
 from harness.fit import FitError, fit_envelope, fit_isoflop, fit_parametric, fit_power_law
-from harness.report import curves_table, generic_analysis, markdown_table, runs_table
+from harness.analysis import curves_table, generic_analysis, markdown_table, runs_table
 
 RESAMPLES = 1000
 # Approach 3 refits every resample from 9 starts: 200 resamples, the count its interval coverage was measured at
@@ -120,7 +121,7 @@ def family_line(df: pd.DataFrame) -> str:
     names = sorted(set(df["model_info.family"].dropna())) if "model_info.family" in df else ["gpt"]
     if len(names) > 1:
         return f"Model families: {', '.join(names)}. These runs mix families whose losses differ; fit each family apart."
-    return f"Model family: {names[0]} (loss: {families.LOSS.get(names[0], 'its training loss')})."
+    return f"Model family: {names[0]} (loss: {model_specs.loss_of(names[0])})."
 
 
 def inside(value: float, interval) -> bool:

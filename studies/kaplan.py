@@ -13,7 +13,7 @@ import pandas as pd
 
 from harness import plots
 from harness.fit import FitError, fit_power_law
-from harness.report import generic_analysis, markdown_table
+from harness.analysis import generic_analysis, markdown_table
 
 RESAMPLES = 1000
 

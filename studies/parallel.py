@@ -13,7 +13,7 @@ import pandas as pd
 
 from harness import plots
 from harness.parallel import STRATEGIES
-from harness.report import in_order, markdown_table, per_run, versus
+from harness.analysis import in_order, markdown_table, per_run, versus
 
 REFERENCE = "single"
 COMPONENTS = (("param_bytes_in_step", "predicted_param_bytes", "params"),

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from harness import plots
-from harness.report import in_order, markdown_table, text
+from harness.analysis import in_order, markdown_table, text
 
 ORDER = ("learned", "sinusoidal", "rope", "alibi")
 

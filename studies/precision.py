@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from harness import plots
-from harness.report import markdown_table, per_run, text, versus
+from harness.analysis import markdown_table, per_run, text, versus
 
 REFERENCE = "fp32"
 ORDER = ("fp32", "tf32", "bf16", "fp16", "bf16_pure", "fp8")

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from harness import plots
-from harness.report import markdown_table
+from harness.analysis import markdown_table
 
 
 def points(df: pd.DataFrame) -> pd.DataFrame:

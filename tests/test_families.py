@@ -7,8 +7,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from harness import flops
 from models import encoder
-from models.gpt import IGNORE, GPTConfig
-from models.sizing import non_embedding_params
+from models import gpt
+from models.gpt import GPTConfig
+from models.spec import IGNORE, token_loss
 from tests.conftest import harness_cmd
 
 
@@ -28,7 +29,7 @@ def test_masking_follows_bert():
 
 def test_every_output_sees_the_whole_sequence():
     torch.manual_seed(0)
-    model = encoder.build(GPTConfig(vocab_size=51, n_layer=2, d_model=32, n_head=4, seq_len=24, positions="alibi")).eval()
+    model = encoder.SPEC.build(GPTConfig(vocab_size=51, n_layer=2, d_model=32, n_head=4, seq_len=24, positions="alibi", causal=False)).eval()
     idx = torch.randint(0, 50, (2, 24))
     changed = idx.clone()
     changed[:, 20:] = (changed[:, 20:] + 1) % 50
@@ -39,12 +40,13 @@ def test_every_output_sees_the_whole_sequence():
 @pytest.mark.parametrize("seq_len", [16, 64])
 def test_encoder_flops_match_the_flop_counter(seq_len):
     cfg = GPTConfig(attention="dense", causal=False, n_layer=2, d_model=64, n_head=4, seq_len=seq_len, vocab_size=257)
-    model = encoder.build(cfg)
+    model = encoder.SPEC.build(cfg)
     idx = torch.randint(0, 256, (2, seq_len))
     with FlopCounterMode(display=False) as counter:
-        _, loss = model(*encoder.mask_tokens(idx, 256, torch.Generator().manual_seed(0)))
+        inputs, targets = encoder.mask_tokens(idx, 256, torch.Generator().manual_seed(0))
+        loss = token_loss(model(inputs), targets)
         loss.backward()
-    per_token = flops.training_flops_per_token(cfg, non_embedding_params(cfg))
+    per_token = gpt.flops_per_token(cfg)
     assert per_token.causal == per_token.dense  # no mask: every key is needed
     assert per_token.dense == pytest.approx(counter.get_total_flops() / (2 * seq_len), rel=1e-9)
 
@@ -66,10 +68,12 @@ def test_the_encoder_trains_through_the_same_runner_and_its_record_says_so(tmp_p
 
 
 def test_an_encoder_has_no_kv_cache_to_decode_with(tmp_path):
+    # what a family cannot do is an `unsupported` record (its spec says why), so a sweep over families goes on
     result = harness_cmd("model=encoder", "task=inference", *TINY, "hydra.run.dir=run", cwd=tmp_path)
-    assert result.returncode == 2
-    assert result.stderr.strip() == ("error: task=inference decodes left to right with a KV cache; "
+    assert result.returncode == 1
+    assert result.stderr.strip() == ("error: unsupported: task=inference decodes left to right with a KV cache; "
                                      "model.family=encoder is not a decoder")
+    assert json.loads((tmp_path / "run" / "record.json").read_text())["status"] == "unsupported"
 
 
 def test_span_corruption_hides_15_percent_in_spans_the_decoder_writes_back():
@@ -103,13 +107,13 @@ def test_encoder_decoder_flops_and_parameter_split_are_exact(seq_len):
     cfg = GPTConfig(attention="dense", n_layer=2, d_model=64, n_head=4, seq_len=seq_len,
                     vocab_size=encdec.model_vocab(256, seq_len))
     model = encdec.EncoderDecoder(cfg)
-    counts = model.param_counts()
-    assert counts["encoder"] + counts["decoder"] == counts["non_embedding"] == non_embedding_params(cfg, "encdec")
+    counts = encdec.param_counts(model)
+    assert counts["encoder"] + counts["decoder"] == counts["non_embedding"] == encdec.non_embedding_params(cfg)
     packed, targets = encdec.corrupt_spans(torch.randint(0, 256, (2, seq_len)), 256, np.random.default_rng(0))
     with FlopCounterMode(display=False) as counter:
-        _, loss = model(packed, targets)
+        loss = token_loss(model(packed), targets)
         loss.backward()
-    per_token = flops.encdec_training_flops_per_token(cfg, counts["non_embedding"])
+    per_token = encdec.flops_per_token(cfg)
     assert per_token.dense == pytest.approx(counter.get_total_flops() / (2 * seq_len), rel=1e-9)
     assert per_token.causal < per_token.dense  # the decoder's self-attention is causal
 
@@ -125,13 +129,13 @@ def test_the_encoder_decoder_trains_and_bad_layouts_are_one_line(tmp_path):
     for override, message in (
             ("attention=performer", "error: model.family=encdec cross-attends queries to a different number of keys: "
                                     "it needs attention=sdpa or dense, got attention=performer"),
-            ("parallel=pp", "error: model.family=encdec has two stacks the decoder reads across; parallel=pp splits "
-                            "one stack into stages: use single, ddp, zero1, fsdp_zero2, fsdp_zero3, tp or fsdp_tp"),
+            ("parallel=pp", "error: unsupported: model.family=encdec has two stacks the decoder reads across; "
+                            "parallel=pp splits one stack into stages (parallel=pp, task=train)"),
             ("task=inference", "error: task.context=224 and task.new_tokens=32 must fit the learned tables of "
                                "model.seq_len=32: 29 encoder and 7 decoder positions; raise model.seq_len or use "
                                "positions=rope|sinusoidal|alibi")):
         result = harness_cmd("model=encdec", *TINY, override, "hydra.run.dir=bad", cwd=tmp_path)
-        assert (result.returncode, result.stderr.strip()) == (2, message)
+        assert (result.returncode, result.stderr.strip()) == (1 if "unsupported" in message else 2, message)
 
 
 @pytest.mark.parametrize("positions", ["learned", "sinusoidal", "rope", "alibi"])

@@ -92,24 +92,24 @@ def test_cached_decoding_gives_the_full_forwards_logits(name, options, positions
     # A sliding window (and its global tokens) limits which cached keys a new token sees; the prompt (20) is longer
     # than the window, so the oldest keys must drop out, exactly as in the full forward.
     from harness.tasks.inference import cached_logits_error
-    from models.gpt import GPT, GPTConfig
+    from models.gpt import GPT, SPEC, GPTConfig
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=64, seq_len=64, n_layer=2, d_model=32, n_head=2, positions=positions,
                           attention=name, attention_options=options)).eval()
     prompt = torch.randint(0, 64, (2, 20), generator=torch.Generator().manual_seed(1))
-    assert cached_logits_error(model, prompt, 30) < 1e-5
+    assert cached_logits_error(model, SPEC, prompt, 30) < 1e-5
 
 
 def test_the_kv_cache_is_measured_at_the_allocator_so_a_leak_shows(monkeypatch):
     # What a cached generation still holds at its end is the cache as allocated: the formula. A cache that keeps a
     # copy of every step's keys and values (a leak) holds more, and the measurement shows it.
     from harness.tasks.inference import generation_memory
-    from models.gpt import GPT, GPTConfig, KVCache
+    from models.gpt import GPT, SPEC, GPTConfig, KVCache
     torch.manual_seed(0)
     cfg = GPTConfig(vocab_size=64, seq_len=64, n_layer=2, d_model=32, n_head=2, positions="rope")
     model, prompt = GPT(cfg).eval(), torch.randint(0, 64, (3, 20))
     formula = flops.kv_cache_bytes(n_layer=2, kv_heads=2, head_dim=16, context=30, batch=3, bytes_per_element=4)
-    memory = generation_memory(model, prompt, 10)
+    memory = generation_memory(model, SPEC, prompt, 10)
     assert memory.held == formula and memory.peak >= formula
     append = KVCache.append
 
@@ -118,7 +118,7 @@ def test_the_kv_cache_is_measured_at_the_allocator_so_a_leak_shows(monkeypatch):
         return append(self, layer, k, v)
 
     monkeypatch.setattr(KVCache, "append", leaky_append)
-    leaked = generation_memory(model, prompt, 10)
+    leaked = generation_memory(model, SPEC, prompt, 10)
     # every position that went through the model (the prompt's 20 and 9 decoded; the last token is never fed back)
     # kept a second time
     assert leaked.held == formula + flops.kv_cache_bytes(n_layer=2, kv_heads=2, head_dim=16, context=29, batch=3,

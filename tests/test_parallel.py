@@ -11,7 +11,8 @@ import torch
 import torch.distributed as dist
 
 from harness import distributed, load_results, parallel
-from models.gpt import GPT, GPTConfig
+from models.gpt import GPT, SPEC, GPTConfig, tp_plan
+from models.spec import token_loss
 from tests.conftest import harness_cmd
 
 # Six optimizer steps, the loss recorded after every one of them (eval_points = steps).
@@ -58,6 +59,22 @@ def test_the_encoder_decoder_trains_the_same_on_data_and_tensor_parallel_layouts
     assert (df.status == "ok").all(), df[["status", "error"]]
     reference = trajectory(df.loc["single"])
     for layout in ("ddp", "fsdp_zero3", "tp"):
+        assert trajectory(df.loc[layout]) == pytest.approx(reference, rel=1e-5, abs=0), layout
+
+
+@pytest.mark.slow
+def test_llama_trains_the_same_on_every_layout(tmp_path):
+    # grouped-query attention: TP gives each rank two of the four query heads and the key-value head they read
+    llama = ["model=llama", *STEPS, "model.n_head=4", "model.n_kv_head=2"]
+    result = harness_cmd("-m", *llama, "parallel=single,ddp,zero1,fsdp_zero2,fsdp_zero3,tp,pp", "hydra.sweep.dir=sweep",
+                         cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    two_d = harness_cmd("-m", *llama, "parallel=fsdp_tp", "parallel.world_size=4", "hydra.sweep.dir=fsdp_tp", cwd=tmp_path)
+    assert two_d.returncode == 0, two_d.stderr
+    df = load_results([tmp_path / "sweep", tmp_path / "fsdp_tp"]).set_index("parallel.name")
+    assert (df.status == "ok").all(), df[["status", "error"]]
+    reference = trajectory(df.loc["single"])
+    for layout in ("ddp", "zero1", "fsdp_zero2", "fsdp_zero3", "tp", "pp", "fsdp_tp"):
         assert trajectory(df.loc[layout]) == pytest.approx(reference, rel=1e-5, abs=0), layout
 
 
@@ -115,7 +132,7 @@ def _tensor_parallel_errors(positions: str) -> dict:
     """On every rank: the TP model's logits and gradients against the unsharded model's."""
     from torch.distributed.device_mesh import init_device_mesh
     reference, model = tiny_model(positions=positions), tiny_model(positions=positions)
-    parallel.tensor_parallel(model, init_device_mesh("cpu", (dist.get_world_size(),)))
+    parallel.tensor_parallel(model, init_device_mesh("cpu", (dist.get_world_size(),)), tp_plan(model))
     x = torch.randint(0, 64, (3, 16), generator=torch.Generator().manual_seed(1))
     expected, got = reference(x), model(x)
     expected.square().mean().backward()
@@ -145,9 +162,9 @@ def _pipeline_gradient_errors(schedule: str) -> dict:
     reference = tiny_model()
     x = torch.randint(0, 64, (8, 16), generator=torch.Generator().manual_seed(1))
     y = torch.randint(0, 64, (8, 16), generator=torch.Generator().manual_seed(2))
-    _, loss = reference(x, y)
+    loss = token_loss(reference(x), y)
     loss.backward()
-    layout = parallel.build("pp", tiny_model(), lambda m, zero=False: torch.optim.SGD(m.parameters()), torch.device("cpu"),
+    layout = parallel.build("pp", tiny_model(), SPEC, lambda m, zero=False: torch.optim.SGD(m.parameters()), torch.device("cpu"),
                             8, schedule=schedule, microbatches=4)
     pp_loss = parallel.forward_backward(layout, x, y, cast=lambda: torch.autocast("cpu", enabled=False))
     lo, hi = layout.extra["stage_blocks"]
@@ -156,8 +173,10 @@ def _pipeline_gradient_errors(schedule: str) -> dict:
         if name.startswith("blocks."):
             index, rest = name.split(".", 2)[1:]
             name = f"blocks.{lo + int(index)}.{rest}"
-        if name == "lm_head.weight":
-            name = "wte.weight"   # the last stage's copy of the tied table, its gradient summed with the first's
+        # the stage's embedding and head (final norm, unembedding) by the model's names; the last stage's copy of
+        # the tied table has its gradient summed with the first's
+        name = {"head.0.weight": "ln_f.weight", "head.0.bias": "ln_f.bias",
+                "head.1.weight": "wte.weight"}.get(name, name.removeprefix("embed."))
         ref = dict(reference.named_parameters())[name].grad
         errors[name] = ((p.grad - ref).norm() / ref.norm()).item()
     return {"loss": (pp_loss.item(), loss.item()), "errors": errors, "blocks": [lo, hi]}
@@ -187,13 +206,13 @@ def _data_parallel_gradient_errors(names: list[str]) -> dict:
     reference = tiny_model()
     x = torch.randint(0, 64, (8, 16), generator=torch.Generator().manual_seed(1))
     y = torch.randint(0, 64, (8, 16), generator=torch.Generator().manual_seed(2))
-    _, loss = reference(x, y)
+    loss = token_loss(reference(x), y)
     loss.backward()
     wanted = dict(reference.named_parameters())
     t = OmegaConf.create({"lr": 1e-3, "weight_decay": 0.1, "beta1": 0.9, "beta2": 0.95})
     results = {}
     for name in names:
-        layout = parallel.build(name, tiny_model(), lambda m, zero=False: make_optimizer(m, t, zero), torch.device("cpu"),
+        layout = parallel.build(name, tiny_model(), SPEC, lambda m, zero=False: make_optimizer(m, t, zero), torch.device("cpu"),
                                 8, tp_degree=2)
         step_loss = parallel.forward_backward(layout, x, y, cast=lambda: torch.autocast("cpu", enabled=False),
                                               measure_params=True)

@@ -106,7 +106,8 @@ def test_the_timed_step_holds_the_step_only(monkeypatch, tiny):
     # device: no loss or norm read back to the host while the clock runs.
     from hydra import compose, initialize_config_dir
 
-    from harness import families, measure
+    from harness import measure
+    from models.spec import Examples
     from harness.config import CONF_DIR
     from harness.tasks import train
     clocks, made_while_timed, reads_while_timed = [], [], []
@@ -132,9 +133,9 @@ def test_the_timed_step_holds_the_step_only(monkeypatch, tiny):
             return original(self)
         return spy
 
-    examples = families.Examples.__call__
+    examples = Examples.__call__
     monkeypatch.setattr(measure, "StepClock", Recording)
-    monkeypatch.setattr(families.Examples, "__call__", lambda self, *a, **k: made_while_timed.append(timing()) or examples(self, *a, **k))
+    monkeypatch.setattr(Examples, "__call__", lambda self, *a, **k: made_while_timed.append(timing()) or examples(self, *a, **k))
     monkeypatch.setattr(torch.Tensor, "item", read(torch.Tensor.item))
     monkeypatch.setattr(torch.Tensor, "__float__", read(torch.Tensor.__float__))
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):

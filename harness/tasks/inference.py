@@ -12,7 +12,6 @@ output is kept, as transformers' generate does). Either way the cache holds cont
 from __future__ import annotations
 
 import copy
-import functools
 import logging
 import os
 import statistics
@@ -24,15 +23,14 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from harness import data as data_sources
-from harness import families, flops, measure, quantize, records
-from harness.config import CONF_DIR, attention_options, gpt_config
+from harness import compiling, flops, measure, quantize, records
+from harness.config import CONF_DIR, attention_options, model_config, model_spec
 from harness.parallel import local
 from harness.precision import cast_weights
 from harness.errors import Unsupported
 from harness.tasks.train import evaluate
 from models import attention as attention_registry
-from models.encdec import EncDecCache, EncoderDecoder
-from models.gpt import KVCache
+from models.spec import Examples, ModelSpec
 
 log = logging.getLogger("harness")
 
@@ -50,21 +48,8 @@ def weights_copy(model: torch.nn.Module, name: str) -> torch.nn.Module:
 
 
 def compute_dtype(model: torch.nn.Module) -> torch.dtype:
-    """Activations (and so the cache) follow the embedding table: fp32 for fp32 and weight-only quantized, bf16 for bf16."""
-    return model.wte.weight.dtype
-
-
-def new_cache(model: torch.nn.Module, batch: int, context: int, new_tokens: int, dtype: torch.dtype,
-              device: torch.device) -> KVCache | EncDecCache:
-    """The cache a generation of `new_tokens` after a prompt of `context` tokens fills: context + new_tokens positions."""
-    if isinstance(model, EncoderDecoder):
-        return EncDecCache(model.cfg, batch, context, new_tokens, dtype, device)
-    return KVCache(model.cfg, batch, context + new_tokens, dtype, device)
-
-
-def encdec_prompt(model: EncoderDecoder, text_bn: torch.Tensor) -> torch.Tensor:
-    """The text's first n - 1 tokens, then the first sentinel: the encoder-decoder writes what follows."""
-    return torch.cat([text_bn[:, :-1], torch.full_like(text_bn[:, :1], model.first_sentinel)], dim=1)
+    """Activations (and so the cache) follow the token table: fp32 for fp32 and weight-only quantized, bf16 for bf16."""
+    return next(m.weight.dtype for m in model.modules() if isinstance(m, torch.nn.Embedding))
 
 
 @dataclass
@@ -77,19 +62,14 @@ class Generation:
 
 
 @torch.no_grad()
-def generate(model: torch.nn.Module, prompt: torch.Tensor, new_tokens: int, *, cache: bool, keep_cache: bool = False,
-             keep_logits: bool = False) -> Generation:
-    """Greedy decoding of new_tokens after the prompt, with a KV cache or recomputing the whole sequence per token."""
+def generate(model: torch.nn.Module, spec: ModelSpec, prompt: torch.Tensor, new_tokens: int, *, cache: bool,
+             keep_cache: bool = False, keep_logits: bool = False) -> Generation:
+    """Greedy decoding of new_tokens after the prompt, with the family's KV cache (holding context + new_tokens
+    positions) or recomputing the whole sequence per token."""
     device = prompt.device
-    kv = new_cache(model, prompt.shape[0], prompt.shape[1], new_tokens, compute_dtype(model), device) if cache else None
+    kv = spec.kv_cache(model, prompt.shape[0], prompt.shape[1], new_tokens, compute_dtype(model), device) if cache else None
     start = measure.timer(device)
-    if isinstance(model, EncoderDecoder):
-        memory = model.encode(prompt)
-        sequence = torch.full_like(prompt[:, :1], model.start_token)
-        step = functools.partial(model.decode, memory_bmd=memory, cache=kv)
-    else:
-        sequence = prompt
-        step = functools.partial(model, cache=kv)
+    sequence, step = spec.decoding(model, prompt, kv)
     logits = step(sequence)[:, -1]
     token = logits.argmax(-1, keepdim=True)
     prefill = measure.timer(device) - start
@@ -116,16 +96,12 @@ CACHE_TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 2e-
 
 
 @torch.no_grad()
-def cached_logits_error(model: torch.nn.Module, prompt: torch.Tensor, new_tokens: int) -> float:
+def cached_logits_error(model: torch.nn.Module, spec: ModelSpec, prompt: torch.Tensor, new_tokens: int) -> float:
     """The cached decode against one full forward over the same tokens (the prompt and what was generated):
     the largest |difference| of the logits each new token was chosen from, over the largest |logit|."""
-    generation = generate(model, prompt, new_tokens, cache=True, keep_logits=True)
-    written = generation.tokens[:, :-1]
-    if isinstance(model, EncoderDecoder):
-        start = torch.full_like(prompt[:, :1], model.start_token)
-        full = model.decode(torch.cat([start, written], dim=1), model.encode(prompt))
-    else:
-        full = model(torch.cat([prompt, written], dim=1))[:, prompt.shape[1] - 1:]
+    generation = generate(model, spec, prompt, new_tokens, cache=True, keep_logits=True)
+    sequence, step = spec.decoding(model, prompt, None)
+    full = step(torch.cat([sequence, generation.tokens[:, :-1]], dim=1))[:, sequence.shape[1] - 1:]
     return float((generation.logits - full).abs().max() / full.abs().max())
 
 
@@ -148,12 +124,12 @@ def trained_weights(cfg: DictConfig) -> Path:
     return directory / records.MODEL_NAME
 
 
-def generation_memory(model: torch.nn.Module, prompt: torch.Tensor, new_tokens: int) -> measure.TensorBytes:
+def generation_memory(model: torch.nn.Module, spec: ModelSpec, prompt: torch.Tensor, new_tokens: int) -> measure.TensorBytes:
     """What the allocator holds for one whole cached generation (CUDA allocator statistics, or the CPU profiler's
     record of every allocation): its peak beyond what was allocated before, and what is still allocated at its end
     with the cache kept alive, which is the cache as allocated, plus anything the generation leaked."""
     kept = []
-    held = measure.tensor_bytes(lambda: kept.append(generate(model, prompt, new_tokens, cache=True, keep_cache=True).cache),
+    held = measure.tensor_bytes(lambda: kept.append(generate(model, spec, prompt, new_tokens, cache=True, keep_cache=True).cache),
                                 prompt.device)
     kept.clear()
     return held
@@ -173,14 +149,14 @@ def run(cfg: DictConfig) -> dict:
         raise Unsupported(f"attention={cfg.attention.name}: {availability.reason}")
 
     dataset = data_sources.load(cfg.data)
-    model_cfg = gpt_config(cfg, dataset.vocab_size)
+    spec = model_spec(cfg.model)
+    model_cfg = model_config(cfg, dataset.vocab_size)
     context, new_tokens, batch = int(t.context), int(t.new_tokens), int(t.batch_size)
     if len(dataset.val) < batch * context + 1:
         raise Unsupported(f"the validation split ({len(dataset.val)} tokens) is too short for "
                           f"task.batch_size={batch} prompts of task.context={context} tokens")
-    family = cfg.model.get("family", "gpt")
     torch.manual_seed(int(cfg.seed))
-    model = families.build(family, model_cfg).to(device).eval()
+    model = spec.build(model_cfg).to(device).eval()
     weights_source = "random (seeded)"
     if t.checkpoint:
         model.load_state_dict(torch.load(t.checkpoint, map_location=device, weights_only=True))
@@ -190,18 +166,16 @@ def run(cfg: DictConfig) -> dict:
         model.load_state_dict(torch.load(path, map_location=device, weights_only=True))
         weights_source = f"trained here on {float(t.train_tokens):.3g} tokens (task=train defaults; cached at {path})"
     prompt = torch.from_numpy(dataset.val[: batch * context].astype("int64").reshape(batch, context)).to(device)
-    if isinstance(model, EncoderDecoder):
-        prompt = encdec_prompt(model, prompt)
-    val_windows = data_sources.validation_windows(dataset.val, model_cfg.seq_len, int(t.eval_tokens))
-    examples = None if family == "gpt" else families.Examples(family, dataset.vocab_size, int(cfg.seed))
+    val_windows = data_sources.validation_windows(dataset.val, int(cfg.model.seq_len), int(t.eval_tokens))
+    examples = Examples(spec, dataset.vocab_size, int(cfg.seed))
     repeats = int(t.repeats)
 
     def loss_of(m: torch.nn.Module) -> float:
         return evaluate(local(m, device), val_windows, batch_size=8, examples=examples)
 
     def timed(m: torch.nn.Module, cache: bool) -> dict:
-        generate(m, prompt, new_tokens, cache=cache)  # warm-up at the measured shape: first-call allocations, dispatch
-        runs = [generate(m, prompt, new_tokens, cache=cache) for _ in range(repeats)]
+        generate(m, spec, prompt, new_tokens, cache=cache)  # warm-up at the measured shape: first-call allocations, dispatch
+        runs = [generate(m, spec, prompt, new_tokens, cache=cache) for _ in range(repeats)]
         prefill = statistics.median(r.prefill_s for r in runs)
         decode = statistics.median(r.decode_s for r in runs)
         steps = max(1, new_tokens - 1) * batch
@@ -209,18 +183,18 @@ def run(cfg: DictConfig) -> dict:
                 "decode_s": decode, "decode_tokens_per_s": steps / decode, "decode_ms_per_token": 1e3 * decode / max(1, new_tokens - 1)}
 
     main = weights_copy(model, t.weights)
+    compile_info = compiling.prepare(main, bool(cfg.get("compile", False)), device)
     with_cache = timed(main, cache=True)
     recompute = timed(main, cache=False) if t.recompute else None
     dtype = compute_dtype(main)
     element = torch.finfo(dtype).bits // 8
-    shape = {"n_layer": model_cfg.n_layer, "kv_heads": model_cfg.n_head, "head_dim": model_cfg.head_dim, "batch": batch,
-             "bytes_per_element": element}
+    shape = {**spec.cache_shape(model_cfg), "batch": batch, "bytes_per_element": element}
     weights_bytes = quantize.model_bytes(main)
     cache_formula = flops.kv_cache_bytes(context=context + new_tokens, **shape)  # encdec: cross + self positions
-    logits_error = cached_logits_error(main, prompt, new_tokens)
+    logits_error = cached_logits_error(main, spec, prompt, new_tokens)
     # One whole cached generation under the allocator's eye; the device's peak counter covers exactly it.
     measure.reset_peak_memory(device)
-    memory = generation_memory(main, prompt, new_tokens)
+    memory = generation_memory(main, spec, prompt, new_tokens)
     peak_memory = measure.peak_memory_bytes(device)
     reference_loss = loss_of(model)
     loss = reference_loss if main is model else loss_of(main)
@@ -243,7 +217,7 @@ def run(cfg: DictConfig) -> dict:
         "peak_memory_bytes": peak_memory,
         "wall_time_s": 0.0,
     }
-    reference_tokens = with_cache["tokens"] if main is model else generate(model, prompt, new_tokens, cache=True).tokens
+    reference_tokens = with_cache["tokens"] if main is model else generate(model, spec, prompt, new_tokens, cache=True).tokens
     compared = {}
     for name in t.compare_weights or []:
         other = weights_copy(model, name)
@@ -253,13 +227,14 @@ def run(cfg: DictConfig) -> dict:
                           "prefill_s": result["prefill_s"], "val_loss": other_loss, "val_loss_change": other_loss - reference_loss,
                           "same_tokens_as_fp32": bool(torch.equal(result["tokens"], reference_tokens))}
     metrics["wall_time_s"] = time.perf_counter() - wall_start
-    counts = model.param_counts()
-    model_info = {"family": family, "n_layer": model_cfg.n_layer, "d_model": model_cfg.d_model, "n_head": model_cfg.n_head,
-                  "head_dim": model_cfg.head_dim, "seq_len": model_cfg.seq_len, "positions": model_cfg.positions,
+    counts = spec.param_counts(model)
+    model_info = {"family": spec.name, **spec.describe(model_cfg), "seq_len": int(cfg.model.seq_len),
                   "params_total": counts["total"], "params_non_embedding": counts["non_embedding"],
-                  **{f"params_{side}": counts[side] for side in ("encoder", "decoder") if side in counts},
+                  **{f"params_{side}": counts[side] for side in ("encoder", "decoder")},
                   "weights": t.weights, "cache_dtype": str(dtype).removeprefix("torch."),
                   "weights_source": weights_source}
-    return {"metrics": metrics, "model_info": model_info, "weights": compared,
+    if compile_info["compiled"]:
+        compile_info["graph_breaks"] = compiling.graph_breaks() - compile_info.pop("graph_breaks_before")
+    return {"metrics": metrics, "model_info": model_info, "weights": compared, "compile_info": compile_info,
             "data_info": {"val_tokens": len(dataset.val), **dataset.info}}
 

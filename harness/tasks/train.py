@@ -19,13 +19,13 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from harness import data as data_sources
-from harness import checkpoint, distributed, families, flops, measure, parallel, precision, quantize, records
+from harness import checkpoint, compiling, distributed, flops, measure, parallel, precision, quantize, records
 from harness import schedules
-from harness.config import attention_options, check_data_fits, gpt_config, requested_tokens
+from harness.config import attention_options, check_data_fits, model_config, model_spec, requested_tokens
 from harness.progress import Progress
 from harness.errors import Diverged, Unsupported, first_line
 from models import attention as attention_registry
-from models.gpt import IGNORE
+from models.spec import IGNORE, Examples
 from models.positions import TABLE_KINDS
 
 log = logging.getLogger("harness")
@@ -68,7 +68,7 @@ def train_step(layout: parallel.Layout, x: torch.Tensor, y: torch.Tensor, grad_c
 
 @torch.no_grad()
 def evaluate(layout: parallel.Layout, windows: np.ndarray, batch_size: int, cast=contextlib.nullcontext,
-             examples: families.Examples | None = None) -> float:
+             examples: Examples | None = None) -> float:
     """Mean loss per predicted token over the windows (for an encoder, over the masked tokens)."""
     layout.model.eval()
     total, count = 0.0, 0
@@ -178,14 +178,14 @@ def train(cfg: DictConfig, checkpoint_dir: Path | None = None, cooldown: schedul
         logging.getLogger("torch.distributed.tensor._redistribute").setLevel(logging.ERROR)
     mode = precision.MODES[cfg.precision.name]
     dataset = data_sources.load(cfg.data)
-    model_cfg = gpt_config(cfg, dataset.vocab_size)
-    family = cfg.model.get("family", "gpt")
-    per_token = families.flops_per_token(family, model_cfg)
+    model_cfg = model_config(cfg, dataset.vocab_size)
+    spec = model_spec(cfg.model)
+    per_token = spec.flops_per_token(model_cfg)
     tokens_requested = requested_tokens(cfg, per_token.causal)
     check_data_fits(cfg, len(dataset.train), len(dataset.val), tokens_requested)
 
     t = cfg.task
-    seq_len, batch_size = model_cfg.seq_len, int(t.batch_size)
+    seq_len, batch_size = int(cfg.model.seq_len), int(t.batch_size)
     tokens_per_step = batch_size * seq_len
     total_steps = max(1, round(tokens_requested / tokens_per_step))
     schedule = schedules.from_task(t, total_steps)
@@ -205,13 +205,14 @@ def train(cfg: DictConfig, checkpoint_dir: Path | None = None, cooldown: schedul
     torch.manual_seed(int(cfg.seed))
     if device.type == "cpu":
         torch.use_deterministic_algorithms(True)
-    model = precision.prepare(families.build(family, model_cfg).to(device), mode.name)
-    examples = families.Examples(family, dataset.vocab_size, seed=int(cfg.seed))
-    counts = model.param_counts()
+    model = precision.prepare(spec.build(model_cfg).to(device), mode.name)
+    compile_info = compiling.prepare(model, bool(cfg.get("compile", False)), device)
+    examples = Examples(spec, dataset.vocab_size, seed=int(cfg.seed))
+    counts = spec.param_counts(model)
     param_dtype = next(model.parameters()).dtype
     cast = functools.partial(precision.autocast, mode.name, device)
     p = cfg.parallel
-    layout = parallel.build(p.name, model, functools.partial(make_optimizer, t=t), device, batch_size,
+    layout = parallel.build(p.name, model, spec, functools.partial(make_optimizer, t=t), device, batch_size,
                             tp_degree=p.get("tp_degree"), schedule=p.get("schedule", "1f1b"),
                             microbatches=int(p.get("microbatches", 1)), cast=cast)
     del model  # a pipeline stage keeps only its own blocks
@@ -322,6 +323,10 @@ def train(cfg: DictConfig, checkpoint_dir: Path | None = None, cooldown: schedul
     skipped_steps = int(skipped_steps)
 
     timed = step_times[int(t.timing_warmup_steps):] or step_times
+    if compile_info["compiled"]:  # the first step of this process traced and compiled the blocks
+        first = clock.seconds()[0] if clock.seconds() else float("nan")
+        compile_info.update(first_step_s=first, compile_s=first - float(np.median(timed)),
+                            graph_breaks=compiling.graph_breaks() - compile_info.pop("graph_breaks_before"))
     tokens = total_steps * tokens_per_step
     rank_info = _rank_info(layout, mode, param_dtype, timed, tokens_per_step, device)
     per_rank = [rank_info]
@@ -367,17 +372,16 @@ def train(cfg: DictConfig, checkpoint_dir: Path | None = None, cooldown: schedul
     for r in per_rank:
         del r["step_times_s"]
     model_info = {
-        "family": family, "n_layer": model_cfg.n_layer, "d_model": model_cfg.d_model, "n_head": model_cfg.n_head, "head_dim": model_cfg.head_dim,
-        "d_mlp": model_cfg.d_mlp, "vocab_size": model_cfg.vocab_size, "seq_len": seq_len,
-        "params_total": counts["total"], "params_non_embedding": counts["non_embedding"], "params_embedding": counts["embedding"],
-        "params_encoder": counts.get("encoder", counts["non_embedding"] if family == "encoder" else 0),
-        "params_decoder": counts.get("decoder", counts["non_embedding"] if family == "gpt" else 0),
+        "family": spec.name, **spec.describe(model_cfg), "vocab_size": spec.model_vocab(dataset.vocab_size, seq_len),
+        "seq_len": seq_len, "params_total": counts["total"], "params_non_embedding": counts["non_embedding"],
+        "params_embedding": counts["embedding"], "params_encoder": counts["encoder"], "params_decoder": counts["decoder"],
         "flops_per_token_dense": per_token.dense, "flops_per_token_causal": per_token.causal, "flops_per_token_6n": per_token.six_n,
-        "param_dtype": str(param_dtype).removeprefix("torch."),
+        "flops_counted": spec.flops_counted, "param_dtype": str(param_dtype).removeprefix("torch."),
     }
     data_info = {"train_tokens": len(dataset.train), "val_tokens": len(dataset.val), "vocab_size": dataset.vocab_size,
                  "val_eval_tokens": int(val_windows[:, 1:].size), **dataset.info}
-    extrapolation = _length_extrapolation(layout, model_cfg, dataset.val, t, cast, examples) if t.get("eval_lengths") else {}
+    extrapolation = (_length_extrapolation(layout, seq_len, cfg.model.get("positions"), dataset.val, t, cast, examples)
+                     if t.get("eval_lengths") else {})
     quantized = (_quantized_evaluation(layout.model, t, val_windows, batch_size, device, val_loss, examples)
                  if t.get("eval_quantized") else {})
     precision_info = {  # what was in effect, read off the model and the scaler, not the config
@@ -399,7 +403,7 @@ def train(cfg: DictConfig, checkpoint_dir: Path | None = None, cooldown: schedul
     }
     saved = {"model_state": {k: v.detach().cpu() for k, v in layout.model.state_dict().items()}} if t.get("save_model") else {}
     return {**saved, "metrics": metrics, "model_info": model_info, "data_info": data_info, "precision_info": precision_info,
-            "parallel_info": parallel_info, "schedule_info": schedule.info(), "quantized": quantized,
+            "parallel_info": parallel_info, "schedule_info": schedule.info(), "compile_info": compile_info, "quantized": quantized,
             "length_extrapolation": extrapolation, "curve": curve,
             **({"cooldowns": list(branch_starts.values())} if branch_starts else {})}
 
@@ -420,31 +424,31 @@ def _rank_info(layout: parallel.Layout, mode, param_dtype: torch.dtype, timed: l
             "torch_threads": torch.get_num_threads(), "step_times_s": timed}
 
 
-def _length_extrapolation(layout: parallel.Layout, model_cfg, val_tokens: np.ndarray, t: DictConfig, cast,
-                          examples: families.Examples) -> dict:
+def _length_extrapolation(layout: parallel.Layout, seq_len: int, positions: str | None, val_tokens: np.ndarray,
+                          t: DictConfig, cast, examples: Examples) -> dict:
     """Validation loss on windows of `multiple` x model.seq_len tokens, the loss averaged over every position.
 
     A learned position table has no entry past model.seq_len, so longer windows are recorded as unsupported."""
     results = {}
     for multiple in t.eval_lengths:
-        length = int(round(float(multiple) * model_cfg.seq_len))
+        length = int(round(float(multiple) * seq_len))
         key = f"x{multiple:g}"
-        if model_cfg.positions in TABLE_KINDS and length > model_cfg.seq_len:
+        if positions in TABLE_KINDS and length > seq_len:
             results[key] = {"seq_len": length, "val_loss": None,
-                            "unsupported": f"{model_cfg.positions} positions stop at model.seq_len={model_cfg.seq_len}"}
+                            "unsupported": f"{positions} positions stop at model.seq_len={seq_len}"}
             continue
         if len(val_tokens) < length + 1:
             results[key] = {"seq_len": length, "val_loss": None,
                             "unsupported": f"the validation split ({len(val_tokens)} tokens) is shorter than {length + 1}"}
             continue
         windows = data_sources.validation_windows(val_tokens, length, int(t.eval_tokens))
-        results[key] = {"seq_len": length, "val_loss": evaluate(layout, windows, max(1, int(t.batch_size) * model_cfg.seq_len // length), cast, examples),
+        results[key] = {"seq_len": length, "val_loss": evaluate(layout, windows, max(1, int(t.batch_size) * seq_len // length), cast, examples),
                         "windows": len(windows)}
     return results
 
 
 def _quantized_evaluation(model: torch.nn.Module, t: DictConfig, val_windows: np.ndarray, batch_size: int,
-                          device: torch.device, val_loss: float, examples: families.Examples) -> dict:
+                          device: torch.device, val_loss: float, examples: Examples) -> dict:
     quantized = {"full_bytes": quantize.model_bytes(model)}
     for method in t.eval_quantized:
         try:  # a quantization that fails costs its own entry, never the training result

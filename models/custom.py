@@ -1,0 +1,99 @@
+"""model=custom: a module the harness has never seen, built by Hydra from the model section's `_target_`.
+
+The protocol: `CLASS(vocab_size=..., seq_len=..., **ARGS)` builds it (ARGS: every other key of the model section,
+given as `+model.ARG=VALUE`), `forward(idx)` maps token ids (batch, seq) to logits (batch, seq, vocab), and it learns
+next-token prediction. The class is imported from the user's code (the directory `harness` runs in, or PYTHONPATH).
+
+What the harness derives from that alone:
+  parameters        by numel; non-embedding = all but the weights of every nn.Embedding (an untied output layer
+                    counts as non-embedding: the harness cannot tell it from any other Linear)
+  FLOPs per token   FlopCounterMode over one forward, loss and backward of the module built on the meta device,
+                    once per config (records say `flops_counted: measured`)
+  layouts           ddp, zero1, fsdp_zero2, fsdp_zero3 for any module (FSDP's units: its repeated blocks)
+
+Optional hooks opt the module in to what needs more than the protocol; without one, a run that needs it is an
+`unsupported` record that names the hook:
+  tp_plan(self) -> {submodule name: ColwiseParallel() | RowwiseParallel() | ...}     parallel=tp, fsdp_tp
+  pipeline_parts(self) -> (embed: ids -> h, blocks: list of h -> h, head: h -> logits)  parallel=pp
+  kv_cache(self, batch, max_len, dtype, device) -> cache, and forward(idx, cache=cache)  task=inference
+"""
+from __future__ import annotations
+
+import functools
+import importlib
+import json
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from harness import flops
+from models import gpt
+from models.spec import ModelSpec, embedding_split, next_token_examples
+
+RESERVED = ("family", "_target_", "seq_len")
+HOOKS = {"tp_plan": "tensor parallelism", "pipeline_parts": "pipeline parallelism", "kv_cache": "KV-cache decoding"}
+
+
+@dataclass(frozen=True)
+class CustomConfig:
+    target: str
+    args: dict
+    vocab_size: int
+    seq_len: int
+
+
+def config(m: dict, vocab_size: int, attention: str, attention_options: dict) -> CustomConfig:
+    return CustomConfig(str(m["_target_"]), {k: v for k, v in m.items() if k not in RESERVED}, vocab_size, int(m["seq_len"]))
+
+
+def build(cfg: CustomConfig) -> nn.Module:
+    from hydra.utils import instantiate
+    return instantiate({"_target_": cfg.target, **cfg.args}, vocab_size=cfg.vocab_size, seq_len=cfg.seq_len)
+
+
+@functools.lru_cache(maxsize=None)
+def _measured(key: str) -> flops.FlopsPerToken:
+    cfg = CustomConfig(**json.loads(key))
+    with torch.device("meta"):
+        model = build(cfg)
+    return flops.measured_flops_per_token(model, cfg.seq_len, embedding_split(model)["non_embedding"])
+
+
+def flops_per_token(cfg: CustomConfig) -> flops.FlopsPerToken:
+    return _measured(json.dumps(asdict(cfg), sort_keys=True))
+
+
+def param_counts(model: nn.Module) -> dict[str, int]:
+    counts = embedding_split(model)
+    return {**counts, "encoder": 0, "decoder": counts["non_embedding"]}
+
+
+def load_class(target: str) -> type:
+    module, _, name = target.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError) as error:
+        raise ValueError(f"model._target_={target!r} cannot be imported ({type(error).__name__}: {error}); "
+                         "it must name PKG.MODULE.CLASS importable from where harness runs or from PYTHONPATH") from None
+
+
+def spec(m: dict) -> ModelSpec:
+    target = m.get("_target_")
+    if not target or target == "???":
+        raise ValueError("model=custom needs model._target_=PKG.MODULE.CLASS (a class importable from your code)")
+    cls = load_class(str(target))
+
+    def hook(name: str, use):
+        return use if hasattr(cls, name) else f"model._target_={target} defines no {name}() (the opt-in hook for {HOOKS[name]})"
+    return ModelSpec(
+        name="custom", loss="next-token cross-entropy", config=config, build=build,
+        model_vocab=lambda data_vocab, seq_len: data_vocab, examples=next_token_examples,
+        flops_per_token=flops_per_token, param_counts=param_counts,
+        describe=lambda cfg: {"target": cfg.target, **cfg.args},
+        non_embedding_params="no closed-form parameter count (model=custom)",
+        tp_plan=hook("tp_plan", lambda model: model.tp_plan()),
+        pipeline_parts=hook("pipeline_parts", lambda model: model.pipeline_parts()),
+        kv_cache=hook("kv_cache", lambda model, batch, context, new_tokens, dtype, device:
+                      model.kv_cache(batch, context + new_tokens, dtype, device)),
+        decoding=gpt.decoding, flops_counted="measured (FlopCounterMode)")
