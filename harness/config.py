@@ -193,7 +193,6 @@ def _check_attention(cfg: DictConfig) -> None:
 
 
 def _validate_inference_task(cfg: DictConfig) -> None:
-    from harness.tasks.inference import WEIGHTS
     t = cfg.task
     if cfg.parallel.name != "single":
         raise ConfigError(f"task=inference runs on one device, got parallel={cfg.parallel.name}")
@@ -205,8 +204,8 @@ def _validate_inference_task(cfg: DictConfig) -> None:
     if t.repeats < MIN_REPEATS:
         raise ConfigError(f"task.repeats={t.repeats}: a median needs at least {MIN_REPEATS} timed repeats")
     for name in [t.weights, *(t.compare_weights or [])]:
-        if name not in WEIGHTS:
-            raise ConfigError(f"task.weights={name!r}; known: {', '.join(WEIGHTS)}")
+        if name not in quantize.WEIGHTS:
+            raise ConfigError(f"task.weights={name!r}; known: {', '.join(quantize.WEIGHTS)}")
     if t.checkpoint and not Path(t.checkpoint).is_file():
         raise ConfigError(f"task.checkpoint={t.checkpoint!r} is not a file")
 

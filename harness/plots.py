@@ -278,20 +278,27 @@ def inference_costs(table: pd.DataFrame, out_dir: Path) -> list[Path]:
     cache's measured memory against its formula, with the weights' bytes for scale."""
     sns.set_theme(style="whitegrid")
     paths = []
+    keys = [key for key in ("kv_heads", "batch") if key in table.columns]   # a sweep over key-value heads: a line each
+
+    def lines():
+        for values, group in table.groupby(keys):
+            named = dict(zip(keys, values if isinstance(values, tuple) else (values,)))
+            yield (f"{named['kv_heads']} kv heads, " if "kv_heads" in named else "") + f"batch {named['batch']}", group
+
     fig, ax = plt.subplots(figsize=(6.8, 4.4))
-    for (batch, group), colour in zip(table.groupby("batch"), sns.color_palette("colorblind")):
-        ax.plot(group["context"], group["decode_ms_per_token"], "o-", color=colour, label=f"decode, KV cache (batch {batch})")
-        ax.plot(group["context"], group["decode_ms_per_token_recompute"], "s--", color=colour, label=f"decode, recompute (batch {batch})")
-        ax.plot(group["context"], group["prefill_s"] * 1e3, "^:", color=colour, alpha=0.7, label=f"prefill, whole prompt (batch {batch})")
+    for (name, group), colour in zip(lines(), sns.color_palette("colorblind")):
+        ax.plot(group["context"], group["decode_ms_per_token"], "o-", color=colour, label=f"decode, KV cache ({name})")
+        ax.plot(group["context"], group["decode_ms_per_token_recompute"], "s--", color=colour, label=f"decode, recompute ({name})")
+        ax.plot(group["context"], group["prefill_s"] * 1e3, "^:", color=colour, alpha=0.7, label=f"prefill, whole prompt ({name})")
     ax.set(xscale="log", yscale="log", xlabel="context (tokens)", ylabel="milliseconds", title="Latency against context")
     ax.legend(fontsize=7)
     paths += save(fig, out_dir, "inference_latency")
 
     fig, ax = plt.subplots(figsize=(6.8, 4.4))
-    for (batch, group), colour in zip(table.groupby("batch"), sns.color_palette("colorblind")):
-        ax.plot(group["context"], group["kv_cache_formula_mb"], "-", color=colour, label=f"formula (batch {batch})")
-        ax.plot(group["context"], group["kv_cache_mb"], "o", color=colour, label=f"measured (batch {batch})")
-    ax.axhline(table["weights_mb"].iloc[0], color="black", linestyle="--", label="weights")
+    for (name, group), colour in zip(lines(), sns.color_palette("colorblind")):
+        ax.plot(group["context"], group["kv_cache_formula_mb"], "-", color=colour, label=f"formula ({name})")
+        ax.plot(group["context"], group["kv_cache_mb"], "o", color=colour, label=f"measured ({name})")
+    ax.axhline(table["weights_mb"].max(), color="black", linestyle="--", label="weights")
     ax.set(xscale="log", yscale="log", xlabel="context (tokens)", ylabel="MB", title="KV cache memory against context")
     ax.legend(fontsize=7)
     paths += save(fig, out_dir, "inference_memory")

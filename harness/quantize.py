@@ -16,6 +16,7 @@ import torch
 from harness.errors import first_line
 
 METHODS = ("int8", "nf4")
+WEIGHTS = ("fp32", "bf16", *METHODS)  # the weight precisions task=inference decodes with
 
 
 def unavailable(method: str) -> str | None:

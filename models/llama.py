@@ -70,6 +70,7 @@ class Attention(nn.Module):
         self.attend = attention_registry.get_attention(cfg.attention, causal=True, **cfg.attention_options)
         self.attention, self.attention_options = cfg.attention, cfg.attention_options
         self._attend_cached = None
+        self.fold_groups = attention_registry.decodes_every_key(cfg.attention)
         self.dropout = nn.Dropout(cfg.dropout)
 
     @property
@@ -87,10 +88,16 @@ class Attention(nn.Module):
         decoding = cache is not None and start > 0
         if cache is not None:
             k, v = cache.append(self.layer, k, v)
-        groups = q.shape[1] // k.shape[1]
-        if groups > 1:  # each key-value head serves `groups` consecutive query heads
-            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-        y_bhnd = (self.attend_cached if decoding else self.attend)(q, k, v)
+        kv_heads = k.shape[1]
+        groups = q.shape[1] // kv_heads   # each key-value head serves `groups` consecutive query heads
+        if decoding and groups > 1 and self.fold_groups:
+            # the new token's query heads of a group attend as rows of one block over their shared head's cached
+            # keys: the cache is read as it is, never copied per query head (what grouped-query attention saves)
+            y_bhnd = self.attend_cached(q.reshape(b, kv_heads, groups * n, -1), k, v).reshape(b, -1, n, self.head_dim)
+        else:
+            if groups > 1:
+                k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+            y_bhnd = (self.attend_cached if decoding else self.attend)(q, k, v)
         return self.dropout(self.wo(y_bhnd.transpose(1, 2).reshape(b, n, -1)))
 
 

@@ -15,7 +15,7 @@ from harness import plots
 from harness.analysis import markdown_table
 
 
-MODELS = {"gpt": "decoder-only GPT", "llama": "LLaMA-style decoder (RMSNorm, SwiGLU, rotary positions)",
+MODELS = {"gpt": "decoder-only GPT",
           "encdec": "T5-style encoder-decoder (the prompt is encoded once; its cache is the decoder's self-attention "
                     "keys and values plus each decoder layer's cross-attention keys and values of the encoder's output, "
                     "context + new tokens positions in all)"}
@@ -27,7 +27,9 @@ def measured(df: pd.DataFrame) -> pd.DataFrame:
 
 def kv_heads(ok: pd.DataFrame) -> pd.Series | None:
     """Each point's key-value heads, for a family that records them (grouped-query attention), else None."""
-    return ok["model_info.n_kv_head"].astype(int) if "model_info.n_kv_head" in ok.columns else None
+    if "model_info.n_kv_head" not in ok.columns or ok["model_info.n_kv_head"].isna().any():
+        return None
+    return ok["model_info.n_kv_head"].astype(int)
 
 
 def points(df: pd.DataFrame) -> pd.DataFrame:
@@ -128,6 +130,8 @@ def analyse(df: pd.DataFrame, out: Path) -> list[str]:
         "kv_cache_max_relative_error_vs_formula": formula_error,
         **({"kv_heads": heads_fits} if heads_fits else {})}, indent=1, default=float))
     family = str(first.get("model_info.family", "gpt"))
+    sizes = sorted(set(ok["model_info.params_total"].astype(int)))
+    parameters = f"{sizes[0]:,}" if len(sizes) == 1 else f"{sizes[0]:,} to {sizes[-1]:,}"
     source = str(first["model_info.weights_source"])
     weights_note = f"weights {source}" + ("; the validation-loss changes of bf16/int8/nf4 are those of an untrained "
                                           "model (set task.train_tokens or task.checkpoint)" if source.startswith("random") else "")
@@ -136,7 +140,7 @@ def analyse(df: pd.DataFrame, out: Path) -> list[str]:
         f"{int(first['model_info.n_layer'])} layers{' per stack' if family == 'encdec' else ''}, "
         f"d_model {int(first['model_info.d_model'])}, {int(first['model_info.n_head'])} heads of {int(first['model_info.head_dim'])}"
         f"{' (key-value heads: ' + ', '.join(map(str, sorted(table['kv_heads'].unique(), reverse=True))) + ')' if 'kv_heads' in table.columns else ''}, "
-        f"{first['model_info.positions']} positions, {int(first['model_info.params_total']):,} parameters; {weights_note}. "
+        f"{first['model_info.positions']} positions, {parameters} parameters; {weights_note}. "
         f"Greedy decoding of {int(first['task.new_tokens'])} tokens after a prompt of real validation text; medians of "
         f"{int(first['task.repeats'])} generations.",
         "## Latency, decode speed and the KV cache\n\nkv_cache_mb is measured: what a whole cached generation still "
@@ -151,7 +155,7 @@ def analyse(df: pd.DataFrame, out: Path) -> list[str]:
         f"{', '.join(f'{r.cache_exceeds_weights_at:,.0f} cached positions (' + (f'{r.kv_heads} key-value heads, ' if 'kv_heads' in by else '') + f'batch {r.batch})' for r in crossover.itertuples())}. "
         f"The measured cache is within {formula_error:.2%} of the formula at every point.",
         *heads_text,
-        "## Weight precision\n\nDecode speed with the cache, median over the sweep's points; validation loss on "
-        "model.seq_len windows.\n\n" + (markdown_table(summary) if not summary.empty else "No weight comparison."),
+        *(["## Weight precision\n\nDecode speed with the cache, median over the sweep's points; validation loss on "
+           "model.seq_len windows.\n\n" + markdown_table(summary)] if len(summary) > 1 else []),
         "![latency vs context](inference_latency.png)\n\n![KV cache memory vs context](inference_memory.png)",
     ]

@@ -12,7 +12,8 @@ LONG = ["data.train_tokens=5e4", "data.tokens=1.024e5", "task.eval_points=4", "t
         "model.dropout=0.1"]
 
 
-@pytest.mark.parametrize("family", ["gpt", "encdec"])   # encdec: span corruption draws from the examples' generator
+@pytest.mark.parametrize("family", ["gpt", "encdec", pytest.param("llama", marks=pytest.mark.slow)])
+# encdec: span corruption draws from the examples' generator
 def test_a_killed_run_continues_from_its_checkpoint_and_ends_bit_for_bit(tmp_path, tiny, family):
     tiny = [f"model={family}", *tiny]
     whole = harness_cmd(*tiny, *LONG, "hydra.run.dir=whole", cwd=tmp_path)

@@ -379,7 +379,7 @@ def test_harness_report_takes_globs_and_a_study(tmp_path):
                              "--study", "inference"], capture_output=True, text=True, timeout=TIMEOUT_S)
     assert result.returncode == 0, result.stderr
     table = pd.read_csv(tmp_path / "both" / "results.csv")
-    assert len(table) == 20 and set(table["model.family"]) == {"gpt", "encdec"}  # both committed inference sweeps
+    assert len(table) == 50 and set(table["model.family"]) == {"gpt", "encdec", "llama"}  # every committed inference sweep
     assert (tmp_path / "both" / "report.md").read_text().startswith("# Report: inference")
 
 

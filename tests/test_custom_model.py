@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import load_results
+from harness import checkpoint, load_results, records
 from models.gpt import GPTConfig, flops_per_token, stack_params
-from tests.conftest import ROOT, TIMEOUT_S, TINY
+from tests.conftest import ROOT, TIMEOUT_S, TINY, kill_when
 
 BIN = Path(sys.executable).parent
 # the tiny training settings without the built-in shape keys (a custom section has only its own arguments)
@@ -99,3 +99,72 @@ def test_data_parallel_and_fsdp_layouts_train_any_module_as_one_process_does(swe
     curve = [[p[k] for p in df.loc[name, "curve"] for k in ("train_loss", "val_loss")] for name in df.index]
     for name, losses in zip(df.index, curve):
         assert losses == pytest.approx(curve[list(df.index).index("single")], rel=1e-5), name
+
+
+HOOKED = '''
+from torch import nn
+
+from models import gpt
+
+
+class HookedGPT(nn.Module):
+    """The built-in GPT behind the custom protocol, opting in to every hook."""
+
+    def __init__(self, vocab_size, seq_len, d_model=32, n_layer=2, n_head=2):
+        super().__init__()
+        self.inner = gpt.GPT(gpt.GPTConfig(vocab_size=vocab_size, seq_len=seq_len, d_model=d_model, n_layer=n_layer,
+                                           n_head=n_head, positions="rope"))
+
+    def forward(self, idx, cache=None):
+        return self.inner(idx, cache=cache)
+
+    def tp_plan(self):
+        return {f"inner.{name}": style for name, style in gpt.tp_plan(self.inner).items()}
+
+    def pipeline_parts(self):
+        return gpt.pipeline_parts(self.inner)
+
+    def kv_cache(self, batch, max_len, dtype, device):
+        c = self.inner.cfg
+        return gpt.KVCache(c.n_layer, batch, c.n_head, max_len, c.head_dim, dtype, device)
+'''
+
+
+def test_a_module_that_defines_the_kv_cache_hook_decodes_with_it(tmp_path):
+    (tmp_path / "hooked.py").write_text(HOOKED)
+    data = [arg for arg in SETTINGS if not arg.startswith("task.")]
+    result = run("harness", "task=inference", *data, "model=custom", "model._target_=hooked.HookedGPT",
+                 "model.seq_len=64", "task.context=24", "task.new_tokens=8", "task.batch_size=2",
+                 "task.compare_weights=[]", "task.train_tokens=0", "task.eval_tokens=512", "hydra.run.dir=run", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((tmp_path / "run" / "record.json").read_text())["metrics"]
+    assert metrics["cache_matches_recompute"] and metrics["same_tokens_as_recompute"]
+    assert metrics["kv_cache_bytes_formula"] is None   # the harness knows no formula for a module it has never seen
+
+
+@pytest.mark.slow
+def test_a_module_that_defines_the_tp_and_pipeline_hooks_trains_on_those_layouts_as_one_process_does(tmp_path):
+    (tmp_path / "hooked.py").write_text(HOOKED)
+    result = run("harness", "-m", *SETTINGS, "model=custom", "model._target_=hooked.HookedGPT", "data.tokens=1536",
+                 "task.eval_points=6", "parallel=single,tp,pp", "hydra.sweep.dir=sweep", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    df = load_results(tmp_path / "sweep").set_index("parallel.name")
+    assert (df.status == "ok").all(), df[["status", "error"]]
+    curves = {name: [p[k] for p in df.loc[name, "curve"] for k in ("train_loss", "val_loss")] for name in df.index}
+    for name in ("tp", "pp"):
+        assert curves[name] == pytest.approx(curves["single"], rel=1e-5), name
+
+
+@pytest.mark.slow
+def test_a_killed_custom_run_continues_from_its_checkpoint_bit_for_bit(sweep):
+    cwd, _, _ = sweep
+    args = [*SETTINGS, "model=custom", "model._target_=tinylm.TinyLM", "+model.d_model=16", "data.train_tokens=5e4",
+            "data.tokens=1.024e5", "task.eval_points=4", "task.checkpoint_every=50"]
+    assert run("harness", *args, "hydra.run.dir=whole", cwd=cwd).returncode == 0
+    saved = checkpoint.path(cwd / "killed")
+    kill_when(*args, "hydra.run.dir=killed", cwd=cwd, ready=saved.exists)
+    assert saved.exists() and not (cwd / "killed" / records.RECORD_NAME).exists(), "killed before its first save"
+    again = run("harness", *args, "hydra.run.dir=killed", cwd=cwd)
+    assert again.returncode == 0, again.stderr
+    whole, resumed = (records.read_record(cwd / name / records.RECORD_NAME) for name in ("whole", "killed"))
+    assert resumed["metrics"]["resumed_from_step"] > 0 and resumed["curve"] == whole["curve"]

@@ -34,7 +34,6 @@ from models.spec import Examples, ModelSpec
 
 log = logging.getLogger("harness")
 
-WEIGHTS = ("fp32", "bf16", "int8", "nf4")
 
 
 def weights_copy(model: torch.nn.Module, name: str) -> torch.nn.Module:
@@ -188,9 +187,10 @@ def run(cfg: DictConfig) -> dict:
     recompute = timed(main, cache=False) if t.recompute else None
     dtype = compute_dtype(main)
     element = torch.finfo(dtype).bits // 8
-    shape = {**spec.cache_shape(model_cfg), "batch": batch, "bytes_per_element": element}
+    # the family's cache formula; a custom module's cache is known only as measured
+    shape = {**spec.cache_shape(model_cfg), "batch": batch, "bytes_per_element": element} if spec.cache_shape else None
     weights_bytes = quantize.model_bytes(main)
-    cache_formula = flops.kv_cache_bytes(context=context + new_tokens, **shape)  # encdec: cross + self positions
+    cache_formula = flops.kv_cache_bytes(context=context + new_tokens, **shape) if shape else None  # encdec: cross + self
     logits_error = cached_logits_error(main, spec, prompt, new_tokens)
     # One whole cached generation under the allocator's eye; the device's peak counter covers exactly it.
     measure.reset_peak_memory(device)
@@ -212,7 +212,8 @@ def run(cfg: DictConfig) -> dict:
         "generation_peak_bytes": memory.peak,
         "kv_cache_bytes_formula": cache_formula,
         "weights_bytes": weights_bytes,
-        "cache_exceeds_weights_at_context": flops.context_where_cache_exceeds(weights_bytes, **shape),
+        "cache_exceeds_weights_at_context": (flops.context_where_cache_exceeds(weights_bytes, **shape) if shape else
+                                             weights_bytes / (memory.held / (context + new_tokens))),
         "val_loss": loss, "val_loss_change": loss - reference_loss,
         "peak_memory_bytes": peak_memory,
         "wall_time_s": 0.0,

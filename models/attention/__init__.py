@@ -71,6 +71,12 @@ def get_decoder(name: str, **options) -> Attention:
         raise ValueError(f"attention {name!r}: {error}") from None
 
 
+def decodes_every_key(name: str) -> bool:
+    """Whether a decoding step of `name` lets each new query see every cached key (its decoder is the non-causal
+    form rather than one of its own), so query rows at the same position may share one call over the same keys."""
+    return not hasattr(_variant(name), "build_decoder")
+
+
 def available(name: str, device: str | torch.device, dtype: torch.dtype = torch.float32, **options) -> Availability:
     try:
         reason = _variant(name).available(torch.device(device), dtype, **options)
