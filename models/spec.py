@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
@@ -77,7 +77,6 @@ class ModelSpec:
     attentions_why: str = ""
     any_length: bool = True                     # reads windows of any length (task.eval_lengths)
     flops_counted: str = "closed form"          # how flops_per_token was obtained (recorded)
-    extra: dict = field(default_factory=dict)
 
     def unsupported(self, capability: str) -> str | None:
         """Why this family cannot do `capability` (tp, pp, kv_cache, sizing), or None when it can."""

@@ -248,3 +248,15 @@ def test_the_demo_grows_width_alone_and_its_branches_land_on_its_budgets():
     assert sorted(shapes) == [12, 16, 24, 32, 48, 64]
     assert len(set(shapes.values())) == 1   # depth, heads, context and lr x width held: only the width changes
     assert sorted(budgets) == [8, 11, 16, 23, 32, 45, 64]   # x 1e10 FLOPs, a factor sqrt(2) apart
+
+
+def test_the_demo_grid_and_the_families_study_accept_llama():
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+        demo = compose("config", overrides=["study=demo"], return_hydra_config=True).hydra.sweeper.params
+        families = compose("config", overrides=["study=families"], return_hydra_config=True).hydra.sweeper.params
+    for design in demo["+study/demo"].split(","):
+        cfg = config(["study=demo", "model=llama", f"+study/demo={design}"])
+        validate(cfg)
+        assert cfg.model.family == "llama" and cfg.model.n_layer == 2
+    for width in families["model.d_model"].split(","):
+        validate(config(["study=families", "model=llama", f"model.d_model={width}"]))
