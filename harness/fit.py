@@ -238,6 +238,8 @@ def fit_envelope(curves: pd.DataFrame, *, points: int = 1500, intervals: int = 0
 # e = log E in {-1, -0.5, ..., 1}, a = log A and b = log B in {0, 5, ..., 25}: 4500 starts.
 CHINCHILLA_STARTS = np.array(list(itertools.product(
     np.arange(0, 30, 5.0), np.arange(0, 30, 5.0), np.arange(-1, 1.5, 0.5), np.arange(0, 2.5, 0.5), np.arange(0, 2.5, 0.5))))
+# With tied exponents (alpha = beta): the grid's starts on that diagonal, theta = (log A, log B, log E, alpha): 900.
+TIED_STARTS = CHINCHILLA_STARTS[CHINCHILLA_STARTS[:, 3] == CHINCHILLA_STARTS[:, 4], :4]
 
 
 @dataclass
@@ -251,6 +253,7 @@ class ParametricFit:
     n_points: int
     intervals: dict = field(default_factory=dict)   # parameter -> (low, high), filled by bootstrap
     unidentified: str = ""      # why the points do not pin the five parameters down ("" when they do)
+    tie_exponents: bool = False  # fitted with alpha = beta
 
     @property
     def identified(self) -> bool:
@@ -300,7 +303,9 @@ class ParametricFit:
 
     @property
     def theta(self) -> np.ndarray:
-        return np.array([np.log(self.A), np.log(self.B), np.log(self.E), self.alpha, self.beta])
+        """The fitted parameters as the optimiser moves them: log A, log B, log E, alpha (and beta unless tied)."""
+        theta = np.array([np.log(self.A), np.log(self.B), np.log(self.E), self.alpha, self.beta])
+        return theta[:4] if self.tie_exponents else theta
 
 
 def _huber(r, delta):
@@ -323,6 +328,17 @@ def huber_objective(theta, log_n, log_d, log_loss, delta):
     return value, np.array([g_n.sum(), g_d.sum(), (slope * x_e).sum(), -(g_n * log_n).sum(), -(g_d * log_d).sum()])
 
 
+def untied(theta: np.ndarray) -> np.ndarray:
+    """A tied theta (log A, log B, log E, alpha) as the five parameters, beta = alpha; a five-parameter one as is."""
+    return np.append(theta, theta[3]) if len(theta) == 4 else theta
+
+
+def tied_objective(theta, log_n, log_d, log_loss, delta):
+    """huber_objective with beta = alpha: the same sum, its gradient in alpha the sum of the two exponents' gradients."""
+    value, gradient = huber_objective(untied(theta), log_n, log_d, log_loss, delta)
+    return value, np.append(gradient[:3], gradient[3] + gradient[4])
+
+
 def _one_blas_thread() -> None:
     """Worker initialiser: scipy's L-BFGS-B calls BLAS on 5-vectors; threaded BLAS in every worker just spins."""
     from threadpoolctl import threadpool_limits
@@ -330,10 +346,11 @@ def _one_blas_thread() -> None:
 
 
 def _minimise_from(starts, log_n, log_d, log_loss, delta, options=None):
-    """L-BFGS from each start in turn; the best (objective, theta)."""
+    """L-BFGS from each start in turn (four parameters: tied exponents); the best (objective, theta)."""
     best = (np.inf, None)
     for start in starts:
-        result = optimize.minimize(huber_objective, start, args=(log_n, log_d, log_loss, delta), jac=True,
+        objective = tied_objective if len(start) == 4 else huber_objective
+        result = optimize.minimize(objective, start, args=(log_n, log_d, log_loss, delta), jac=True,
                                    method="L-BFGS-B", options=options)
         if result.fun < best[0]:
             best = (float(result.fun), result.x)
@@ -354,7 +371,7 @@ def _check_points(arrays: dict, n_params: int) -> list[np.ndarray]:
 RESAMPLE_STARTS = 8
 
 
-def identification(theta: np.ndarray, log_n, log_d, log_loss) -> str:
+def identification(theta: np.ndarray, log_n, log_d, log_loss, tied: bool = False) -> str:
     """Why the points do not pin the fitted law down, or "" when they do. From the Gauss-Newton covariance of the
     parameters at the optimum, s^2 (J^T J)^-1 with J the derivatives of log L_pred and s^2 the residual variance:
     the law is not identified when log E's standard error exceeds 1 (E not known within a factor e: the points do
@@ -366,11 +383,14 @@ def identification(theta: np.ndarray, log_n, log_d, log_loss) -> str:
     z = np.stack([a - alpha * log_n, b - beta * log_d, np.full_like(log_n, e)])
     weights = np.exp(z - z.max(axis=0))
     weights /= weights.sum(axis=0)  # each term's share of L_pred
-    jacobian = np.stack([weights[0], weights[1], weights[2], -weights[0] * log_n, -weights[1] * log_d], axis=1)
+    exponent_columns = ([-weights[0] * log_n - weights[1] * log_d] if tied else
+                        [-weights[0] * log_n, -weights[1] * log_d])
+    jacobian = np.stack([weights[0], weights[1], weights[2], *exponent_columns], axis=1)
     residuals = np.log(np.exp(z - z.max(axis=0)).sum(axis=0)) + z.max(axis=0) - log_loss
-    variance = residuals @ residuals / max(1, len(log_loss) - 5)
+    variance = residuals @ residuals / max(1, len(log_loss) - jacobian.shape[1])
     try:
         errors = np.sqrt(np.abs(np.diag(variance * np.linalg.inv(jacobian.T @ jacobian))))
+        errors = np.append(errors, errors[3]) if tied else errors
     except np.linalg.LinAlgError:
         return "the law's derivatives at the optimum are linearly dependent: its parameters trade off"
     if not errors[2] <= 1:
@@ -389,8 +409,9 @@ def grid_objectives(starts: np.ndarray, log_n, log_d, log_loss, delta: float) ->
     return _huber(r, delta).sum(axis=1)
 
 
-def fit_parametric(N, D, loss, *, huber_delta: float = 1e-3, init: ParametricFit | None = None,
-                   workers: int | None = None, intervals: int = 0, seed: int = 0, strata=None) -> ParametricFit:
+def fit_parametric(N, D, loss, *, tie_exponents: bool = False, huber_delta: float = 1e-3,
+                   init: ParametricFit | None = None, workers: int | None = None, intervals: int = 0, seed: int = 0,
+                   strata=None) -> ParametricFit:
     """L = E + A/N^alpha + B/D^beta as Chinchilla fitted it: the Huber loss (delta 1e-3) of log-space residuals,
     summed, not averaged (an average makes the gradients ~240x smaller and scipy's L-BFGS stops after a couple
     of iterations near its start, the known cause of the paper's unreproducible numbers), minimised with L-BFGS
@@ -401,38 +422,188 @@ def fit_parametric(N, D, loss, *, huber_delta: float = 1e-3, init: ParametricFit
     is the fitted law's plus a residual drawn from the fit's log residuals (within each of `strata`, e.g. the
     compute budgets, when given), scaled by sqrt(n / (n - 5)) for the five fitted parameters.
     `unidentified` says why, when the points do not pin the law down (see identification).
+
+    `tie_exponents`: alpha = beta, four parameters, the form Muennighoff et al. (2023, "Scaling Data-Constrained
+    Language Models") and Gadre et al. (2024, "Language models scale reliably with over-training and on downstream
+    tasks") fit, the latter to predict runs trained on many tokens per parameter; Chinchilla's grid restricted to
+    its alpha = beta diagonal (900 starts).
     """
-    N, D, loss = _check_points({"N": N, "D": D, "loss": loss}, 5)
+    n_params = 4 if tie_exponents else 5
+    N, D, loss = _check_points({"N": N, "D": D, "loss": loss}, n_params)
     log_n, log_d, log_loss = np.log(N), np.log(D), np.log(loss)
     if np.ptp(log_n + log_d) < 1e-9:
         raise FitError("every point has the same compute C = 6 N D: one budget cannot separate the N and D terms")
+    grid = TIED_STARTS if tie_exponents else CHINCHILLA_STARTS
     if init is not None:
         # From a nearby optimum the summed Huber gradients (~1e-5) sit under scipy's default gtol: tighten it,
         # or a resample would stop where it started and the bootstrap intervals would collapse.
-        scores = grid_objectives(CHINCHILLA_STARTS, log_n, log_d, log_loss, huber_delta)
-        starts = [init.theta, *CHINCHILLA_STARTS[np.argsort(scores)[:RESAMPLE_STARTS]]]
+        scores = grid_objectives(np.array([untied(start) for start in grid]), log_n, log_d, log_loss, huber_delta)
+        starts = [init.theta, *grid[np.argsort(scores)[:RESAMPLE_STARTS]]]
         objective, theta = _minimise_from(starts, log_n, log_d, log_loss, huber_delta,
                                           {"gtol": 1e-12, "ftol": 1e-15, "maxiter": 5000})
     else:
         workers = workers or os.cpu_count() or 1
         if workers == 1:
-            objective, theta = _minimise_from(CHINCHILLA_STARTS, log_n, log_d, log_loss, huber_delta)
+            objective, theta = _minimise_from(grid, log_n, log_d, log_loss, huber_delta)
         else:
-            shares = np.array_split(CHINCHILLA_STARTS, workers)
+            shares = np.array_split(grid, workers)
             with ProcessPoolExecutor(workers, initializer=_one_blas_thread) as pool:
                 found = list(pool.map(_minimise_from, shares, *([x] * workers for x in (log_n, log_d, log_loss, huber_delta))))
             objective, theta = min(found, key=lambda pair: pair[0])
-    a, b, e, alpha, beta = theta
+    a, b, e, alpha, beta = untied(theta)
     with np.errstate(over="ignore"):  # an unidentified fit can run log A off to where A is inf: report it as such
         fit = ParametricFit(E=float(np.exp(e)), A=float(np.exp(a)), B=float(np.exp(b)), alpha=float(alpha),
-                            beta=float(beta), objective=objective, n_points=len(N))
-    fit.unidentified = identification(theta, log_n, log_d, log_loss)
+                            beta=float(beta), objective=objective, n_points=len(N), tie_exponents=tie_exponents)
+    fit.unidentified = identification(untied(theta), log_n, log_d, log_loss, tied=tie_exponents)
     if intervals:
         fitted = np.log(fit.predict(N, D))
-        datasets = residual_resamples(log_loss, fitted, strata, n_params=5, fit_per_stratum=False,
+        datasets = residual_resamples(log_loss, fitted, strata, n_params=n_params, fit_per_stratum=False,
                                       n_resamples=intervals, seed=seed)
         fit.intervals = percentile_intervals(fit_parametric, [(N, D, np.exp(y)) for y in datasets], init=fit,
-                                             huber_delta=huber_delta, workers=workers)
+                                             huber_delta=huber_delta, workers=workers, tie_exponents=tie_exponents)
+    return fit
+
+
+# --- data-constrained: Muennighoff et al. 2023 ---------------------------------------------------------------
+# "Scaling Data-Constrained Language Models", eq. 5-7: repeated data is worth less than fresh data, and parameters
+# beyond what the unique data supports are worth less than needed ones. With U_D unique tokens seen and R_D = D / U_D - 1
+# repetitions, the effective data is D' = U_D + U_D R_D* (1 - exp(-R_D / R_D*)); with U_N = min(N, the base law's
+# compute-optimal N for U_D tokens) and R_N = N / U_N - 1, the effective parameters N' likewise with R_N*. The loss
+# is the base law at (N', D'). The paper fits the base law on single-epoch runs, then R_D* and R_N* with it fixed
+# (their fit: R_D* = 15.4, R_N* = 5.3); fit_data_constrained does so, then refines all seven parameters together on
+# every point, since a single-epoch run larger than its tokens support is discounted too (R_N > 0).
+DATA_CONSTRAINED_STARTS = np.array(list(itertools.product(np.log([0.5, 2, 8, 32, 128]), np.log([0.5, 2, 8, 32, 128]))))
+
+
+def _effective(unique: np.ndarray, total: np.ndarray, r_star: float) -> np.ndarray:
+    repeats = np.maximum(total / unique - 1, 0.0)
+    return unique + unique * r_star * -np.expm1(-repeats / r_star)
+
+
+@dataclass
+class DataConstrainedFit:
+    base: ParametricFit         # L(N, D) fitted on the single-epoch points
+    R_D_star: float
+    R_N_star: float
+    objective: float            # the summed Huber loss of log residuals over every point
+    n_points: int
+    intervals: dict = field(default_factory=dict)
+
+    def __getattr__(self, name):   # the base law's attributes: E, A, B, alpha, beta, a, b
+        if name in ("E", "A", "B", "alpha", "beta", "a", "b"):
+            return getattr(self.base, name)
+        raise AttributeError(name)
+
+    def effective(self, N, D, U) -> tuple[np.ndarray, np.ndarray]:
+        """(N', D'): the parameters and tokens a run is worth, U its unique tokens."""
+        N, D, U = (np.asarray(x, float) for x in (N, D, U))
+        unique_d = np.minimum(D, U)
+        G = (self.base.alpha * self.base.A / (self.base.beta * self.base.B)) ** (1 / (self.base.alpha + self.base.beta))
+        # the base law's compute-optimal N for unique_d tokens: D_opt = (C/6)^b / G, N_opt = G (C/6)^a
+        unique_n = np.minimum(N, G * (unique_d * G) ** (self.base.a / self.base.b))
+        return _effective(unique_n, N, self.R_N_star), _effective(unique_d, D, self.R_D_star)
+
+    def predict(self, N, D, U) -> np.ndarray:
+        return self.base.predict(*self.effective(N, D, U))
+
+
+def fit_data_constrained(N, D, U, loss, *, huber_delta: float = 1e-3, workers: int | None = None) -> DataConstrainedFit:
+    """Muennighoff et al.'s data-constrained law: the base law (fit_parametric) on the points that saw no token twice
+    (D <= U), then R_D* and R_N* on every point by the same summed Huber loss of log residuals, L-BFGS over log R*
+    from a grid of 25 starts, then the seven together from there."""
+    N, D, U, loss = _check_points({"N": N, "D": D, "U": U, "loss": loss}, 7)
+    single = D <= U * (1 + 1e-9)
+    if single.sum() < 6 or single.all():
+        raise FitError(f"a data-constrained fit needs at least 6 single-epoch points (D <= U) and some repeated ones; "
+                       f"got {int(single.sum())} single-epoch of {len(N)}")
+    base = fit_parametric(N[single], D[single], loss[single], huber_delta=huber_delta, workers=workers)
+    log_loss = np.log(loss)
+    trial = DataConstrainedFit(base=base, R_D_star=1.0, R_N_star=1.0, objective=np.inf, n_points=len(N))
+
+    def objective(log_r):
+        trial.R_D_star, trial.R_N_star = np.exp(log_r)
+        return float(_huber(np.log(trial.predict(N, D, U)) - log_loss, huber_delta).sum())
+
+    best = min((optimize.minimize(objective, start, method="L-BFGS-B", bounds=[(-5, 10), (-5, 10)])
+                for start in DATA_CONSTRAINED_STARTS), key=lambda found: found.fun)
+
+    def law(params) -> DataConstrainedFit:
+        a, b, e, alpha, beta, r_d, r_n = params
+        with np.errstate(over="ignore"):
+            fitted = ParametricFit(E=float(np.exp(e)), A=float(np.exp(a)), B=float(np.exp(b)), alpha=float(alpha),
+                                   beta=float(beta), objective=np.nan, n_points=int(single.sum()))
+        return DataConstrainedFit(base=fitted, R_D_star=float(np.exp(r_d)), R_N_star=float(np.exp(r_n)),
+                                  objective=np.nan, n_points=len(N))
+
+    def joint(params) -> float:
+        with np.errstate(all="ignore"):
+            value = _huber(np.log(law(params).predict(N, D, U)) - log_loss, huber_delta).sum()
+        return float(value) if np.isfinite(value) else 1e30
+
+    start = np.append(base.theta, best.x)
+    refined = optimize.minimize(joint, start, method="L-BFGS-B", options={"gtol": 1e-12, "ftol": 1e-15, "maxiter": 5000})
+    fit = law(refined.x if refined.fun < best.fun else start)
+    fit.objective = min(float(refined.fun), float(best.fun))
+    return fit
+
+
+# --- Kaplan's L(N, D) -------------------------------------------------------------------------------------------
+# Kaplan et al. 2020, "Scaling Laws for Neural Language Models", eq. 1.5: L(N, D) = [(N_c/N)^(alpha_N/alpha_D) + D_c/D]^alpha_D,
+# no irreducible term. Their fit (Table 2): alpha_N 0.076, alpha_D 0.103, N_c 6.4e13, D_c 1.8e13 (non-embedding N).
+# Starts: log N_c and log D_c over 0..50 in steps of 10, each exponent in {0.05, 0.1, 0.2, 0.4}: 576 starts.
+KAPLAN_STARTS = np.array(list(itertools.product(np.arange(0, 60, 10.0), np.arange(0, 60, 10.0),
+                                                (0.05, 0.1, 0.2, 0.4), (0.05, 0.1, 0.2, 0.4))))
+
+
+@dataclass
+class KaplanFit:
+    N_c: float
+    D_c: float
+    alpha_N: float
+    alpha_D: float
+    objective: float            # the summed Huber loss of log residuals at the optimum
+    n_points: int
+    intervals: dict = field(default_factory=dict)
+
+    def predict(self, N, D) -> np.ndarray:
+        N, D = np.asarray(N, float), np.asarray(D, float)
+        return ((self.N_c / N) ** (self.alpha_N / self.alpha_D) + self.D_c / D) ** self.alpha_D
+
+
+def kaplan_objective(theta, log_n, log_d, log_loss, delta):
+    """Summed Huber of log L_pred - log L for theta = (log N_c, log D_c, alpha_N, alpha_D), and its gradient:
+    log L_pred = alpha_D * logaddexp(u, v), u = (alpha_N / alpha_D)(log N_c - log N), v = log D_c - log D."""
+    c_n, c_d, alpha_n, alpha_d = theta
+    ratio = alpha_n / alpha_d
+    u, v = ratio * (c_n - log_n), c_d - log_d
+    s = np.logaddexp(u, v)
+    w_u, w_v = np.exp(u - s), np.exp(v - s)
+    r = alpha_d * s - log_loss
+    slope = np.where(np.abs(r) <= delta, r, delta * np.sign(r))
+    gradient = np.array([(slope * alpha_n * w_u).sum(), (slope * alpha_d * w_v).sum(),
+                         (slope * w_u * (c_n - log_n)).sum(), (slope * (s - w_u * u)).sum()])
+    return _huber(r, delta).sum(), gradient
+
+
+def fit_kaplan_nd(N, D, loss, *, huber_delta: float = 1e-3, intervals: int = 0, seed: int = 0,
+                  workers: int | None = None) -> KaplanFit:
+    """Kaplan et al.'s L(N, D) (eq. 1.5) by the same estimator as approach 3: the summed Huber loss (delta 1e-3) of
+    log residuals, L-BFGS from each of KAPLAN_STARTS (exponents kept positive). `intervals`: that many resamples of
+    the points (with replacement) for 95% percentile intervals."""
+    N, D, loss = _check_points({"N": N, "D": D, "loss": loss}, 4)
+    args = (np.log(N), np.log(D), np.log(loss), huber_delta)
+    best = (np.inf, None)
+    bounds = [(None, None), (None, None), (1e-4, 10.0), (1e-4, 10.0)]
+    for start in KAPLAN_STARTS:
+        found = optimize.minimize(kaplan_objective, start, args=args, jac=True, method="L-BFGS-B", bounds=bounds)
+        if found.fun < best[0]:
+            best = (float(found.fun), found.x)
+    objective, (c_n, c_d, alpha_n, alpha_d) = best
+    fit = KaplanFit(N_c=float(np.exp(c_n)), D_c=float(np.exp(c_d)), alpha_N=float(alpha_n), alpha_D=float(alpha_d),
+                    objective=objective, n_points=len(N))
+    if intervals:
+        fit.intervals = bootstrap(fit_kaplan_nd, N, D, loss, n_resamples=intervals, seed=seed, workers=workers,
+                                  huber_delta=huber_delta)
     return fit
 
 

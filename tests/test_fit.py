@@ -263,3 +263,109 @@ def test_envelope_bad_input_is_a_clear_error():
         fit_envelope(one_size)
     with pytest.raises(FitError, match="lack the columns"):
         fit_envelope(one_size.drop(columns="tokens"))
+
+
+# --- tied exponents (alpha = beta) ----------------------------------------------------------------------------
+
+def test_tied_exponents_recover_a_law_whose_exponents_are_equal():
+    N, D, loss = synthetic_isoflop(E=1.8, A=480.0, B=2000.0, alpha=0.33, beta=0.33, noise=0.005, seed=2)
+    fit = fit_parametric(N, D, loss, tie_exponents=True)
+    assert fit.tie_exponents and fit.alpha == fit.beta == pytest.approx(0.33, abs=0.02)
+    assert fit.E == pytest.approx(1.8, abs=0.05) and fit.identified
+    assert fit.a == fit.b == 0.5   # equal exponents: N_opt and D_opt both grow as C^0.5
+
+
+def test_tying_the_exponents_costs_objective_when_they_differ():
+    N, D, loss = synthetic_isoflop(alpha=0.45, beta=0.25, noise=0.0)
+    free, tied = fit_parametric(N, D, loss), fit_parametric(N, D, loss, tie_exponents=True)
+    assert free.objective < 1e-9 < tied.objective and tied.alpha == tied.beta
+
+
+def test_the_tied_objectives_gradient_is_its_derivative():
+    from harness.fit import tied_objective
+    N, D, loss = synthetic_isoflop(noise=0.01)
+    args = (np.log(N), np.log(D), np.log(loss), 1e-3)
+    theta = np.array([6.0, 6.5, 0.5, 0.3])
+    _, gradient = tied_objective(theta, *args)
+    step = 1e-6
+    numeric = [(tied_objective(theta + step * e, *args)[0] - tied_objective(theta - step * e, *args)[0]) / (2 * step)
+               for e in np.eye(4)]
+    assert gradient == pytest.approx(numeric, rel=1e-5, abs=1e-9)
+
+
+def test_tied_bootstrap_intervals_hold_the_fit():
+    N, D, loss = synthetic_isoflop(alpha=0.3, beta=0.3, noise=0.01, seed=5)
+    fit = fit_parametric(N, D, loss, tie_exponents=True, intervals=40, seed=1)
+    low, high = fit.intervals["alpha"]
+    assert low <= fit.alpha <= high and fit.intervals["alpha"] == fit.intervals["beta"]
+
+
+# --- Kaplan's L(N, D) ------------------------------------------------------------------------------------------
+
+def test_kaplans_law_is_its_limits():
+    from harness.fit import KaplanFit
+    law = KaplanFit(N_c=6.4e13, D_c=1.8e13, alpha_N=0.076, alpha_D=0.103, objective=0.0, n_points=0)
+    # Kaplan et al. 2020, eq. 1.5: with data unlimited L -> (N_c / N)^alpha_N, with parameters unlimited (D_c / D)^alpha_D
+    assert law.predict(1e9, 1e40) == pytest.approx((6.4e13 / 1e9) ** 0.076, rel=1e-9)
+    assert law.predict(1e40, 1e10) == pytest.approx((1.8e13 / 1e10) ** 0.103, rel=1e-9)
+
+
+def test_fit_kaplan_nd_recovers_the_papers_parameters_from_noisy_points():
+    from harness.fit import KaplanFit, fit_kaplan_nd, kaplan_objective
+    truth = KaplanFit(N_c=6.4e13, D_c=1.8e13, alpha_N=0.076, alpha_D=0.103, objective=0.0, n_points=0)
+    rng = np.random.default_rng(0)
+    N, D = (grid.ravel() for grid in np.meshgrid(np.geomspace(1e6, 1e9, 7), np.geomspace(1e8, 1e11, 7)))
+    loss = truth.predict(N, D) * (1 + rng.normal(0, 0.003, N.size))
+    exact = fit_kaplan_nd(N, D, truth.predict(N, D))
+    for name in ("N_c", "D_c", "alpha_N", "alpha_D"):
+        assert getattr(exact, name) == pytest.approx(getattr(truth, name), rel=1e-4), name
+    fit = fit_kaplan_nd(N, D, loss)
+    assert fit.alpha_N == pytest.approx(0.076, rel=0.03) and fit.alpha_D == pytest.approx(0.103, rel=0.03)
+    assert fit.predict(1e10, 1e12) == pytest.approx(truth.predict(1e10, 1e12), rel=0.01)   # beyond the points
+    theta, args = np.array([30.0, 29.0, 0.09, 0.12]), (np.log(N), np.log(D), np.log(loss), 1e-3)
+    step, (_, gradient) = 1e-6, kaplan_objective(theta, *args)
+    numeric = [(kaplan_objective(theta + step * e, *args)[0] - kaplan_objective(theta - step * e, *args)[0]) / (2 * step)
+               for e in np.eye(4)]
+    assert gradient == pytest.approx(numeric, rel=1e-5, abs=1e-9)
+
+
+# --- data-constrained (Muennighoff et al. 2023) ---------------------------------------------------------------
+
+def data_constrained_points(noise: float, seed: int = 0):
+    """Single-epoch IsoFLOP points, then runs repeating U unique tokens up to 60 epochs at sizes up to 30x the
+    size U supports, from Muennighoff et al.'s fitted R_D* = 15.4 and R_N* = 5.3 on a Chinchilla-like base law."""
+    from harness.fit import DataConstrainedFit
+    base = ParametricFit(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28, objective=0.0, n_points=0)
+    truth = DataConstrainedFit(base=base, R_D_star=15.4, R_N_star=5.3, objective=0.0, n_points=0)
+    N, D, _ = synthetic_isoflop(noise=0.0)
+    U = D.copy()
+    for unique in (1e8, 1e9):
+        G = (0.34 * 406.4 / (0.28 * 410.7)) ** (1 / 0.62)
+        supported = G * (unique * G) ** (base.a / base.b)
+        for epochs in (2, 4, 8, 16, 32, 60):
+            for size in (0.3, 1, 3, 10, 30):
+                N, D, U = np.append(N, supported * size), np.append(D, unique * epochs), np.append(U, unique)
+    loss = truth.predict(N, D, U) * (1 + np.random.default_rng(seed).normal(0, noise, len(N)))
+    return N, D, U, loss
+
+
+def test_fit_data_constrained_recovers_the_papers_repetition_constants():
+    from harness.fit import fit_data_constrained
+    exact = fit_data_constrained(*data_constrained_points(noise=0.0))
+    assert exact.R_D_star == pytest.approx(15.4, rel=1e-3) and exact.R_N_star == pytest.approx(5.3, rel=1e-3)
+    assert exact.alpha == pytest.approx(0.34, rel=1e-3) and exact.E == pytest.approx(1.69, rel=1e-3)
+    noisy = fit_data_constrained(*data_constrained_points(noise=0.003))
+    assert noisy.R_D_star == pytest.approx(15.4, rel=0.1) and noisy.R_N_star == pytest.approx(5.3, rel=0.2)
+
+
+def test_repeated_tokens_are_worth_less_and_the_law_says_when_it_cannot_fit():
+    from harness.fit import DataConstrainedFit, fit_data_constrained
+    base = ParametricFit(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28, objective=0.0, n_points=0)
+    law = DataConstrainedFit(base=base, R_D_star=15.4, R_N_star=5.3, objective=0.0, n_points=0)
+    _, once = law.effective(1e6, 1e9, 1e9)
+    _, four = law.effective(1e6, 4e9, 1e9)
+    # four epochs: 3 repeats, worth 15.4 (1 - e^(-3/15.4)) = 2.72 fresh epochs, so 3.72e9 tokens, not 4e9
+    assert once == 1e9 and four == pytest.approx(1e9 * (1 + 15.4 * (1 - np.exp(-3 / 15.4))))
+    N, D, U, loss = data_constrained_points(noise=0.0)
+    with pytest.raises(FitError, match="single-epoch points"):
+        fit_data_constrained(N, D, np.full_like(D, 1e7), loss)

@@ -352,6 +352,8 @@ def train(cfg: DictConfig, checkpoint_dir: Path | None = None, cooldown: schedul
         # the checkpoint's step when a killed run (or branch) was continued
         "resumed_from_step": start_step if start_step != (cooldown.start if cooldown is not None else 0) else None,
         "epochs": tokens / batches.windows_per_epoch_tokens(),
+        # U of a data-constrained law (Muennighoff et al. 2023): the distinct training tokens the run read
+        "unique_tokens": min(tokens, batches.windows_per_epoch_tokens()),
         "flops": tokens * per_token.causal,
         "flops_dense": tokens * per_token.dense,
         "flops_6nd": tokens * per_token.six_n,
