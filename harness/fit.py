@@ -41,15 +41,29 @@ def _as_positive_array(values, name: str) -> np.ndarray:
     return array
 
 
+def with_interval(fit, value, of, interval: float | None):
+    """`value` alone, or with `interval` (e.g. 0.95): (value, low, high), the percentiles of `of(resample)` over the
+    fits of the fit's bootstrap resamples (`fit.resampled`, kept when it was fitted with intervals)."""
+    if interval is None:
+        return value
+    if not fit.resampled:
+        raise FitError(f"{type(fit).__name__}.predict(..., interval=) needs the fit's bootstrap: fit with intervals=N")
+    tail = (1 - interval) / 2 * 100
+    low, high = np.percentile(np.array([of(resample) for resample in fit.resampled]), [tail, 100 - tail], axis=0)
+    return value, low, high
+
+
 @dataclass
 class PowerLawFit:
     A: float
     alpha: float
     E: float = 0.0
     intervals: dict = field(default_factory=dict)   # parameter -> (low, high) when asked for
+    resampled: list = field(default_factory=list, repr=False)   # the bootstrap resamples' fits
 
-    def predict(self, x) -> np.ndarray:
-        return self.E + self.A * np.asarray(x, dtype=float) ** -self.alpha
+    def predict(self, x, interval: float | None = None):
+        value = self.E + self.A * np.asarray(x, dtype=float) ** -self.alpha
+        return with_interval(self, value, lambda fit: fit.predict(x), interval)
 
 
 def fit_power_law(x, y, *, irreducible: bool = True, intervals: int = 0, seed: int = 0) -> PowerLawFit:
@@ -80,7 +94,7 @@ def fit_power_law(x, y, *, irreducible: bool = True, intervals: int = 0, seed: i
     fit = PowerLawFit(A=float(np.exp(log_a)), alpha=float(alpha), E=float(np.exp(best.x[2])) if irreducible else 0.0)
     if intervals:
         fit.intervals = bootstrap(fit_power_law, x, y, n_resamples=intervals, seed=seed, irreducible=irreducible,
-                                  params=["A", "alpha", "E"] if irreducible else ["A", "alpha"])
+                                  params=["A", "alpha", "E"] if irreducible else ["A", "alpha"], resampled=fit.resampled)
     return fit
 
 
@@ -92,10 +106,11 @@ class IsoFlopFit:
     minima: pd.DataFrame     # one row per budget: C, N_opt, D_opt, loss_opt, interior, curvature, why
     parabolas: dict = field(default_factory=dict)   # C -> (c2, c1, c0) of loss = c2 (ln N)^2 + c1 ln N + c0
     intervals: dict = field(default_factory=dict)   # parameter -> (low, high) when asked for
+    resampled: list = field(default_factory=list, repr=False)   # the bootstrap resamples' fits
 
-    def predict(self, C) -> np.ndarray:
-        """N_opt for compute C."""
-        return self.k * np.asarray(C, dtype=float) ** self.a
+    def predict(self, C, interval: float | None = None):
+        """N_opt for compute C (with `interval`: and its interval from the bootstrap)."""
+        return with_interval(self, self.k * np.asarray(C, dtype=float) ** self.a, lambda fit: fit.predict(C), interval)
 
 
 def _budget_minimum(log_n: np.ndarray, loss: np.ndarray, log_d: np.ndarray) -> dict:
@@ -160,7 +175,8 @@ def fit_isoflop(C, N, loss, D=None, *, intervals: int = 0, seed: int = 0) -> Iso
         datasets = residual_resamples(loss, fitted, C, n_params=3, fit_per_stratum=True, n_resamples=intervals,
                                       seed=seed)
         # A resample is a few parabolas: cheaper here than the start of a process pool.
-        fit.intervals = percentile_intervals(fit_isoflop, [(C, N, y, D) for y in datasets], params=["a", "b", "k"], workers=1)
+        fit.intervals = percentile_intervals(fit_isoflop, [(C, N, y, D) for y in datasets], params=["a", "b", "k"], workers=1,
+                                             resampled=fit.resampled)
     return fit
 
 
@@ -173,10 +189,11 @@ class EnvelopeFit:
     k: float                 # N_opt = k * C^a
     envelope: pd.DataFrame   # per FLOP value: flops, loss, N_opt, D_opt
     intervals: dict = field(default_factory=dict)   # parameter -> (low, high) when asked for
+    resampled: list = field(default_factory=list, repr=False)   # the bootstrap resamples' fits
 
-    def predict(self, C) -> np.ndarray:
-        """N_opt for compute C."""
-        return self.k * np.asarray(C, dtype=float) ** self.a
+    def predict(self, C, interval: float | None = None):
+        """N_opt for compute C (with `interval`: and its interval from the bootstrap)."""
+        return with_interval(self, self.k * np.asarray(C, dtype=float) ** self.a, lambda fit: fit.predict(C), interval)
 
 
 def fit_envelope(curves: pd.DataFrame, *, points: int = 1500, intervals: int = 0, seed: int = 0) -> EnvelopeFit:
@@ -228,6 +245,7 @@ def fit_envelope(curves: pd.DataFrame, *, points: int = 1500, intervals: int = 0
             except FitError:
                 continue
         if draws:
+            fit.resampled = draws
             fit.intervals = {name: tuple(np.percentile([getattr(d, name) for d in draws], [2.5, 97.5])) for name in ("a", "b")}
             fit.intervals["_failed"] = intervals - len(draws)
     return fit
@@ -254,6 +272,7 @@ class ParametricFit:
     intervals: dict = field(default_factory=dict)   # parameter -> (low, high), filled by bootstrap
     unidentified: str = ""      # why the points do not pin the five parameters down ("" when they do)
     tie_exponents: bool = False  # fitted with alpha = beta
+    resampled: list = field(default_factory=list, repr=False)   # the bootstrap resamples' fits
 
     @property
     def identified(self) -> bool:
@@ -269,8 +288,10 @@ class ParametricFit:
         """D_opt ~ C^b."""
         return self.alpha / (self.alpha + self.beta)
 
-    def predict(self, N, D) -> np.ndarray:
-        return self.E + self.A / np.asarray(N, float) ** self.alpha + self.B / np.asarray(D, float) ** self.beta
+    def predict(self, N, D, interval: float | None = None):
+        """The fitted loss at (N, D) (with `interval`: and its interval from the bootstrap)."""
+        value = self.E + self.A / np.asarray(N, float) ** self.alpha + self.B / np.asarray(D, float) ** self.beta
+        return with_interval(self, value, lambda fit: fit.predict(N, D), interval)
 
     def compute_optimal(self, C, flops_per_token=None):
         """(N_opt, D_opt) minimising the fitted loss at training FLOPs C = flops_per_token(N) x D.
@@ -460,7 +481,8 @@ def fit_parametric(N, D, loss, *, tie_exponents: bool = False, huber_delta: floa
         datasets = residual_resamples(log_loss, fitted, strata, n_params=n_params, fit_per_stratum=False,
                                       n_resamples=intervals, seed=seed)
         fit.intervals = percentile_intervals(fit_parametric, [(N, D, np.exp(y)) for y in datasets], init=fit,
-                                             huber_delta=huber_delta, workers=workers, tie_exponents=tie_exponents)
+                                             huber_delta=huber_delta, workers=workers, tie_exponents=tie_exponents,
+                                             resampled=fit.resampled)
     return fit
 
 
@@ -564,10 +586,12 @@ class KaplanFit:
     objective: float            # the summed Huber loss of log residuals at the optimum
     n_points: int
     intervals: dict = field(default_factory=dict)
+    resampled: list = field(default_factory=list, repr=False)   # the bootstrap resamples' fits
 
-    def predict(self, N, D) -> np.ndarray:
-        N, D = np.asarray(N, float), np.asarray(D, float)
-        return ((self.N_c / N) ** (self.alpha_N / self.alpha_D) + self.D_c / D) ** self.alpha_D
+    def predict(self, N, D, interval: float | None = None):
+        n, d = np.asarray(N, float), np.asarray(D, float)
+        value = ((self.N_c / n) ** (self.alpha_N / self.alpha_D) + self.D_c / d) ** self.alpha_D
+        return with_interval(self, value, lambda fit: fit.predict(N, D), interval)
 
 
 def kaplan_objective(theta, log_n, log_d, log_loss, delta):
@@ -603,7 +627,7 @@ def fit_kaplan_nd(N, D, loss, *, huber_delta: float = 1e-3, intervals: int = 0, 
                     objective=objective, n_points=len(N))
     if intervals:
         fit.intervals = bootstrap(fit_kaplan_nd, N, D, loss, n_resamples=intervals, seed=seed, workers=workers,
-                                  huber_delta=huber_delta)
+                                  huber_delta=huber_delta, resampled=fit.resampled)
     return fit
 
 
@@ -618,11 +642,12 @@ def _refit(job):
 
 
 def percentile_intervals(fit_fn, datasets: list, *, level: float = 0.95, params=None, workers: int | None = None,
-                         **kwargs) -> dict:
+                         resampled: list | None = None, **kwargs) -> dict:
     """Refit on each resampled data set (a tuple of arrays) in `workers` processes; percentile intervals.
 
     Returns {parameter: (low, high)} for the fit's float attributes (or `params`); data sets the fit rejects
-    (e.g. a budget left without an interior minimum) are skipped and counted under "_failed"."""
+    (e.g. a budget left without an interior minimum) are skipped and counted under "_failed". The resamples' fits
+    are appended to `resampled` when given (what predict(..., interval=) reads)."""
     jobs = [(fit_fn, arrays, kwargs) for arrays in datasets]
     workers = workers or os.cpu_count() or 1
     if workers > 1:
@@ -633,6 +658,8 @@ def percentile_intervals(fit_fn, datasets: list, *, level: float = 0.95, params=
     good = [f for f in fits if f is not None]
     if not good:
         raise FitError(f"every one of {len(jobs)} bootstrap resamples failed to fit")
+    if resampled is not None:
+        resampled.extend(good)
     names = params or [f.name for f in fields(good[0]) if f.type in ("float", float) and f.name != "objective"]
     names += [p for p in ("a", "b") if params is None and hasattr(good[0], p) and p not in names]
     tail = (1 - level) / 2 * 100
@@ -667,7 +694,7 @@ def residual_resamples(y, fitted, strata, *, n_params: int, fit_per_stratum: boo
 
 
 def bootstrap(fit_fn, *arrays, n_resamples: int = 1000, seed: int = 0, level: float = 0.95,
-              params=None, workers: int | None = None, strata=None, **kwargs) -> dict:
+              params=None, workers: int | None = None, strata=None, resampled: list | None = None, **kwargs) -> dict:
     """Percentile intervals: refit on `n_resamples` resamples of the points (with replacement, seeded; within
     each of `strata` when given, so every stratum keeps its count). See percentile_intervals."""
     arrays = [np.asarray(a, float) for a in arrays]
@@ -678,4 +705,5 @@ def bootstrap(fit_fn, *arrays, n_resamples: int = 1000, seed: int = 0, level: fl
     for _ in range(n_resamples):
         indices = np.concatenate([rng.choice(at, len(at)) for at in members])
         datasets.append(tuple(a[indices] for a in arrays))
-    return percentile_intervals(fit_fn, datasets, level=level, params=params, workers=workers, **kwargs)
+    return percentile_intervals(fit_fn, datasets, level=level, params=params, workers=workers, resampled=resampled,
+                                **kwargs)

@@ -369,3 +369,34 @@ def test_repeated_tokens_are_worth_less_and_the_law_says_when_it_cannot_fit():
     N, D, U, loss = data_constrained_points(noise=0.0)
     with pytest.raises(FitError, match="single-epoch points"):
         fit_data_constrained(N, D, np.full_like(D, 1e7), loss)
+
+
+# --- predictions with intervals ---------------------------------------------------------------------------------
+
+def test_every_fit_predicts_with_an_interval_from_its_bootstrap():
+    from harness.fit import KaplanFit, fit_kaplan_nd, fit_power_law
+    N, D, loss = synthetic_isoflop(noise=0.01, seed=4)
+    law = fit_parametric(N, D, loss, intervals=40, seed=1)
+    value, low, high = law.predict([1e9, 1e11], [1e11, 1e13], interval=0.95)
+    assert np.all(low < value) and np.all(value < high) and len(law.resampled) == 40 - law.intervals["_failed"]
+    # the interval is the resamples' predictions' percentiles, at each point
+    draws = np.array([fit.predict([1e9, 1e11], [1e11, 1e13]) for fit in law.resampled])
+    assert (low, high) == (pytest.approx(np.percentile(draws, 2.5, axis=0)), pytest.approx(np.percentile(draws, 97.5, axis=0)))
+    inside = law.predict(N[22], D[22], interval=0.95)   # among the points, the law they came from is inside
+    assert inside[1] < 1.69 + 406.4 / N[22] ** 0.34 + 410.7 / D[22] ** 0.28 < inside[2]
+    with pytest.raises(FitError, match="fit with intervals=N"):
+        fit_parametric(N, D, loss).predict(1e9, 1e11, interval=0.95)
+    C = np.repeat(np.geomspace(1e18, 1e22, 5), 9)
+    iso = fit_isoflop(C, N, loss, D, intervals=50)
+    n_opt, n_low, n_high = iso.predict(1e23, interval=0.9)
+    assert n_low < n_opt < n_high
+    x = np.geomspace(1, 1e3, 12)
+    power = fit_power_law(x, 2.0 * x ** -0.5 * (1 + np.random.default_rng(0).normal(0, 0.01, 12)), irreducible=False,
+                          intervals=30)
+    assert power.predict(1e4, interval=0.95)[1] < power.predict(1e4) < power.predict(1e4, interval=0.95)[2]
+    kaplan_truth = KaplanFit(N_c=6.4e13, D_c=1.8e13, alpha_N=0.076, alpha_D=0.103, objective=0.0, n_points=0)
+    grid_n, grid_d = (g.ravel() for g in np.meshgrid(np.geomspace(1e6, 1e9, 5), np.geomspace(1e8, 1e11, 5)))
+    kaplan = fit_kaplan_nd(grid_n, grid_d, kaplan_truth.predict(grid_n, grid_d) * (1 + np.random.default_rng(1).normal(0, 0.003, 25)),
+                           intervals=10)
+    k_value, k_low, k_high = kaplan.predict(1e10, 1e12, interval=0.95)
+    assert k_low <= k_value <= k_high
