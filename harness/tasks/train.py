@@ -324,7 +324,7 @@ def train(cfg: DictConfig, checkpoint_dir: Path | None = None, cooldown: schedul
 
     timed = step_times[int(t.timing_warmup_steps):] or step_times
     if compile_info["compiled"]:  # the first step of this process traced and compiled the blocks
-        first = clock.seconds()[0] if clock.seconds() else float("nan")
+        first = step_times[len(earlier_seconds)] if len(step_times) > len(earlier_seconds) else float("nan")
         compile_info.update(first_step_s=first, compile_s=first - float(np.median(timed)),
                             graph_breaks=compiling.graph_breaks() - compile_info.pop("graph_breaks_before"))
     tokens = total_steps * tokens_per_step
