@@ -4,6 +4,7 @@ imports the studies, never the other way round.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -86,3 +87,53 @@ def generic_analysis(df: pd.DataFrame, out: Path) -> list[str]:
         plots.loss_curves(curves, out)
         sections.append("## Loss curves\n\n![loss curves](loss_curves.png)")
     return sections
+
+
+# Bootstrap resamples behind each held-out prediction's interval in a report.
+HELD_OUT_RESAMPLES = 100
+
+
+def law_points(df: pd.DataFrame) -> pd.DataFrame:
+    """The training runs as points a law is fitted to: N (non-embedding parameters), D (tokens trained), loss (the
+    validation loss, the mean over a point's seeds), U (unique tokens trained, where records carry it) and the model
+    family; one row per (family, N, D)."""
+    needed = ["model_info.params_non_embedding", "metrics.tokens", "metrics.val_loss"]
+    if not set(needed) <= set(df.columns):
+        return pd.DataFrame(columns=["family", "N", "D", "loss"])
+    ok = df[(df["status"] == "ok")].dropna(subset=needed)
+    points = pd.DataFrame({"family": ok.get("model_info.family", pd.Series("gpt", index=ok.index)).fillna("gpt"),
+                           "N": ok[needed[0]].astype(float), "D": ok[needed[1]].astype(float),
+                           "loss": ok[needed[2]].astype(float)})
+    if "metrics.unique_tokens" in ok and ok["metrics.unique_tokens"].notna().all():
+        points["U"] = ok["metrics.unique_tokens"].astype(float)
+    return points.groupby(["family", "N", "D"], as_index=False).mean(numeric_only=True)
+
+
+def held_out_section(df: pd.DataFrame, out: Path) -> str:
+    """Every law form fitted on all but the largest model size and asked to predict it (harness.fit.compare_laws),
+    per model family; the table ranked by held-out error, which form extrapolated best, and held_out.json."""
+    from harness.fit import compare_laws
+    heading = "## Held-out prediction: which law form extrapolates"
+    points = law_points(df)
+    if points.empty:
+        return f"{heading}\n\nNot applicable: these records hold no training runs with a validation loss."
+    lines, found = [heading, ("Each form is fitted on every run but those of the largest model size, then predicts "
+                              f"them; error = predicted / measured - 1, interval from {HELD_OUT_RESAMPLES} bootstrap "
+                              "resamples of the fit (95%).")], {}
+    for family, group in points.groupby("family"):
+        sizes, tokens = group["N"].nunique(), group["D"].nunique()
+        if sizes < 3 or tokens < 3 or len(group) < 8:
+            lines.append(f"**{family}**: not applicable: {sizes} model size(s), {tokens} token count(s) and {len(group)} "
+                         "points; a law in N and D held out at the largest size needs at least 3 of each and 8 points.")
+            continue
+        table = compare_laws(group, by="N", largest=1, intervals=HELD_OUT_RESAMPLES)
+        found[family] = table.astype(object).where(table.notna(), None).to_dict(orient="records")
+        ranked = table[table["mean_abs_error"].notna()]
+        best = (f"{ranked.iloc[0]['law']} ({ranked.iloc[0]['form']}) extrapolated best: mean |error| "
+                f"{ranked.iloc[0]['mean_abs_error']:.2%} at N = {group['N'].max():.4g}" if len(ranked) else
+                "no form could be fitted")
+        shown = table.drop(columns=["form"]).rename(columns=lambda c: c.replace("_", " "))
+        shown = shown.astype(object).where(shown.notna(), "")
+        lines.append(f"**{family}** ({len(group)} points, fitted on {sizes - 1} sizes): {best}.\n\n" + markdown_table(shown))
+    (out / "held_out.json").write_text(json.dumps(found, indent=1, default=float))
+    return "\n\n".join(lines)

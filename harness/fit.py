@@ -1,8 +1,10 @@
 """Scaling-law fits on stored results.
 
 fit_power_law  y = E + A * x^-alpha (or A * x^-alpha), least squares on log y with a soft-L1 (robust) loss, several starts.
-fit_isoflop    Chinchilla approach 2 (Hoffmann et al. 2022, sec. 3.2): per compute budget a parabola of loss in
-               log N, its minimum N_opt and the tokens D_opt the budget's runs trained there; N_opt = k C^a, D_opt ~ C^b.
+fit_isoflop    Chinchilla approach 2 (Hoffmann et al. 2022, sec. 3.2): per compute budget the minimum of loss in
+               log N (a local quadratic around the lowest loss by default; the paper's one parabola, a window or
+               Akima's interpolant on request), N_opt there and the tokens D_opt the budget's runs trained there;
+               N_opt = k C^a, D_opt ~ C^b.
 fit_envelope   Chinchilla approach 1 (sec. 3.1): the lower envelope of loss over FLOPs across training curves, the
                model size on it per FLOP value, and power laws N_opt ~ C^a, D_opt ~ C^b.
 fit_parametric Chinchilla approach 3 (sec. 3.3): L = E + A/N^alpha + B/D^beta, the Huber loss of log L summed
@@ -16,6 +18,8 @@ compute-optimal frontier takes the same FLOPs per token (`flops_per_token`), 6N 
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import itertools
 import os
 from concurrent.futures import ProcessPoolExecutor
@@ -23,7 +27,10 @@ from dataclasses import dataclass, field, fields
 
 import numpy as np
 import pandas as pd
+import torch
 from scipy import optimize
+
+from harness.minimise import lbfgs
 
 
 class FitError(ValueError):
@@ -105,6 +112,7 @@ class IsoFlopFit:
     k: float                 # N_opt = k * C^a
     minima: pd.DataFrame     # one row per budget: C, N_opt, D_opt, loss_opt, interior, curvature, why
     parabolas: dict = field(default_factory=dict)   # C -> (c2, c1, c0) of loss = c2 (ln N)^2 + c1 ln N + c0
+    minimum: str = "local"   # how each budget's minimum was located (MINIMUM_METHODS)
     intervals: dict = field(default_factory=dict)   # parameter -> (low, high) when asked for
     resampled: list = field(default_factory=list, repr=False)   # the bootstrap resamples' fits
 
@@ -113,15 +121,62 @@ class IsoFlopFit:
         return with_interval(self, self.k * np.asarray(C, dtype=float) ** self.a, lambda fit: fit.predict(C), interval)
 
 
-def _budget_minimum(log_n: np.ndarray, loss: np.ndarray, log_d: np.ndarray) -> dict:
-    """One budget's parabola of loss in log N and, where its vertex is interior, N_opt and the tokens trained there."""
+# Where a budget's minimum is read from (fit_isoflop's `minimum`):
+#   "parabola"  one parabola of loss in ln N through every size (Hoffmann et al. 2022, sec. 3.2).
+#   "local"     a quadratic weighted by a Gaussian kernel in ln N (bandwidth LOCAL_BANDWIDTH) centred on the minimum,
+#               recentred until it stays put: a local regression (Cleveland & Devlin 1988, "Locally Weighted
+#               Regression"). Over sizes spanning little of ln N it is the parabola; over wide grids the far sizes,
+#               where the loss is no parabola in ln N, stop pulling the vertex.
+#   "window"    a parabola through the LOCAL_POINTS sizes around the lowest loss.
+#   "akima"     the minimum of Akima's interpolant of loss in ln N (as Porian et al. 2024 locate it).
+# tests/bench/isoflop_bias.py measures each against the truth on synthetic designs as wide as published ones.
+MINIMUM_METHODS = ("parabola", "local", "window", "akima")
+LOCAL_BANDWIDTH = 1.5     # in ln N: a size e^1.5 = 4.5 times the centre's weighs e^-1/2
+LOCAL_POINTS = 5
+
+
+def _parabola_vertex(log_n, loss, method: str, best: float) -> tuple[np.ndarray, float]:
+    """(c2, c1, c0) of the quadratic that `method` fits around the budget's lowest loss (at ln N = best), and where
+    the minimum lies (the vertex; for akima, the interpolant's minimum)."""
+    if method == "parabola":
+        coefficients = np.polyfit(log_n, loss, 2)
+    elif method == "window":
+        sizes = np.unique(log_n)
+        centre = int(np.searchsorted(sizes, best))
+        first = min(max(centre - LOCAL_POINTS // 2, 0), max(len(sizes) - LOCAL_POINTS, 0))
+        near = np.isin(log_n, sizes[first:first + LOCAL_POINTS])
+        coefficients = np.polyfit(log_n[near], loss[near], 2)
+    elif method == "local":
+        centre = best
+        for _ in range(50):
+            weights = np.exp(-0.5 * ((log_n - centre) / LOCAL_BANDWIDTH) ** 2)
+            coefficients = np.polyfit(log_n, loss, 2, w=np.sqrt(weights))
+            if coefficients[0] <= 0:
+                break
+            moved, centre = centre, float(np.clip(-coefficients[1] / (2 * coefficients[0]), log_n.min(), log_n.max()))
+            if abs(centre - moved) < 1e-9:
+                break
+    else:  # akima
+        from scipy.interpolate import Akima1DInterpolator
+        sizes = np.unique(log_n)
+        mean_loss = np.array([loss[log_n == size].mean() for size in sizes])
+        grid = np.linspace(sizes[0], sizes[-1], 4001)
+        curve = Akima1DInterpolator(sizes, mean_loss)(grid)
+        coefficients = np.polyfit(log_n, loss, 2)   # drawn and used for the residuals; the minimum is the curve's
+        return coefficients, float(grid[np.argmin(curve)])
+    c2, c1, _ = coefficients
+    return coefficients, (-c1 / (2 * c2) if c2 > 0 else np.nan)
+
+
+def _budget_minimum(log_n: np.ndarray, loss: np.ndarray, log_d: np.ndarray, method: str = "local") -> dict:
+    """One budget's minimum in ln N by `method` (MINIMUM_METHODS) and, where it is interior, N_opt and the tokens
+    trained there."""
     if len(np.unique(log_n)) < 3:
         return {"interior": False, "why": f"{len(np.unique(log_n))} model sizes (a parabola needs 3)"}
-    c2, c1, c0 = np.polyfit(log_n, loss, 2)
-    vertex = -c1 / (2 * c2) if c2 > 0 else np.nan
-    # Interior: the parabola opens upward, its vertex lies inside the sizes tried, and the measured losses
-    # bracket it (the best run is neither the smallest nor the largest model).
     best = log_n[np.argmin(loss)]
+    (c2, c1, c0), vertex = _parabola_vertex(log_n, loss, method, best)
+    # Interior: the fit opens upward, its minimum lies inside the sizes tried, and the measured losses
+    # bracket it (the best run is neither the smallest nor the largest model).
     bracketed = log_n.min() < best < log_n.max()
     row = {"curvature": float(c2), "parabola": (c2, c1, c0)}
     if not (c2 > 0 and log_n.min() <= vertex <= log_n.max() and bracketed):
@@ -141,23 +196,27 @@ def _budget_minimum(log_n: np.ndarray, loss: np.ndarray, log_d: np.ndarray) -> d
             "loss_opt": float(np.polyval([c2, c1, c0], vertex))}
 
 
-def fit_isoflop(C, N, loss, D=None, *, intervals: int = 0, seed: int = 0) -> IsoFlopFit:
-    """`D`: the tokens each run trained. D_opt is read off them at N_opt, so it lies within the tokens the budget's
+def fit_isoflop(C, N, loss, D=None, *, minimum: str = "local", intervals: int = 0, seed: int = 0) -> IsoFlopFit:
+    """`minimum`: how each budget's minimum is located (MINIMUM_METHODS; "local" by default, "parabola" as Chinchilla).
+    `D`: the tokens each run trained. D_opt is read off them at N_opt, so it lies within the tokens the budget's
     runs trained; without D it is taken as C/(6N) per run, the 6ND convention (right only when C was counted so).
     `intervals`: that many bootstrap resamples for 95% intervals on a, b and k (0: none): the sizes of each
-    budget stay, and each run's loss is its budget's parabola plus a residual drawn from that budget's
-    (a fixed-design residual bootstrap, residuals scaled by sqrt(n / (n - 3)) for the parabola's 3 parameters)."""
+    budget stay, and each run's loss is its budget's fitted quadratic plus a residual drawn from that budget's
+    (a fixed-design residual bootstrap, residuals scaled by sqrt(n / (n - 3)) for the parabola's 3 parameters; with
+    a local minimum the far sizes' residuals also hold the quadratic's misfit there, which widens the interval)."""
     C, N, loss = (_as_positive_array(v, name) for v, name in ((C, "C"), (N, "N"), (loss, "loss")))
     D = C / (6 * N) if D is None else _as_positive_array(D, "D")
     if not len(C) == len(N) == len(loss) == len(D):
         raise FitError(f"C, N, loss and D differ in length ({len(C)}, {len(N)}, {len(loss)}, {len(D)})")
+    if minimum not in MINIMUM_METHODS:
+        raise FitError(f"minimum={minimum!r} is not one of {', '.join(MINIMUM_METHODS)}")
     budgets = np.unique(C)
     if len(budgets) < 2:
         raise FitError(f"an IsoFLOP fit needs at least 2 compute budgets, got {len(budgets)}")
     rows, parabolas = [], {}
     for budget in budgets:
         at = C == budget
-        row = _budget_minimum(np.log(N[at]), loss[at], np.log(D[at]))
+        row = _budget_minimum(np.log(N[at]), loss[at], np.log(D[at]), minimum)
         if "parabola" in row:
             parabolas[float(budget)] = row.pop("parabola")
         rows.append({"C": budget, "N_opt": np.nan, "D_opt": np.nan, "loss_opt": np.nan, "curvature": np.nan, **row})
@@ -168,15 +227,15 @@ def fit_isoflop(C, N, loss, D=None, *, intervals: int = 0, seed: int = 0) -> Iso
                        f"a power law needs 2: {'; '.join(f'C={r.C:.3g}: {r.why}' for r in minima.itertuples() if not r.interior)}")
     a, log_k = np.polyfit(np.log(good["C"]), np.log(good["N_opt"]), 1)
     b, _ = np.polyfit(np.log(good["C"]), np.log(good["D_opt"]), 1)
-    fit = IsoFlopFit(a=float(a), b=float(b), k=float(np.exp(log_k)), minima=minima, parabolas=parabolas)
+    fit = IsoFlopFit(a=float(a), b=float(b), k=float(np.exp(log_k)), minima=minima, parabolas=parabolas, minimum=minimum)
     if intervals:
         fitted = np.array([np.polyval(parabolas[float(c)], np.log(n)) if float(c) in parabolas else np.nan
                            for c, n in zip(C, N)])
         datasets = residual_resamples(loss, fitted, C, n_params=3, fit_per_stratum=True, n_resamples=intervals,
                                       seed=seed)
         # A resample is a few parabolas: cheaper here than the start of a process pool.
-        fit.intervals = percentile_intervals(fit_isoflop, [(C, N, y, D) for y in datasets], params=["a", "b", "k"], workers=1,
-                                             resampled=fit.resampled)
+        fit.intervals = percentile_intervals(fit_isoflop, [(C, N, y, D) for y in datasets], params=["a", "b", "k"],
+                                             workers=1, minimum=minimum, resampled=fit.resampled)
     return fit
 
 
@@ -361,21 +420,66 @@ def tied_objective(theta, log_n, log_d, log_loss, delta):
 
 
 def _one_blas_thread() -> None:
-    """Worker initialiser: scipy's L-BFGS-B calls BLAS on 5-vectors; threaded BLAS in every worker just spins."""
+    """Worker initialiser: a refit works on small arrays; threaded BLAS and torch in every worker just spin."""
     from threadpoolctl import threadpool_limits
     threadpool_limits(1)
+    torch.set_num_threads(1)
 
 
-def _minimise_from(starts, log_n, log_d, log_loss, delta, options=None):
-    """L-BFGS from each start in turn (four parameters: tied exponents); the best (objective, theta)."""
-    best = (np.inf, None)
-    for start in starts:
-        objective = tied_objective if len(start) == 4 else huber_objective
-        result = optimize.minimize(objective, start, args=(log_n, log_d, log_loss, delta), jac=True,
-                                   method="L-BFGS-B", options=options)
-        if result.fun < best[0]:
-            best = (float(result.fun), result.x)
-    return best
+# Starts x points below which one torch thread evaluates faster than several: the threads' hand-offs cost more
+# than the arithmetic (and far more when other processes hold the cores: 3-6x, measured on 2 cores).
+SMALL_BATCH = 200_000
+
+
+@contextlib.contextmanager
+def torch_threads_for(elements: int):
+    """Evaluate on one torch thread when the arrays are small (under SMALL_BATCH elements), on all of them otherwise."""
+    if elements >= SMALL_BATCH:
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def huber_objectives(log_n, log_d, log_loss, delta: float, tied: bool = False):
+    """huber_objective at many theta at once, as minimise.lbfgs calls it: objective(theta, rows) with theta's rows
+    (log A, log B, log E, alpha, beta), or (log A, log B, log E, alpha) when `tied`. `log_loss` is one row of log
+    losses, or one row per start (each start fitting its own bootstrap resample), indexed by `rows`. In torch,
+    float64: one pass over starts x points, on every core. Each term is exp(z) with z clamped to +-700 (a run-away
+    start's value stays finite and is rejected by the line search), the sum of the three terms' logarithm taken
+    directly: at the optimum this equals the log-sum-exp of huber_objective to the last bits."""
+    log_n, log_d = torch.as_tensor(log_n, dtype=torch.float64), torch.as_tensor(log_d, dtype=torch.float64)
+    targets = torch.as_tensor(np.asarray(log_loss, float))
+    to_n = torch.stack([torch.ones_like(log_n), -log_n])   # (log A, alpha) -> log A - alpha log N
+    to_d = torch.stack([torch.ones_like(log_d), -log_d])
+
+    def objective(theta: np.ndarray, rows: np.ndarray):
+        with torch_threads_for(len(theta) * targets.shape[-1]):
+            return evaluate(theta, rows)
+
+    def evaluate(theta: np.ndarray, rows: np.ndarray):
+        theta = torch.from_numpy(np.ascontiguousarray(theta))
+        if tied:
+            theta = torch.cat([theta, theta[:, 3:4]], dim=1)
+        x_n = (theta[:, [0, 3]] @ to_n).clamp_(-700, 700).exp_()
+        x_d = (theta[:, [1, 4]] @ to_d).clamp_(-700, 700).exp_()
+        x_e = theta[:, 2:3].clamp(-700, 700).exp()
+        total = (x_n + x_d).add_(x_e)
+        r = total.log().sub_(targets[torch.from_numpy(rows)] if targets.ndim == 2 else targets)
+        clipped = r.clamp(-delta, delta)           # Huber's derivative
+        value = (clipped * r).sum(1) - 0.5 * (clipped * clipped).sum(1)
+        slope = clipped.div_(total)
+        from_n, from_d = (slope * x_n) @ to_n.T, x_d.mul_(slope) @ to_d.T
+        gradient = torch.stack([from_n[:, 0], from_d[:, 0], x_e[:, 0] * slope.sum(1), from_n[:, 1], from_d[:, 1]], 1)
+        if tied:
+            gradient = torch.cat([gradient[:, :3], gradient[:, 3:4] + gradient[:, 4:5]], dim=1)
+        return value.numpy(), gradient.numpy()
+
+    return objective
 
 
 def _check_points(arrays: dict, n_params: int) -> list[np.ndarray]:
@@ -387,9 +491,15 @@ def _check_points(arrays: dict, n_params: int) -> list[np.ndarray]:
     return checked
 
 
-# A resample's fit restarts from the full-data optimum and from this many of the grid's starts that score best on
-# the resample: from the full-data optimum alone, L-BFGS stays in its basin and the intervals come out too narrow.
-RESAMPLE_STARTS = 8
+# A resample is refitted from this many starts: the fit's optimum and the grid's starts whose fits on the original
+# points ended lowest (with `init`: that fit and the grid's starts that score lowest on the new points). From the
+# optimum alone L-BFGS stays in its basin and the intervals come out too narrow. From a nearby optimum the summed
+# Huber gradients can sit under the default gtol, so refits stop on tighter tolerances (on Epoch's Chinchilla points,
+# tightening them a further 1000x moves no interval's end in its fourth digit).
+RESAMPLE_STARTS = 64
+REFIT_TOLERANCES = {"gtol": 1e-8, "ftol": 1e-11}
+# Starts x resamples per batch of refits: enough to fill the vector units, few enough to stay in cache-sized arrays.
+BATCH_ROWS = 8192
 
 
 def identification(theta: np.ndarray, log_n, log_d, log_loss, tied: bool = False) -> str:
@@ -431,17 +541,17 @@ def grid_objectives(starts: np.ndarray, log_n, log_d, log_loss, delta: float) ->
 
 
 def fit_parametric(N, D, loss, *, tie_exponents: bool = False, huber_delta: float = 1e-3,
-                   init: ParametricFit | None = None, workers: int | None = None, intervals: int = 0, seed: int = 0,
-                   strata=None) -> ParametricFit:
+                   init: ParametricFit | None = None, intervals: int = 0, seed: int = 0, strata=None) -> ParametricFit:
     """L = E + A/N^alpha + B/D^beta as Chinchilla fitted it: the Huber loss (delta 1e-3) of log-space residuals,
     summed, not averaged (an average makes the gradients ~240x smaller and scipy's L-BFGS stops after a couple
     of iterations near its start, the known cause of the paper's unreproducible numbers), minimised with L-BFGS
-    from all 4500 grid starts in `workers` processes (default: every core). `init` (what a bootstrap resample
-    passes) starts from that earlier fit and the RESAMPLE_STARTS grid starts that score best on these points.
+    from all 4500 grid starts, stepped together (harness.minimise). `init` (a fit of nearby points) starts from that
+    fit and the RESAMPLE_STARTS - 1 grid starts that score best on these points.
 
     `intervals`: that many bootstrap resamples for 95% intervals (0: none): the points stay, and each log loss
     is the fitted law's plus a residual drawn from the fit's log residuals (within each of `strata`, e.g. the
-    compute budgets, when given), scaled by sqrt(n / (n - 5)) for the five fitted parameters.
+    compute budgets, when given), scaled by sqrt(n / (n - 5)) for the five fitted parameters. Each resample is
+    refitted from RESAMPLE_STARTS starts, all resamples' starts stepped together.
     `unidentified` says why, when the points do not pin the law down (see identification).
 
     `tie_exponents`: alpha = beta, four parameters, the form Muennighoff et al. (2023, "Scaling Data-Constrained
@@ -455,35 +565,53 @@ def fit_parametric(N, D, loss, *, tie_exponents: bool = False, huber_delta: floa
     if np.ptp(log_n + log_d) < 1e-9:
         raise FitError("every point has the same compute C = 6 N D: one budget cannot separate the N and D terms")
     grid = TIED_STARTS if tie_exponents else CHINCHILLA_STARTS
-    if init is not None:
-        # From a nearby optimum the summed Huber gradients (~1e-5) sit under scipy's default gtol: tighten it,
-        # or a resample would stop where it started and the bootstrap intervals would collapse.
-        scores = grid_objectives(np.array([untied(start) for start in grid]), log_n, log_d, log_loss, huber_delta)
-        starts = [init.theta, *grid[np.argsort(scores)[:RESAMPLE_STARTS]]]
-        objective, theta = _minimise_from(starts, log_n, log_d, log_loss, huber_delta,
-                                          {"gtol": 1e-12, "ftol": 1e-15, "maxiter": 5000})
+    objective = huber_objectives(log_n, log_d, log_loss, huber_delta, tied=tie_exponents)
+    if init is None:
+        minima = lbfgs(objective, grid)
+        best = int(np.argmin(minima.value))
+        resample_starts = np.vstack([minima.x[best], grid[np.argsort(minima.value)[:RESAMPLE_STARTS - 1]]])
     else:
-        workers = workers or os.cpu_count() or 1
-        if workers == 1:
-            objective, theta = _minimise_from(grid, log_n, log_d, log_loss, huber_delta)
-        else:
-            shares = np.array_split(grid, workers)
-            with ProcessPoolExecutor(workers, initializer=_one_blas_thread) as pool:
-                found = list(pool.map(_minimise_from, shares, *([x] * workers for x in (log_n, log_d, log_loss, huber_delta))))
-            objective, theta = min(found, key=lambda pair: pair[0])
-    a, b, e, alpha, beta = untied(theta)
-    with np.errstate(over="ignore"):  # an unidentified fit can run log A off to where A is inf: report it as such
-        fit = ParametricFit(E=float(np.exp(e)), A=float(np.exp(a)), B=float(np.exp(b)), alpha=float(alpha),
-                            beta=float(beta), objective=objective, n_points=len(N), tie_exponents=tie_exponents)
-    fit.unidentified = identification(untied(theta), log_n, log_d, log_loss, tied=tie_exponents)
+        scores = grid_objectives(np.array([untied(start) for start in grid]), log_n, log_d, log_loss, huber_delta)
+        minima = lbfgs(objective, np.vstack([init.theta, grid[np.argsort(scores)[:RESAMPLE_STARTS - 1]]]),
+                       **REFIT_TOLERANCES)
+        best = int(np.argmin(minima.value))
+        resample_starts = np.vstack([minima.x[best], grid[np.argsort(scores)[:RESAMPLE_STARTS - 1]]])
+    fit = _parametric_fit(minima.x[best], float(minima.value[best]), log_n, log_d, log_loss, tie_exponents)
     if intervals:
         fitted = np.log(fit.predict(N, D))
         datasets = residual_resamples(log_loss, fitted, strata, n_params=n_params, fit_per_stratum=False,
                                       n_resamples=intervals, seed=seed)
-        fit.intervals = percentile_intervals(fit_parametric, [(N, D, np.exp(y)) for y in datasets], init=fit,
-                                             huber_delta=huber_delta, workers=workers, tie_exponents=tie_exponents,
-                                             resampled=fit.resampled)
+        fit.resampled = refit_resamples(
+            lambda targets: huber_objectives(log_n, log_d, targets, huber_delta, tied=tie_exponents),
+            lambda theta, value, row: _parametric_fit(theta, value, log_n, log_d, row, tie_exponents),
+            np.array(datasets), resample_starts)
+        fit.intervals = _percentiles(fit.resampled, intervals, ["E", "A", "B", "alpha", "beta", "a", "b"])
     return fit
+
+
+def _parametric_fit(theta, objective: float, log_n, log_d, log_loss, tied: bool) -> ParametricFit:
+    a, b, e, alpha, beta = untied(theta)
+    with np.errstate(over="ignore"):  # an unidentified fit can run log A off to where A is inf: report it as such
+        fit = ParametricFit(E=float(np.exp(e)), A=float(np.exp(a)), B=float(np.exp(b)), alpha=float(alpha),
+                            beta=float(beta), objective=objective, n_points=len(log_n), tie_exponents=tied)
+    fit.unidentified = identification(untied(theta), log_n, log_d, log_loss, tied=tied)
+    return fit
+
+
+def refit_resamples(objective_of, fit_of, log_losses: np.ndarray, starts: np.ndarray) -> list:
+    """A law refitted on each row of `log_losses` (bootstrap resamples) from every one of `starts`, in batches of
+    resamples x starts stepped together: `objective_of(targets)` is the law's batched objective for one row of
+    log losses per start, `fit_of(theta, objective, log_loss)` its fit from the best start of a resample."""
+    fits = []
+    per_batch = max(1, BATCH_ROWS // len(starts))
+    for first in range(0, len(log_losses), per_batch):
+        batch = log_losses[first:first + per_batch]
+        minima = lbfgs(objective_of(np.repeat(batch, len(starts), axis=0)), np.tile(starts, (len(batch), 1)),
+                       **REFIT_TOLERANCES)
+        values = minima.value.reshape(len(batch), len(starts))
+        for i, best in enumerate(np.argmin(values, axis=1)):
+            fits.append(fit_of(minima.x[i * len(starts) + best], float(values[i, best]), batch[i]))
+    return fits
 
 
 # --- data-constrained: Muennighoff et al. 2023 ---------------------------------------------------------------
@@ -497,75 +625,124 @@ def fit_parametric(N, D, loss, *, tie_exponents: bool = False, huber_delta: floa
 DATA_CONSTRAINED_STARTS = np.array(list(itertools.product(np.log([0.5, 2, 8, 32, 128]), np.log([0.5, 2, 8, 32, 128]))))
 
 
-def _effective(unique: np.ndarray, total: np.ndarray, r_star: float) -> np.ndarray:
-    repeats = np.maximum(total / unique - 1, 0.0)
-    return unique + unique * r_star * -np.expm1(-repeats / r_star)
+def data_constrained_effective(params: torch.Tensor, log_n, log_d, log_u) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log N', log D') at each row of params (log A, log B, log E, alpha, beta, log R_D*, log R_N*), one column per
+    point (N, D, U): the law's one home, in torch so that its fit differentiates it."""
+    a, b, _, alpha, beta, log_r_d, log_r_n = params.T[:, :, None]
+    log_unique_d = torch.minimum(log_d, log_u)
+    # The base law's compute-optimal N for the unique tokens: N_opt = G (G D_opt)^(beta/alpha), with
+    # G = (alpha A / (beta B))^(1 / (alpha + beta)) (Hoffmann et al. 2022, eq. 4).
+    log_g = (torch.log(alpha) + a - torch.log(beta) - b) / (alpha + beta)
+    log_unique_n = torch.minimum(log_n, log_g + beta / alpha * (log_g + log_unique_d))
+
+    def log_effective(log_unique, log_total, log_r_star):
+        repeats = torch.clamp(torch.exp(log_total - log_unique) - 1, min=0.0)
+        r_star = torch.exp(log_r_star)
+        return log_unique + torch.log1p(r_star * -torch.expm1(-repeats / r_star))
+
+    return log_effective(log_unique_n, log_n, log_r_n), log_effective(log_unique_d, log_d, log_r_d)
+
+
+def data_constrained_log_loss(params: torch.Tensor, log_n, log_d, log_u) -> torch.Tensor:
+    """log L = log(E + A / N'^alpha + B / D'^beta) at each row of params, one column per point."""
+    a, b, e, alpha, beta = params.T[:5, :, None]
+    log_n_eff, log_d_eff = data_constrained_effective(params, log_n, log_d, log_u)
+    terms = [a - alpha * log_n_eff, b - beta * log_d_eff]
+    return torch.logsumexp(torch.stack(terms + [e.expand_as(terms[0])]), dim=0)
 
 
 @dataclass
 class DataConstrainedFit:
-    base: ParametricFit         # L(N, D) fitted on the single-epoch points
+    base: ParametricFit         # L(N, D): E, A, B, alpha, beta (from the single-epoch points, then refined on all)
     R_D_star: float
     R_N_star: float
     objective: float            # the summed Huber loss of log residuals over every point
     n_points: int
     intervals: dict = field(default_factory=dict)
+    resampled: list = field(default_factory=list, repr=False)   # the bootstrap resamples' fits
 
     def __getattr__(self, name):   # the base law's attributes: E, A, B, alpha, beta, a, b
         if name in ("E", "A", "B", "alpha", "beta", "a", "b"):
             return getattr(self.base, name)
         raise AttributeError(name)
 
+    @property
+    def theta(self) -> np.ndarray:
+        return np.append(self.base.theta, np.log([self.R_D_star, self.R_N_star]))
+
     def effective(self, N, D, U) -> tuple[np.ndarray, np.ndarray]:
         """(N', D'): the parameters and tokens a run is worth, U its unique tokens."""
-        N, D, U = (np.asarray(x, float) for x in (N, D, U))
-        unique_d = np.minimum(D, U)
-        G = (self.base.alpha * self.base.A / (self.base.beta * self.base.B)) ** (1 / (self.base.alpha + self.base.beta))
-        # the base law's compute-optimal N for unique_d tokens: D_opt = (C/6)^b / G, N_opt = G (C/6)^a
-        unique_n = np.minimum(N, G * (unique_d * G) ** (self.base.a / self.base.b))
-        return _effective(unique_n, N, self.R_N_star), _effective(unique_d, D, self.R_D_star)
+        N, D, U = np.broadcast_arrays(*(np.asarray(x, float) for x in (N, D, U)))
+        columns = (torch.as_tensor(np.log(x).ravel()) for x in (N, D, U))
+        log_n, log_d = data_constrained_effective(torch.as_tensor(self.theta)[None], *columns)
+        return np.exp(log_n[0].numpy()).reshape(N.shape), np.exp(log_d[0].numpy()).reshape(N.shape)
 
-    def predict(self, N, D, U) -> np.ndarray:
-        return self.base.predict(*self.effective(N, D, U))
+    def predict(self, N, D, U, interval: float | None = None):
+        """The loss of runs of N parameters that saw D tokens, U of them unique."""
+        N, D, U = np.broadcast_arrays(*(np.asarray(x, float) for x in (N, D, U)))
+        columns = (torch.as_tensor(np.log(x).ravel()) for x in (N, D, U))
+        value = torch.exp(data_constrained_log_loss(torch.as_tensor(self.theta)[None], *columns))[0].numpy()
+        return with_interval(self, value.reshape(N.shape), lambda fit: fit.predict(N, D, U), interval)
 
 
-def fit_data_constrained(N, D, U, loss, *, huber_delta: float = 1e-3, workers: int | None = None) -> DataConstrainedFit:
+def _autograd_huber(log_loss_of, targets: np.ndarray, delta: float):
+    """An objective for minimise.lbfgs from a law in torch: the summed Huber loss of log L(theta) - targets per
+    row of theta, differentiated by autograd (a non-finite value rejects the step)."""
+    targets = torch.as_tensor(targets)
+
+    def objective(theta: np.ndarray, rows: np.ndarray):
+        with torch_threads_for(len(theta) * targets.shape[-1]):
+            return evaluate(theta)
+
+    def evaluate(theta: np.ndarray):
+        theta = torch.tensor(theta, requires_grad=True)
+        r = log_loss_of(theta) - targets
+        clipped = r.clamp(-delta, delta)
+        value = (clipped * r).sum(1) - 0.5 * (clipped * clipped).sum(1)
+        value.sum().backward()
+        values = value.detach().numpy()
+        return np.where(np.isnan(values), np.inf, values), torch.nan_to_num(theta.grad).numpy()
+
+    return objective
+
+
+def fit_data_constrained(N, D, U, loss, *, huber_delta: float = 1e-3, init: DataConstrainedFit | None = None,
+                         intervals: int = 0, seed: int = 0, workers: int | None = None) -> DataConstrainedFit:
     """Muennighoff et al.'s data-constrained law: the base law (fit_parametric) on the points that saw no token twice
-    (D <= U), then R_D* and R_N* on every point by the same summed Huber loss of log residuals, L-BFGS over log R*
-    from a grid of 25 starts, then the seven together from there."""
+    (D <= U), then R_D* and R_N* on every point by the same summed Huber loss of log residuals from a grid of 25
+    starts (log R* kept within [-5, 10]), then the seven together from there; all by the batched L-BFGS of
+    harness.minimise. `init`: a fit of nearby points to start from (a bootstrap resample's refit).
+    `intervals`: that many resamples of the log residuals for 95% intervals, refitted in `workers` processes."""
     N, D, U, loss = _check_points({"N": N, "D": D, "U": U, "loss": loss}, 7)
     single = D <= U * (1 + 1e-9)
     if single.sum() < 6 or single.all():
         raise FitError(f"a data-constrained fit needs at least 6 single-epoch points (D <= U) and some repeated ones; "
                        f"got {int(single.sum())} single-epoch of {len(N)}")
-    base = fit_parametric(N[single], D[single], loss[single], huber_delta=huber_delta, workers=workers)
+    base = fit_parametric(N[single], D[single], loss[single], huber_delta=huber_delta,
+                          init=None if init is None else init.base)
+    columns = [torch.as_tensor(np.log(x)) for x in (N, D, U)]
     log_loss = np.log(loss)
-    trial = DataConstrainedFit(base=base, R_D_star=1.0, R_N_star=1.0, objective=np.inf, n_points=len(N))
+    fixed = torch.as_tensor(base.theta)
 
-    def objective(log_r):
-        trial.R_D_star, trial.R_N_star = np.exp(log_r)
-        return float(_huber(np.log(trial.predict(N, D, U)) - log_loss, huber_delta).sum())
+    def with_base(log_r: torch.Tensor) -> torch.Tensor:
+        return data_constrained_log_loss(torch.cat([fixed.expand(len(log_r), 5), log_r.clamp(-5, 10)], dim=1), *columns)
 
-    best = min((optimize.minimize(objective, start, method="L-BFGS-B", bounds=[(-5, 10), (-5, 10)])
-                for start in DATA_CONSTRAINED_STARTS), key=lambda found: found.fun)
-
-    def law(params) -> DataConstrainedFit:
-        a, b, e, alpha, beta, r_d, r_n = params
-        with np.errstate(over="ignore"):
-            fitted = ParametricFit(E=float(np.exp(e)), A=float(np.exp(a)), B=float(np.exp(b)), alpha=float(alpha),
-                                   beta=float(beta), objective=np.nan, n_points=int(single.sum()))
-        return DataConstrainedFit(base=fitted, R_D_star=float(np.exp(r_d)), R_N_star=float(np.exp(r_n)),
-                                  objective=np.nan, n_points=len(N))
-
-    def joint(params) -> float:
-        with np.errstate(all="ignore"):
-            value = _huber(np.log(law(params).predict(N, D, U)) - log_loss, huber_delta).sum()
-        return float(value) if np.isfinite(value) else 1e30
-
-    start = np.append(base.theta, best.x)
-    refined = optimize.minimize(joint, start, method="L-BFGS-B", options={"gtol": 1e-12, "ftol": 1e-15, "maxiter": 5000})
-    fit = law(refined.x if refined.fun < best.fun else start)
-    fit.objective = min(float(refined.fun), float(best.fun))
+    starts = DATA_CONSTRAINED_STARTS if init is None else np.vstack([init.theta[5:], DATA_CONSTRAINED_STARTS])
+    stage = lbfgs(_autograd_huber(with_base, log_loss, huber_delta), starts)
+    start = np.append(base.theta, np.clip(stage.x[np.argmin(stage.value)], -5, 10))
+    joint = lbfgs(_autograd_huber(lambda theta: data_constrained_log_loss(theta, *columns), log_loss, huber_delta),
+                  start[None], **REFIT_TOLERANCES)
+    theta = joint.x[0] if joint.value[0] <= stage.value.min() else start
+    fit = DataConstrainedFit(base=_parametric_fit(theta[:5], np.nan, np.log(N), np.log(D), log_loss, False),
+                             R_D_star=float(np.exp(theta[5])), R_N_star=float(np.exp(theta[6])),
+                             objective=float(min(joint.value[0], stage.value.min())), n_points=len(N))
+    fit.base.unidentified = base.unidentified
+    if intervals:
+        datasets = residual_resamples(log_loss, np.log(fit.predict(N, D, U)), None, n_params=7, fit_per_stratum=False,
+                                      n_resamples=intervals, seed=seed)
+        fit.intervals = percentile_intervals(fit_data_constrained, [(N, D, U, np.exp(y)) for y in datasets], init=fit,
+                                             huber_delta=huber_delta, workers=workers, resampled=fit.resampled,
+                                             params=["R_D_star", "R_N_star", "E", "A", "B", "alpha", "beta"])
     return fit
 
 
@@ -594,40 +771,59 @@ class KaplanFit:
         return with_interval(self, value, lambda fit: fit.predict(N, D), interval)
 
 
+def kaplan_objectives(log_n, log_d, log_loss, delta: float):
+    """The summed Huber of log L_pred - log L at many theta = (log N_c, log D_c, alpha_N, alpha_D) at once, and its
+    gradient, as minimise.lbfgs calls it (`log_loss` one row, or one per start indexed by `rows`):
+    log L_pred = alpha_D * logaddexp(u, v), u = (alpha_N / alpha_D)(log N_c - log N), v = log D_c - log D.
+    A non-positive exponent is out of the law's domain: its value is infinite, so the line search steps back."""
+    log_loss = np.asarray(log_loss, float)
+
+    def objective(theta: np.ndarray, rows: np.ndarray):
+        c_n, c_d, alpha_n, alpha_d = (column[:, None] for column in theta.T)
+        u, v = alpha_n / alpha_d * (c_n - log_n), c_d - log_d
+        s = np.logaddexp(u, v)
+        w_u = np.exp(u - s)
+        r = alpha_d * s - (log_loss[rows] if log_loss.ndim == 2 else log_loss)
+        clipped = np.clip(r, -delta, delta)
+        value = (clipped * r).sum(1) - 0.5 * (clipped * clipped).sum(1)
+        gradient = np.stack([(clipped * alpha_n * w_u).sum(1), (clipped * alpha_d * (1 - w_u)).sum(1),
+                             (clipped * w_u * (c_n - log_n)).sum(1), (clipped * (s - w_u * u)).sum(1)], axis=1)
+        outside = (theta[:, 2] <= 0) | (theta[:, 3] <= 0)
+        return np.where(outside, np.inf, value), np.where(outside[:, None], 0.0, gradient)
+
+    return objective
+
+
 def kaplan_objective(theta, log_n, log_d, log_loss, delta):
-    """Summed Huber of log L_pred - log L for theta = (log N_c, log D_c, alpha_N, alpha_D), and its gradient:
-    log L_pred = alpha_D * logaddexp(u, v), u = (alpha_N / alpha_D)(log N_c - log N), v = log D_c - log D."""
-    c_n, c_d, alpha_n, alpha_d = theta
-    ratio = alpha_n / alpha_d
-    u, v = ratio * (c_n - log_n), c_d - log_d
-    s = np.logaddexp(u, v)
-    w_u, w_v = np.exp(u - s), np.exp(v - s)
-    r = alpha_d * s - log_loss
-    slope = np.where(np.abs(r) <= delta, r, delta * np.sign(r))
-    gradient = np.array([(slope * alpha_n * w_u).sum(), (slope * alpha_d * w_v).sum(),
-                         (slope * w_u * (c_n - log_n)).sum(), (slope * (s - w_u * u)).sum()])
-    return _huber(r, delta).sum(), gradient
+    """kaplan_objectives at one theta: (value, gradient)."""
+    value, gradient = kaplan_objectives(log_n, log_d, log_loss, delta)(np.asarray(theta, float)[None], np.zeros(1, int))
+    return value[0], gradient[0]
 
 
-def fit_kaplan_nd(N, D, loss, *, huber_delta: float = 1e-3, intervals: int = 0, seed: int = 0,
-                  workers: int | None = None) -> KaplanFit:
+def fit_kaplan_nd(N, D, loss, *, huber_delta: float = 1e-3, intervals: int = 0, seed: int = 0) -> KaplanFit:
     """Kaplan et al.'s L(N, D) (eq. 1.5) by the same estimator as approach 3: the summed Huber loss (delta 1e-3) of
-    log residuals, L-BFGS from each of KAPLAN_STARTS (exponents kept positive). `intervals`: that many resamples of
-    the points (with replacement) for 95% percentile intervals."""
+    log residuals, L-BFGS from all of KAPLAN_STARTS stepped together (exponents kept positive). `intervals`: that
+    many resamples of the log residuals about the fit for 95% percentile intervals, each refitted from
+    RESAMPLE_STARTS starts, as approach 3's."""
     N, D, loss = _check_points({"N": N, "D": D, "loss": loss}, 4)
-    args = (np.log(N), np.log(D), np.log(loss), huber_delta)
-    best = (np.inf, None)
-    bounds = [(None, None), (None, None), (1e-4, 10.0), (1e-4, 10.0)]
-    for start in KAPLAN_STARTS:
-        found = optimize.minimize(kaplan_objective, start, args=args, jac=True, method="L-BFGS-B", bounds=bounds)
-        if found.fun < best[0]:
-            best = (float(found.fun), found.x)
-    objective, (c_n, c_d, alpha_n, alpha_d) = best
-    fit = KaplanFit(N_c=float(np.exp(c_n)), D_c=float(np.exp(c_d)), alpha_N=float(alpha_n), alpha_D=float(alpha_d),
-                    objective=objective, n_points=len(N))
+    log_n, log_d, log_loss = np.log(N), np.log(D), np.log(loss)
+    minima = lbfgs(kaplan_objectives(log_n, log_d, log_loss, huber_delta), KAPLAN_STARTS)
+    best = int(np.argmin(minima.value))
+
+    def kaplan_fit(theta, objective: float, _log_loss) -> KaplanFit:
+        c_n, c_d, alpha_n, alpha_d = theta
+        with np.errstate(over="ignore"):
+            return KaplanFit(N_c=float(np.exp(c_n)), D_c=float(np.exp(c_d)), alpha_N=float(alpha_n),
+                             alpha_D=float(alpha_d), objective=objective, n_points=len(N))
+
+    fit = kaplan_fit(minima.x[best], float(minima.value[best]), log_loss)
     if intervals:
-        fit.intervals = bootstrap(fit_kaplan_nd, N, D, loss, n_resamples=intervals, seed=seed, workers=workers,
-                                  huber_delta=huber_delta, resampled=fit.resampled)
+        datasets = residual_resamples(log_loss, np.log(fit.predict(N, D)), None, n_params=4, fit_per_stratum=False,
+                                      n_resamples=intervals, seed=seed)
+        starts = np.vstack([minima.x[best], KAPLAN_STARTS[np.argsort(minima.value)[:RESAMPLE_STARTS - 1]]])
+        fit.resampled = refit_resamples(lambda targets: kaplan_objectives(log_n, log_d, targets, huber_delta),
+                                        kaplan_fit, np.array(datasets), starts)
+        fit.intervals = _percentiles(fit.resampled, intervals, ["N_c", "D_c", "alpha_N", "alpha_D"])
     return fit
 
 
@@ -656,15 +852,21 @@ def percentile_intervals(fit_fn, datasets: list, *, level: float = 0.95, params=
     else:
         fits = [_refit(job) for job in jobs]
     good = [f for f in fits if f is not None]
-    if not good:
-        raise FitError(f"every one of {len(jobs)} bootstrap resamples failed to fit")
     if resampled is not None:
         resampled.extend(good)
+    return _percentiles(good, len(jobs), params, level)
+
+
+def _percentiles(good: list, tried: int, params=None, level: float = 0.95) -> dict:
+    """{parameter: (low, high)} over the resamples' fits for the fit's float attributes (or `params`), and the
+    count of resamples that failed to fit under "_failed"."""
+    if not good:
+        raise FitError(f"every one of {tried} bootstrap resamples failed to fit")
     names = params or [f.name for f in fields(good[0]) if f.type in ("float", float) and f.name != "objective"]
     names += [p for p in ("a", "b") if params is None and hasattr(good[0], p) and p not in names]
     tail = (1 - level) / 2 * 100
     result = {name: tuple(np.percentile([getattr(f, name) for f in good], [tail, 100 - tail])) for name in names}
-    result["_failed"] = len(fits) - len(good)
+    result["_failed"] = tried - len(good)
     return result
 
 
@@ -707,3 +909,104 @@ def bootstrap(fit_fn, *arrays, n_resamples: int = 1000, seed: int = 0, level: fl
         datasets.append(tuple(a[indices] for a in arrays))
     return percentile_intervals(fit_fn, datasets, level=level, params=params, workers=workers, resampled=resampled,
                                 **kwargs)
+
+
+# --- held-out prediction ----------------------------------------------------------------------------------------
+# The law forms a table of runs can be fitted with, and the columns each reads: a form's fit takes those columns
+# and the loss (and intervals=, seed=), and its predict the same columns (and interval=).
+LAW_FORMS = {
+    "chinchilla": (fit_parametric, ("N", "D")),
+    "tied": (functools.partial(fit_parametric, tie_exponents=True), ("N", "D")),
+    "kaplan": (fit_kaplan_nd, ("N", "D")),
+    "data_constrained": (fit_data_constrained, ("N", "D", "U")),
+}
+LAW_NAMES = {"chinchilla": "E + A/N^alpha + B/D^beta", "tied": "E + A/N^alpha + B/D^alpha (tied exponents)",
+             "kaplan": "Kaplan's [(N_c/N)^(alpha_N/alpha_D) + D_c/D]^alpha_D",
+             "data_constrained": "Muennighoff et al.'s data-constrained law"}
+
+
+@dataclass
+class Holdout:
+    law: str
+    by: str
+    fit: object                 # the law fitted on the points kept
+    points: pd.DataFrame        # the held-out points: their columns, loss, predicted, low, high, error, inside
+    n_fitted: int
+
+    @property
+    def mean_abs_error(self) -> float:
+        """Mean |predicted / measured - 1| over the held-out points."""
+        return float(self.points["error"].abs().mean())
+
+    @property
+    def coverage(self) -> float:
+        """The share of held-out losses inside their predicted intervals (NaN without intervals)."""
+        return float(self.points["inside"].astype(float).mean())
+
+
+def holdout(frame: pd.DataFrame, law: str = "chinchilla", *, by: str = "N", largest: int = 1, interval: float = 0.95,
+            intervals: int = 200, seed: int = 0) -> Holdout:
+    """Fit `law` (LAW_FORMS) on every point but those at the `largest` largest values of column `by`, predict those,
+    and compare: per held-out point the prediction, its `interval` from `intervals` bootstrap resamples, the relative
+    error predicted / measured - 1 and whether the measured loss lies inside the interval (with intervals=0: no
+    interval, and `inside` is NaN)."""
+    if law not in LAW_FORMS:
+        raise FitError(f"law={law!r} is not one of {', '.join(LAW_FORMS)}")
+    fit_fn, columns = LAW_FORMS[law]
+    missing = [c for c in (*columns, "loss", by) if c not in frame.columns]
+    if missing:
+        raise FitError(f"{law} needs the columns {', '.join(missing)}, which the table lacks")
+    scales = np.sort(frame[by].unique())
+    if len(scales) <= largest + 1:
+        raise FitError(f"{by} takes {len(scales)} values: holding out the largest {largest} leaves too few scales to fit")
+    held = frame[by] >= scales[-largest]
+    train, test = frame[~held], frame[held]
+    fit = fit_fn(*(train[c].to_numpy(float) for c in columns), train["loss"].to_numpy(float), intervals=intervals,
+                 seed=seed)
+    at = [test[c].to_numpy(float) for c in columns]
+    predicted, low, high = (fit.predict(*at, interval=interval) if intervals else
+                            (fit.predict(*at), np.full(len(test), np.nan), np.full(len(test), np.nan)))
+    loss = test["loss"].to_numpy(float)
+    points = test[[*dict.fromkeys([*columns, by])]].assign(
+        loss=loss, predicted=predicted, low=low, high=high, error=predicted / loss - 1,
+        inside=((low <= loss) & (loss <= high)) if intervals else np.nan).reset_index(drop=True)
+    return Holdout(law=law, by=by, fit=fit, points=points, n_fitted=len(train))
+
+
+def applicable_laws(frame: pd.DataFrame) -> dict[str, str]:
+    """{law: why it cannot be fitted to this table} for the forms that cannot ("" for those that can)."""
+    why = {}
+    for law, (_, columns) in LAW_FORMS.items():
+        missing = [c for c in columns if c not in frame.columns or frame[c].isna().any()]
+        if missing:
+            why[law] = f"no {', '.join(missing)} column"
+        elif law == "data_constrained" and not (frame["D"] > frame["U"] * (1 + 1e-9)).any():
+            why[law] = "no run saw a token twice (D <= U everywhere)"
+        else:
+            why[law] = ""
+    return why
+
+
+def compare_laws(frame: pd.DataFrame, *, by: str = "N", largest: int = 1, intervals: int = 200,
+                 seed: int = 0) -> pd.DataFrame:
+    """Every applicable law form (LAW_FORMS) held out on the same points (see holdout), ranked by mean absolute
+    relative error of the held-out predictions, best first: law, held_out (points), fitted (points), mean and max
+    |error|, coverage of the 95% intervals, and why a form could not be compared."""
+    rows = []
+    for law, why in applicable_laws(frame).items():
+        row = {"law": law, "form": LAW_NAMES[law]}
+        if why:
+            rows.append({**row, "why": why})
+            continue
+        try:
+            result = holdout(frame, law, by=by, largest=largest, intervals=intervals, seed=seed)
+        except FitError as error:
+            rows.append({**row, "why": str(error)})
+            continue
+        rows.append({**row, "held_out": len(result.points), "fitted": result.n_fitted,
+                     "mean_abs_error": result.mean_abs_error, "max_abs_error": float(result.points["error"].abs().max()),
+                     "coverage": result.coverage, "why": ""})
+    table = pd.DataFrame(rows)
+    if "mean_abs_error" not in table:
+        table["mean_abs_error"] = np.nan
+    return table.sort_values("mean_abs_error", na_position="last", kind="stable").reset_index(drop=True)

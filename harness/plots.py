@@ -209,10 +209,13 @@ def residuals(runs: pd.DataFrame, law, out_dir: Path, name: str = "residuals") -
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
     frame = runs.assign(residual=runs["val_loss"] / law.predict(runs["params"], runs["tokens"]) - 1,
                         budget=runs["C"].map(lambda c: f"C = {c:.1e}"))
-    sns.scatterplot(frame, x="params", y="residual", hue="budget", palette="magma", s=45, ax=ax)
+    by_budget = runs["C"].nunique() <= 12   # a colour per budget where the runs share a few budgets
+    sns.scatterplot(frame, x="params", y="residual", hue="budget" if by_budget else None,
+                    palette="magma" if by_budget else None, s=45 if by_budget else 14, ax=ax)
     ax.axhline(0, color="grey", lw=1)
     ax.set(xscale="log", xlabel="non-embedding parameters N", ylabel="measured / fitted - 1", title="Residuals (approach 3)")
-    ax.legend(fontsize=8)
+    if by_budget:
+        ax.legend(fontsize=8)
     return save(fig, out_dir, name, identified=law.identified)
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.analysis import generic_analysis, markdown_table, runs_table
+from harness.analysis import generic_analysis, held_out_section, markdown_table, runs_table
 from harness.records import load_results
 
 log = logging.getLogger("harness")
@@ -60,6 +60,7 @@ def build_report(paths, out: Path, study: str | None = None, echo: bool = False)
         sections += importlib.import_module(f"studies.{study}").analyse(df, out)
     else:
         sections += generic_analysis(df, out)
+    sections.append(held_out_section(df, out))
     (out / "report.md").write_text("\n\n".join(sections) + "\n")
     if echo:
         print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))

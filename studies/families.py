@@ -45,7 +45,8 @@ def analyse(df: pd.DataFrame, out: Path) -> list[str]:
         f"Device: {ok['env.device_name'].iloc[0]}. Data: {ok['data.name'].iloc[0]}; the same budgets and widths "
         "for every family.",
         "## Compute-optimal exponents per family\n\nN_opt ~ C^a and D_opt ~ C^b (D_opt: the tokens trained at N_opt) from "
-        f"each family's IsoFLOP parabolas (95% intervals from {RESAMPLES} bootstrap resamples of each budget's residuals). "
+        "each family's IsoFLOP minima (a quadratic weighted around each budget's lowest loss; 95% intervals from "
+        f"{RESAMPLES} bootstrap resamples of each budget's residuals). "
         "Chinchilla (decoder): a = 0.49, b = 0.51.\n\n"
         + markdown_table(pd.DataFrame(rows)),
         "These are CPU-sized budgets (5e10-4.5e11 FLOPs, one-layer models of 1e3-1e5 parameters), so the "

@@ -15,13 +15,20 @@ import pandas as pd
 
 from harness import plots
 from models import spec as model_specs
-from harness.fit import FitError, fit_envelope, fit_isoflop, fit_parametric, fit_power_law
+from harness.fit import (LOCAL_BANDWIDTH, RESAMPLE_STARTS, FitError, fit_envelope, fit_isoflop, fit_parametric,
+                         fit_power_law)
 from harness.analysis import curves_table, generic_analysis, markdown_table, runs_table
 
 RESAMPLES = 1000
-# Approach 3 refits every resample from 9 starts: 200 resamples, the count its interval coverage was measured at
-# (tests/bench/bootstrap_coverage.py: 90% of nominal-95% intervals covered the truth over 100 data sets).
-RESAMPLES_PARAMETRIC = 200
+MINIMUM_HOW = {
+    "local": (f"quadratic in ln N weighted around its lowest loss (a Gaussian kernel of width {LOCAL_BANDWIDTH} in ln N, "
+              "recentred on its vertex; one parabola through every size is biased on wide grids, "
+              "results/isoflop_bias)"),
+    "parabola": "parabola in ln N through every size (Hoffmann et al. 2022)",
+    "window": "parabola through the sizes around its lowest loss",
+    "akima": "Akima interpolant in ln N (Porian et al. 2024)"}
+# Approach 3 refits every resample from RESAMPLE_STARTS (64) starts, all resamples stepped together.
+RESAMPLES_PARAMETRIC = 1000
 
 
 def runs_of(df: pd.DataFrame) -> pd.DataFrame:
@@ -172,9 +179,10 @@ def analyse(df: pd.DataFrame, out: Path) -> list[str]:
                            "resamples_failed": iso_ci["_failed"], "minima": minima.to_dict(orient="records")}
         sections += [
             "## Approach 2: IsoFLOP profiles\n\n"
+            f"Each budget's minimum from a {MINIMUM_HOW[iso.minimum]}. "
             f"N_opt = {iso.k:.3g} * C^a with a = {with_interval(iso.a, iso_ci['a'])}; D_opt, the tokens the budget's runs "
             f"trained at N_opt, ~ C^b with b = {with_interval(iso.b, iso_ci['b'])} (95% intervals from {RESAMPLES} "
-            "bootstrap resamples of each budget's residuals about its parabola, "
+            "bootstrap resamples of each budget's residuals about its fitted quadratic, "
             f"{iso_ci['_failed']} without an interior minimum skipped). Chinchilla: a = 0.49, b = 0.51; Kaplan: a = 0.73.\n\n"
             + markdown_table(minima),
             "![IsoFLOP profiles](isoflop.png)\n\n![N_opt and D_opt vs compute](n_opt_vs_compute.png)",
@@ -213,7 +221,7 @@ def analyse(df: pd.DataFrame, out: Path) -> list[str]:
             "## Approach 3: L(N, D) = E + A / N^alpha + B / D^beta\n\n"
             "Huber loss (delta 1e-3) on log L, summed; L-BFGS from Chinchilla's 4500 starts; 95% intervals from "
             f"{RESAMPLES_PARAMETRIC} bootstrap resamples of each budget's log residuals about the fitted law, each refitted from "
-            f"the fit and the best of the grid's starts ({law_ci['_failed']} failed). a = beta / (alpha + beta) and b are the exponents under "
+            f"the fit and the {RESAMPLE_STARTS - 1} grid starts whose fits ended lowest ({law_ci['_failed']} failed). a = beta / (alpha + beta) and b are the exponents under "
             f"C = 6ND; with C counted as these runs counted it, the fitted law's optimum moves as N_opt ~ C^{a_here:.3f}, "
             f"D_opt ~ C^{b_here:.3f} over these budgets. Chinchilla (Epoch's replication): alpha 0.35, beta 0.37, "
             "a = 0.51.\n\n" + markdown_table(table) + identification_note(law, runs),

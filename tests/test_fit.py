@@ -38,12 +38,13 @@ def isoflop_grid(a_true=0.5, noise=0.0, seed=0, budgets=4, sizes=9):
 
 @pytest.mark.parametrize("a_true", [0.45, 0.5, 0.6])
 def test_isoflop_recovers_the_allocation_exponent(a_true):
-    # A Chinchilla-like design (9 budgets over 4 decades, 15 sizes each), 1% noise, ten noise draws: the fit is
-    # unbiased (mean error under 0.01) and no single draw misses by more than 0.05 (a = 0.6, the flattest
-    # profiles, is the hardest: its worst draw of twenty was 0.041).
+    # A Chinchilla-like design (9 budgets over 4 decades, 15 sizes each, centred on the optimum), 1% noise, ten noise
+    # draws: the fit is unbiased (mean error under 0.01) and its root mean square error is under 0.04 (a = 0.6, the
+    # flattest profiles, is the hardest: the local minimum's was 0.034 over these draws, its worst draw 0.070;
+    # one parabola's, unbiased on a centred grid and using every size, 0.031 over 30 draws).
     fits = [fit_isoflop(*isoflop_grid(a_true, noise=0.01, seed=seed, budgets=9, sizes=15)) for seed in range(10)]
     errors = np.array([fit.a - a_true for fit in fits])
-    assert abs(errors.mean()) < 0.01 and np.abs(errors).max() < 0.05
+    assert abs(errors.mean()) < 0.01 and np.sqrt(np.mean(errors**2)) < 0.04 and np.abs(errors).max() < 0.08
     assert all(fit.b == pytest.approx(1 - fit.a) for fit in fits) and all(fit.minima["interior"].sum() >= 7 for fit in fits)
 
 
@@ -154,7 +155,7 @@ def test_fit_parametric_bad_input_is_a_clear_error(bad, match):
     args = dict(N=[1e6, 2e6, 4e6, 8e6, 16e6, 32e6], D=[1e9, 3e9, 1e9, 3e9, 1e9, 3e9], loss=[3.2, 3.0, 2.9, 2.8, 2.75, 2.7])
     args.update(bad)
     with pytest.raises(FitError, match=match):
-        fit_parametric(**args, workers=1)
+        fit_parametric(**args)
 
 
 def test_a_resample_is_refitted_from_several_starts():
@@ -182,7 +183,7 @@ def test_a_budget_whose_losses_are_no_parabola_says_so():
     from harness.fit import _budget_minimum
     N = np.array([3792, 6592, 14496, 25472, 56640, 100096])
     loss = np.array([2.227, 2.214, 2.304, 2.420, 2.503, 2.629])
-    row = _budget_minimum(np.log(N), loss, np.log(8e10 / (6 * N)))
+    row = _budget_minimum(np.log(N), loss, np.log(8e10 / (6 * N)), "parabola")
     assert not row["interior"] and row["why"].startswith("the parabola's vertex lies below the sizes tried")
 
 
@@ -365,7 +366,7 @@ def test_repeated_tokens_are_worth_less_and_the_law_says_when_it_cannot_fit():
     _, once = law.effective(1e6, 1e9, 1e9)
     _, four = law.effective(1e6, 4e9, 1e9)
     # four epochs: 3 repeats, worth 15.4 (1 - e^(-3/15.4)) = 2.72 fresh epochs, so 3.72e9 tokens, not 4e9
-    assert once == 1e9 and four == pytest.approx(1e9 * (1 + 15.4 * (1 - np.exp(-3 / 15.4))))
+    assert once == pytest.approx(1e9, rel=1e-12) and four == pytest.approx(1e9 * (1 + 15.4 * (1 - np.exp(-3 / 15.4))))
     N, D, U, loss = data_constrained_points(noise=0.0)
     with pytest.raises(FitError, match="single-epoch points"):
         fit_data_constrained(N, D, np.full_like(D, 1e7), loss)
@@ -400,3 +401,114 @@ def test_every_fit_predicts_with_an_interval_from_its_bootstrap():
                            intervals=10)
     k_value, k_low, k_high = kaplan.predict(1e10, 1e12, interval=0.95)
     assert k_low <= k_value <= k_high
+
+
+# --- the batched minimiser ------------------------------------------------------------------------------------------
+
+def test_batched_lbfgs_reaches_the_rosenbrock_minimum_from_every_start():
+    from harness.minimise import lbfgs
+
+    def rosenbrock(theta, rows):   # scaled per row, so that the rows must not share step lengths
+        x, y = theta.T
+        scale = 1.0 + rows
+        value = scale * (100 * (y - x * x) ** 2 + (1 - x) ** 2)
+        gradient = scale[:, None] * np.stack([-400 * x * (y - x * x) - 2 * (1 - x), 200 * (y - x * x)], axis=1)
+        return value, gradient
+
+    starts = np.random.default_rng(0).uniform(-2, 2, (50, 2))
+    found = lbfgs(rosenbrock, starts, gtol=1e-10, ftol=0.0)
+    np.testing.assert_allclose(found.x, 1.0, atol=1e-6)
+    assert found.value.max() < 1e-10
+
+
+def test_the_batched_fit_lands_where_scipy_does_from_the_same_starts():
+    from scipy import optimize
+
+    from harness.fit import CHINCHILLA_STARTS, huber_objective, huber_objectives
+    from harness.minimise import lbfgs
+    N, D, loss = chinchilla_points()
+    args = (np.log(N), np.log(D), np.log(loss), 1e-3)
+    starts = CHINCHILLA_STARTS[::90]   # 50 starts across the grid
+    batched = lbfgs(huber_objectives(*args), starts)
+    plain = np.array([optimize.minimize(huber_objective, s, args=args, jac=True, method="L-BFGS-B").fun for s in starts])
+    assert batched.value.min() == pytest.approx(plain.min(), abs=1e-9)
+
+
+def test_every_bootstrap_resample_gets_a_full_multi_start_fit():
+    # Each resample's refit from RESAMPLE_STARTS starts, batched with the others' (one row of losses per start),
+    # reaches what the full 4500-start grid reaches on that resample alone.
+    from harness.fit import RESAMPLE_STARTS
+    N, D, loss = chinchilla_points()
+    fit = fit_parametric(N, D, loss, intervals=3, seed=5)
+    from harness.fit import residual_resamples
+    datasets = residual_resamples(np.log(loss), np.log(fit.predict(N, D)), None, n_params=5, fit_per_stratum=False,
+                                  n_resamples=3, seed=5)
+    assert RESAMPLE_STARTS >= 64 and len(fit.resampled) == 3
+    for refit, log_loss in zip(fit.resampled, datasets):
+        alone = fit_parametric(N, D, np.exp(log_loss))
+        assert refit.objective == pytest.approx(alone.objective, abs=1e-9)
+        assert refit.alpha == pytest.approx(alone.alpha, rel=1e-4) and refit.E == pytest.approx(alone.E, rel=1e-4)
+
+
+def test_the_data_constrained_law_predicts_with_an_interval():
+    from harness.fit import fit_data_constrained
+    N, D, U, loss = data_constrained_points(noise=0.003, seed=2)
+    fit = fit_data_constrained(N, D, U, loss, intervals=6, seed=0)
+    assert fit.intervals["_failed"] == 0 and len(fit.resampled) == 6
+    low, high = fit.intervals["R_D_star"]
+    assert low < fit.R_D_star < high
+    value, low, high = fit.predict(1e9, 4e10, 1e9, interval=0.95)
+    assert low < value < high
+    truth = fit.base.predict(*fit.effective(1e9, 4e10, 1e9))
+    assert value == pytest.approx(truth, rel=1e-12)
+
+
+def test_a_local_minimum_removes_the_wide_grid_bias_of_one_parabola():
+    # Noise-free IsoFLOP points of Chinchilla's law on a 30x grid of 12 sizes whose centre drifts from 1/4 to 4 times
+    # the optimum: one parabola through all sizes is biased (the loss is no parabola in ln N that far out), the
+    # local quadratic less, a window of the 5 nearest sizes and Akima's interpolant hardly at all.
+    from tests.bench.isoflop_bias import LAWS, exponent_errors
+    errors = {method: found[0] for method, found in exponent_errors(LAWS["Chinchilla"], 30, 12, 4.0, 0.0, 1).items()}
+    assert errors["parabola"] > 0.008
+    assert abs(errors["local"]) < 0.7 * errors["parabola"]
+    assert abs(errors["window"]) < 1e-3 and abs(errors["akima"]) < 1e-3
+    with pytest.raises(FitError, match="minimum='cubic' is not one of"):
+        fit_isoflop([1e18, 1e18, 1e18, 1e19, 1e19, 1e19], [1, 2, 3, 1, 2, 3], [3, 2, 3, 3, 2, 3], minimum="cubic")
+
+
+# --- held-out prediction --------------------------------------------------------------------------------------------
+
+def test_trusting_compare_laws_predicts_over_trained_runs_17x_larger_within_1_percent():
+    # tests/bench/overtraining.py: runs of 11M-411M parameters at 20-640 tokens per parameter, 0.3% noise; the
+    # user ranks the forms on those runs alone and predicts 1.4B at 640 and 6.9B at 20 tokens per parameter.
+    from tests.bench.overtraining import LAWS, protocol
+    for law in ("Epoch", "Chinchilla"):
+        found = protocol(LAWS[law], noise=0.003, seed=0)
+        assert found["ranking"][-1] == "kaplan"   # no irreducible loss: 6-18% off at 17x
+        assert max(abs(e) for e in found["errors"][found["chosen"]]) < 0.01, found
+    # Chinchilla's own law has alpha 0.34 != beta 0.28: the tied form misses the 6.9B run by more than 1%, and the
+    # ranking, made without seeing it, says so.
+    assert found["chosen"] == "chinchilla" and abs(found["errors"]["tied"][1]) > 0.01
+
+
+def test_holdout_predicts_the_largest_scale_with_an_interval():
+    import pandas as pd
+
+    from harness.fit import compare_laws, holdout
+    N, D, loss = synthetic_isoflop(noise=0.003, seed=2)
+    frame = pd.DataFrame({"N": N, "D": D, "loss": loss})
+    result = holdout(frame, "chinchilla", by="N", largest=2, intervals=30)
+    held = frame[frame["N"] >= np.sort(frame["N"].unique())[-2]]
+    assert len(result.points) == len(held) and result.n_fitted == len(frame) - len(held)
+    refit = fit_parametric(frame.loc[~frame.index.isin(held.index), "N"], frame.loc[~frame.index.isin(held.index), "D"],
+                           frame.loc[~frame.index.isin(held.index), "loss"])
+    np.testing.assert_allclose(result.points["predicted"], refit.predict(held["N"], held["D"]), rtol=1e-8)
+    np.testing.assert_allclose(result.points["error"], result.points["predicted"] / held["loss"].to_numpy() - 1)
+    assert (result.points["low"] < result.points["predicted"]).all() and 0 <= result.coverage <= 1
+    table = compare_laws(frame, largest=2, intervals=0)
+    assert list(table["law"][:3]) != [] and table["why"].iloc[-1] == "no U column"
+    assert table["mean_abs_error"].iloc[0] == table["mean_abs_error"].min()
+    with pytest.raises(FitError, match="law='hoffmann' is not one of"):
+        holdout(frame, "hoffmann")
+    with pytest.raises(FitError, match="N takes 2 values"):
+        holdout(frame[frame["N"] <= np.sort(frame["N"].unique())[1]], "chinchilla")
