@@ -94,19 +94,25 @@ HELD_OUT_RESAMPLES = 100
 
 
 def law_points(df: pd.DataFrame) -> pd.DataFrame:
-    """The training runs as points a law is fitted to: N (non-embedding parameters), D (tokens trained), loss (the
-    validation loss, the mean over a point's seeds), U (unique tokens trained, where records carry it) and the model
-    family; one row per (family, N, D)."""
+    """The training runs as points a law is fitted to: N (non-embedding parameters), D (tokens trained), loss, U
+    (unique tokens trained, where records carry it) and the model family; one row per (family, N, D). Runs that
+    differ only in seed are averaged; of runs at one (N, D) with different learning rates or parametrisations (a
+    ladder), the best counts: a law describes each size trained well."""
     needed = ["model_info.params_non_embedding", "metrics.tokens", "metrics.val_loss"]
     if not set(needed) <= set(df.columns):
         return pd.DataFrame(columns=["family", "N", "D", "loss"])
     ok = df[(df["status"] == "ok")].dropna(subset=needed)
     points = pd.DataFrame({"family": ok.get("model_info.family", pd.Series("gpt", index=ok.index)).fillna("gpt"),
                            "N": ok[needed[0]].astype(float), "D": ok[needed[1]].astype(float),
-                           "loss": ok[needed[2]].astype(float)})
+                           "loss": ok[needed[2]].astype(float),
+                           "setting": (ok["hparams_info.lr_in_effect"].astype(str) if "hparams_info.lr_in_effect" in ok
+                                       else ok.get("task.lr", pd.Series("", index=ok.index)).astype(str))
+                           + ok.get("model.parametrization", pd.Series("sp", index=ok.index)).fillna("sp").astype(str)})
     if "metrics.unique_tokens" in ok and ok["metrics.unique_tokens"].notna().all():
         points["U"] = ok["metrics.unique_tokens"].astype(float)
-    return points.groupby(["family", "N", "D"], as_index=False).mean(numeric_only=True)
+    seeds_averaged = points.groupby(["family", "N", "D", "setting"], as_index=False).mean(numeric_only=True)
+    best = seeds_averaged.loc[seeds_averaged.groupby(["family", "N", "D"])["loss"].idxmin()]
+    return best.drop(columns="setting").reset_index(drop=True)
 
 
 def held_out_section(df: pd.DataFrame, out: Path) -> str:

@@ -4,16 +4,18 @@ Every error is one line that names the bad key, its value, and what would be val
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from harness import distributed, parallel, precision, quantize, schedules
+from harness import distributed, hparams, parallel, precision, quantize, schedules
 from harness.errors import ConfigError, Unsupported
 
 from models import attention as attention_registry
+from models import mup
 from models import spec as model_specs
 from models.positions import KINDS as POSITION_KINDS
 from models.sizing import shape_for_params
@@ -79,6 +81,12 @@ def validate(cfg: DictConfig, machine: distributed.Machine | None = None) -> Non
             _positive(m[key], f"model.{key}", integer=key != "mlp_ratio")
     if not 0 <= m.get("dropout", 0.0) < 1:
         raise ConfigError(f"model.dropout={m.dropout} must be in [0, 1)")
+    if parametrization(m) not in mup.PARAMETRIZATIONS:
+        raise ConfigError(f"model.parametrization={parametrization(m)!r}; known: {', '.join(mup.PARAMETRIZATIONS)}")
+    if parametrization(m) == "mup" and spec.unsupported("mup") is None:
+        _positive(m.get("base_width"), "model.base_width", integer=True)
+        if m.get("base_head_dim") is not None:
+            _positive(m.base_head_dim, "model.base_head_dim", integer=True)
     positions = m.get("positions")
     if positions is not None and positions not in POSITION_KINDS:
         raise ConfigError(f"model.positions={positions!r}; known: {', '.join(POSITION_KINDS)}")
@@ -112,8 +120,13 @@ def validate(cfg: DictConfig, machine: distributed.Machine | None = None) -> Non
     for method in t.get("eval_quantized") or []:
         if quantize.unavailable(method):
             raise ConfigError(f"task.eval_quantized: {quantize.unavailable(method)}")
-    _positive(t.batch_size, "task.batch_size", integer=True)
-    _positive(t.lr, "task.lr")
+    hparams.check(t)
+    if isinstance(t.batch_size, str) and cfg.parallel.name != "single":
+        raise ConfigError(f"task.batch_size={t.batch_size} is resolved per model size; with parallel={cfg.parallel.name} "
+                          "give a number (one that splits over the data-parallel ranks)")
+    if (isinstance(t.lr, str) or isinstance(t.batch_size, str)) and spec.unsupported("sizing"):
+        raise ConfigError(f"task.lr={t.lr}, task.batch_size={t.batch_size}: a rule in N needs the family's parameter "
+                          f"count; model.family={spec.name} has {spec.unsupported('sizing')}")
     _positive(t.eval_points, "task.eval_points", integer=True)
     _positive(t.eval_tokens, "task.eval_tokens", integer=True)
     _positive(t.check_every, "task.check_every", integer=True)
@@ -177,7 +190,8 @@ def _check_parallel(cfg: DictConfig, machine: distributed.Machine | None, spec: 
     shape = spec.describe(spec.config(shaped(cfg.model), 1, str(cfg.attention.name), {}))  # the vocabulary does not matter
     problem = parallel.problems(p.name, world, parallel.degrees(p.name, world, p.get("tp_degree")),
                                 heads={f"model.{key}": shape[key] for key in spec.tp_divides},
-                                n_layer=shape.get("n_layer"), batch_size=int(cfg.task.batch_size),
+                                n_layer=shape.get("n_layer"),
+                                batch_size=1 if isinstance(cfg.task.batch_size, str) else int(cfg.task.batch_size),
                                 microbatches=int(p.get("microbatches", 1)), schedule=str(p.get("schedule", "1f1b")))
     if problem:
         raise ConfigError(problem)
@@ -256,7 +270,7 @@ def _check_shape(m: DictConfig, spec: model_specs.ModelSpec) -> None:
 def _check_capabilities(cfg: DictConfig, spec: model_specs.ModelSpec) -> None:
     """What the task and layout ask of the family that its spec says it cannot do: an `unsupported` record."""
     needs = {"tp": cfg.parallel.name in ("tp", "fsdp_tp"), "pp": cfg.parallel.name == "pp",
-             "kv_cache": cfg.task.name == "inference"}
+             "kv_cache": cfg.task.name == "inference", "mup": parametrization(cfg.model) == "mup"}
     for capability, needed in needs.items():
         if needed and spec.unsupported(capability):
             raise Unsupported(f"{spec.unsupported(capability)} (parallel={cfg.parallel.name}, task={cfg.task.name})"
@@ -288,12 +302,28 @@ def shaped(m: DictConfig) -> dict:
     return section
 
 
+def parametrization(m: DictConfig) -> str:
+    return str(m.get("parametrization", "sp"))
+
+
+def mup_widths(m: DictConfig) -> tuple[int, int, int, int]:
+    """(width, base_width, head_dim, base_head_dim) of a muP model: its d_model and head dimension, and the base's
+    (base_head_dim defaults to base_width / n_head: the heads stay as the width grows)."""
+    _, d_model, n_head = model_shape(m)
+    base_width = int(m.base_width)
+    base_head_dim = int(m.get("base_head_dim") or base_width // n_head)
+    return d_model, base_width, d_model // n_head, base_head_dim
+
+
 def model_config(cfg: DictConfig, data_vocab: int):
     """The family's config of the model to build; its vocabulary is the data's plus what the family adds (an
-    encoder's [MASK], an encoder-decoder's sentinels)."""
+    encoder's [MASK], an encoder-decoder's sentinels). Under muP, with its logit and query multipliers."""
     spec = model_spec(cfg.model)
-    return spec.config(shaped(cfg.model), spec.model_vocab(data_vocab, int(cfg.model.seq_len)),
-                       str(cfg.attention.name), attention_options(cfg))
+    config = spec.config(shaped(cfg.model), spec.model_vocab(data_vocab, int(cfg.model.seq_len)),
+                         str(cfg.attention.name), attention_options(cfg))
+    if parametrization(cfg.model) == "mup":
+        config = dataclasses.replace(config, **mup.forward_scales(*mup_widths(cfg.model)))
+    return config
 
 
 def requested_tokens(cfg: DictConfig, flops_per_token: float) -> float:
@@ -301,14 +331,27 @@ def requested_tokens(cfg: DictConfig, flops_per_token: float) -> float:
     return float(cfg.compute) / flops_per_token if cfg.compute is not None else float(cfg.data.tokens)
 
 
+def run_hyperparameters(cfg: DictConfig, model_cfg) -> hparams.Hyperparameters:
+    """The run's learning rate, batch size, warm-up and beta2: task's numbers, or its rules resolved for this model's
+    non-embedding parameters N and training FLOPs C (harness/hparams.py)."""
+    spec = model_spec(cfg.model)
+    per_token = spec.flops_per_token(model_cfg).causal
+    tokens = requested_tokens(cfg, per_token)
+    n_params = spec.non_embedding_params(model_cfg) if spec.unsupported("sizing") is None else float("nan")
+    return hparams.resolve(cfg.task, n_params, per_token * tokens, int(cfg.model.seq_len), tokens)
+
+
 def check_data(cfg: DictConfig, dataset) -> None:
     """The checks that need the data (task=train): every split holds a window, the budget holds a batch."""
-    per_token = model_spec(cfg.model).flops_per_token(model_config(cfg, dataset.vocab_size))
-    check_data_fits(cfg, len(dataset.train), len(dataset.val), requested_tokens(cfg, per_token.causal))
+    model_cfg = model_config(cfg, dataset.vocab_size)
+    per_token = model_spec(cfg.model).flops_per_token(model_cfg)
+    check_data_fits(cfg, len(dataset.train), len(dataset.val), requested_tokens(cfg, per_token.causal),
+                    run_hyperparameters(cfg, model_cfg).batch_size)
 
 
-def check_data_fits(cfg: DictConfig, train_len: int, val_len: int, tokens: float) -> None:
-    seq_len, batch = int(cfg.model.seq_len), int(cfg.task.batch_size)
+def check_data_fits(cfg: DictConfig, train_len: int, val_len: int, tokens: float, batch: int | None = None) -> None:
+    """`batch`: the run's batch size in sequences (default task.batch_size; a rule's, resolved)."""
+    seq_len, batch = int(cfg.model.seq_len), int(batch if batch is not None else cfg.task.batch_size)
     for split, length in (("train", train_len), ("validation", val_len)):
         if length < seq_len + 1:
             raise ConfigError(f"model.seq_len={seq_len} is longer than the {split} split of data={cfg.data.name} ({length} tokens)")

@@ -31,7 +31,7 @@ from harness import flops
 from models import gpt
 from models.spec import ModelSpec, embedding_split, next_token_examples
 
-RESERVED = ("family", "_target_", "seq_len")
+RESERVED = ("family", "_target_", "seq_len", "parametrization", "base_width", "base_head_dim")
 HOOKS = {"tp_plan": "tensor parallelism", "pipeline_parts": "pipeline parallelism", "kv_cache": "KV-cache decoding"}
 
 
@@ -96,4 +96,6 @@ def spec(m: dict) -> ModelSpec:
         pipeline_parts=hook("pipeline_parts", lambda model: model.pipeline_parts()),
         kv_cache=hook("kv_cache", lambda model, batch, context, new_tokens, dtype, device:
                       model.kv_cache(batch, context + new_tokens, dtype, device)),
-        decoding=gpt.decoding, flops_counted="measured (FlopCounterMode)")
+        decoding=gpt.decoding, flops_counted="measured (FlopCounterMode)",
+        mup=f"model._target_={target} takes no logit or query multipliers, so muP cannot be applied to it "
+            "(models/mup.py); use model.parametrization=sp")

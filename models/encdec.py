@@ -22,7 +22,7 @@ from torch import nn
 
 from harness.flops import FlopsPerToken
 from models import attention as attention_registry
-from models import gpt
+from models import gpt, mup
 from models.gpt import MLP, Block, GPTConfig, KVCache, SelfAttention, init_weights, scaled_sinusoids, sinusoid_rows
 from models.positions import KINDS as POSITION_KINDS
 from models.spec import ModelSpec, embedding_split
@@ -113,7 +113,7 @@ class CrossAttention(nn.Module):
 
     def __init__(self, cfg: GPTConfig, layer: int = 0):
         super().__init__()
-        self.head_dim, self.layer = cfg.head_dim, layer
+        self.head_dim, self.layer, self.q_scale = cfg.head_dim, layer, cfg.q_scale
         self.q = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
         self.kv = nn.Linear(cfg.d_model, 2 * cfg.d_model, bias=cfg.bias)  # [k v] grouped by head
         self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
@@ -122,6 +122,8 @@ class CrossAttention(nn.Module):
     def forward(self, x_bnd: torch.Tensor, memory_bmd: torch.Tensor, cache: EncDecCache | None = None) -> torch.Tensor:
         b, n, _ = x_bnd.shape
         q = self.q(x_bnd).view(b, n, -1, self.head_dim).transpose(1, 2)
+        if self.q_scale != 1.0:
+            q = q * self.q_scale
         if cache is not None and cache.cross_ready:
             k, v = cache.cross_k[self.layer], cache.cross_v[self.layer]
         else:
@@ -166,7 +168,7 @@ class EncoderDecoder(nn.Module):
         self.ln_encoder = nn.LayerNorm(cfg.d_model, bias=cfg.bias)
         self.decoder_blocks = nn.ModuleList(DecoderBlock(cfg, layer) for layer in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.d_model, bias=cfg.bias)
-        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.lm_head = mup.mark_readout(nn.Linear(cfg.d_model, cfg.vocab_size, bias=False))
         if cfg.tie_embeddings:
             self.lm_head.weight = self.wte.weight
         init_weights(self, residual_layers=2 * cfg.n_layer)  # both stacks' depth
@@ -206,7 +208,8 @@ class EncoderDecoder(nn.Module):
         if cache is not None:
             cache.self_attention.length += idx_bn.shape[1]
             cache.cross_ready = True
-        return self.lm_head(self.ln_f(x))
+        logits = self.lm_head(self.ln_f(x))
+        return logits * self.cfg.logit_scale if self.cfg.logit_scale != 1.0 else logits
 
     def forward(self, packed_bn: torch.Tensor) -> torch.Tensor:
         """The decoder's logits for packed [encoder | decoder] inputs."""

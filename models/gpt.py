@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.flops import FlopsPerToken
-from models import attention as attention_registry
+from models import attention as attention_registry, mup
 from models.positions import KINDS as POSITION_KINDS, TABLE_KINDS, Rotary, alibi_bias, alibi_slopes, sinusoidal_table
 from models.spec import ModelSpec, embedding_split, next_token_examples
 
@@ -52,6 +52,8 @@ class GPTConfig:
     attention: str = "sdpa"
     attention_options: dict = field(default_factory=dict)
     causal: bool = True
+    logit_scale: float = 1.0    # the logits' multiplier (muP: base_width / d_model; models/mup.py)
+    q_scale: float = 1.0        # the queries' multiplier (muP: attention logits ~ 1/d_head)
 
     @property
     def head_dim(self) -> int:
@@ -101,7 +103,7 @@ def decoder_of(attention: nn.Module):
 class SelfAttention(nn.Module):
     def __init__(self, cfg: GPTConfig, layer: int = 0):
         super().__init__()
-        self.head_dim, self.layer = cfg.head_dim, layer
+        self.head_dim, self.layer, self.q_scale = cfg.head_dim, layer, cfg.q_scale
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=cfg.bias)
         self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
         self.rotary = Rotary(cfg.head_dim) if cfg.positions == "rope" else None
@@ -124,6 +126,8 @@ class SelfAttention(nn.Module):
         # The fused projection's columns are grouped by head ([q k v] of head 0, then head 1, ...), so a
         # column split across tensor-parallel ranks gives each rank whole heads (Megatron's layout).
         q, k, v = self.qkv(x_bnd).view(b, n, -1, 3, self.head_dim).permute(3, 0, 2, 1, 4)
+        if self.q_scale != 1.0:
+            q = q * self.q_scale
         start = cache.length if cache is not None else 0
         if self.rotary is not None:
             q, k = self.rotary(q, start), self.rotary(k, start)
@@ -203,7 +207,7 @@ class GPT(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg, layer) for layer in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.d_model, bias=cfg.bias)
-        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.lm_head = mup.mark_readout(nn.Linear(cfg.d_model, cfg.vocab_size, bias=False))
         if cfg.tie_embeddings:
             self.lm_head.weight = self.wte.weight
         init_weights(self, residual_layers=cfg.n_layer)
@@ -222,7 +226,8 @@ class GPT(nn.Module):
             x = block(x, cache)
         if cache is not None:
             cache.length += n
-        return self.lm_head(self.ln_f(x))
+        logits = self.lm_head(self.ln_f(x))
+        return logits * self.cfg.logit_scale if self.cfg.logit_scale != 1.0 else logits
 
 
 # --- the spec: what the harness knows of the family ------------------------------------------------------------
@@ -346,7 +351,7 @@ class Embedding(nn.Module):
 
 
 def pipeline_parts(model: GPT) -> tuple[nn.Module, nn.ModuleList, nn.Module]:
-    return Embedding(model), model.blocks, nn.Sequential(model.ln_f, model.lm_head)
+    return Embedding(model), model.blocks, mup.readout(model.ln_f, model.lm_head, scale=model.cfg.logit_scale)
 
 
 def kv_cache(model: GPT, batch: int, context: int, new_tokens: int, dtype: torch.dtype, device: torch.device) -> KVCache:

@@ -20,7 +20,7 @@ from torch import nn
 
 from harness.flops import FlopsPerToken
 from models import attention as attention_registry
-from models import gpt
+from models import gpt, mup
 from models.gpt import KVCache
 from models.positions import Rotary
 from models.spec import ModelSpec, embedding_split, next_token_examples
@@ -42,6 +42,8 @@ class LlamaConfig:
     dropout: float = 0.0
     attention: str = "sdpa"
     attention_options: dict = field(default_factory=dict)
+    logit_scale: float = 1.0    # the logits' multiplier (muP: base_width / d_model; models/mup.py)
+    q_scale: float = 1.0        # the queries' multiplier (muP: attention logits ~ 1/d_head)
 
     @property
     def head_dim(self) -> int:
@@ -61,7 +63,7 @@ class LlamaConfig:
 class Attention(nn.Module):
     def __init__(self, cfg: LlamaConfig, layer: int):
         super().__init__()
-        self.head_dim, self.layer = cfg.head_dim, layer
+        self.head_dim, self.layer, self.q_scale = cfg.head_dim, layer, cfg.q_scale
         self.wq = nn.Linear(cfg.d_model, cfg.n_head * cfg.head_dim, bias=False)
         self.wk = nn.Linear(cfg.d_model, cfg.kv_heads * cfg.head_dim, bias=False)
         self.wv = nn.Linear(cfg.d_model, cfg.kv_heads * cfg.head_dim, bias=False)
@@ -81,6 +83,8 @@ class Attention(nn.Module):
         b, n, _ = x_bnd.shape
         # heads from the projections' widths: under tensor parallelism each rank holds whole query and key-value heads
         q = self.wq(x_bnd).view(b, n, -1, self.head_dim).transpose(1, 2)
+        if self.q_scale != 1.0:
+            q = q * self.q_scale
         k = self.wk(x_bnd).view(b, n, -1, self.head_dim).transpose(1, 2)
         v = self.wv(x_bnd).view(b, n, -1, self.head_dim).transpose(1, 2)
         start = cache.length if cache is not None else 0
@@ -136,7 +140,7 @@ class Llama(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg, layer) for layer in range(cfg.n_layer))
         self.norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
-        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.lm_head = mup.mark_readout(nn.Linear(cfg.d_model, cfg.vocab_size, bias=False))
         if cfg.tie_embeddings:
             self.lm_head.weight = self.wte.weight
         self.apply(gpt._init_module)
@@ -150,7 +154,8 @@ class Llama(nn.Module):
             x = block(x, cache)
         if cache is not None:
             cache.length += idx_bn.shape[1]
-        return self.lm_head(self.norm(x))
+        logits = self.lm_head(self.norm(x))
+        return logits * self.cfg.logit_scale if self.cfg.logit_scale != 1.0 else logits
 
 
 # --- the spec ----------------------------------------------------------------------------------------------------
@@ -212,7 +217,7 @@ def tp_plan(model: Llama) -> dict:
 
 
 def pipeline_parts(model: Llama) -> tuple[nn.Module, nn.ModuleList, nn.Module]:
-    return model.wte, model.blocks, nn.Sequential(model.norm, model.lm_head)
+    return model.wte, model.blocks, mup.readout(model.norm, model.lm_head, scale=model.cfg.logit_scale)
 
 
 def kv_cache(model: Llama, batch: int, context: int, new_tokens: int, dtype: torch.dtype, device: torch.device) -> KVCache:

@@ -77,11 +77,12 @@ class ModelSpec:
     attentions_why: str = ""
     any_length: bool = True                     # reads windows of any length (task.eval_lengths)
     flops_counted: str = "closed form"          # how flops_per_token was obtained (recorded)
+    mup: bool | str = True                      # its config takes muP's logit_scale and q_scale (models/mup.py)
 
     def unsupported(self, capability: str) -> str | None:
-        """Why this family cannot do `capability` (tp, pp, kv_cache, sizing), or None when it can."""
+        """Why this family cannot do `capability` (tp, pp, kv_cache, sizing, mup), or None when it can."""
         value = {"tp": self.tp_plan, "pp": self.pipeline_parts, "kv_cache": self.kv_cache,
-                 "sizing": self.non_embedding_params}[capability]
+                 "sizing": self.non_embedding_params, "mup": self.mup}[capability]
         return value if isinstance(value, str) else None
 
 

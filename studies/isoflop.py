@@ -163,7 +163,7 @@ def agreement_section(check: dict) -> str:
 
 
 def analyse(df: pd.DataFrame, out: Path) -> list[str]:
-    sections = [family_line(df), *generic_analysis(df, out)]
+    sections = [family_line(df), *generic_analysis(df, out), learning_rates_section(df)]
     runs = runs_of(df)
     fits: dict = {}
     iso = None
@@ -252,3 +252,28 @@ def analyse(df: pd.DataFrame, out: Path) -> list[str]:
                         "then predicted it:\n\n" + "\n".join(lines))
     (out / "fits.json").write_text(json.dumps(fits, indent=1, default=float))
     return sections
+
+
+def learning_rates_section(df: pd.DataFrame) -> str:
+    """How each size's peak learning rate was chosen, from the records' hparams_info."""
+    ok = df[df["status"] == "ok"]
+    if "hparams_info.lr_in_effect" not in ok:
+        return "## Learning rates\n\nThese records predate hparams_info: each run's is its configured `task.lr`."
+    rule = ok["hparams_info.lr.rule"] if "hparams_info.lr.rule" in ok else pd.Series("given", index=ok.index)
+    table = (ok.assign(d_model=ok["model_info.d_model"], N=ok["model_info.params_non_embedding"],
+                       lr=ok["hparams_info.lr_in_effect"], rule=rule.fillna("given"))
+             [["d_model", "N", "lr", "rule"]].drop_duplicates().sort_values("N").reset_index(drop=True))
+    rules = set(table["rule"])
+    if rules == {"law"}:
+        first = ok.iloc[0]
+        how = (f"each size's peak learning rate is the law lr = c N^-gamma of a learning-rate ladder, "
+               f"`{first['hparams_info.lr.path']}` (c = {first['hparams_info.lr.c']:.4g}, gamma = "
+               f"{first['hparams_info.lr.gamma']:.4g}): the rate measured best for its size, so the exponents are "
+               "those of sizes each trained well (Porian et al. 2024). A law in N rather than muP: muP carries one "
+               "width's rate across widths at a fixed depth, and a law measured per size holds whatever the shape; "
+               "beyond the ladder's largest size it extrapolates.")
+    elif rules == {"given"}:
+        how = "each run's peak learning rate was given in its config (`task.lr`)."
+    else:
+        how = f"rules {', '.join(sorted(rules))} (harness/hparams.py)."
+    return f"## Learning rates\n\nHow each size's learning rate was chosen: {how}\n\n" + markdown_table(table)

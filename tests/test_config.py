@@ -243,10 +243,11 @@ def test_the_demo_grows_width_alone_and_its_branches_land_on_its_budgets():
         cfg = config(["study=demo", f"+study/demo={design}"])
         validate(cfg)
         n_layer, d_model, n_head = model_shape(cfg.model)
-        shapes[d_model] = (n_layer, n_head, cfg.model.seq_len, round(cfg.task.lr * d_model, 6))
+        shapes[d_model] = (n_layer, n_head, cfg.model.seq_len, cfg.task.lr, cfg.task.lr_law)
         budgets |= {round(cfg.compute * fraction / 1e10) for fraction in [*cfg.task.cooldowns, 1]}
     assert sorted(shapes) == [12, 16, 24, 32, 48, 64]
-    assert len(set(shapes.values())) == 1   # depth, heads, context and lr x width held: only the width changes
+    assert len(set(shapes.values())) == 1   # depth, heads, context and the lr law held: only the width changes
+    assert next(iter(shapes.values()))[3:] == ("law", "results/lr_ladder/report/fits.json")
     assert sorted(budgets) == [8, 11, 16, 23, 32, 45, 64]   # x 1e10 FLOPs, a factor sqrt(2) apart
 
 

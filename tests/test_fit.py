@@ -512,3 +512,24 @@ def test_holdout_predicts_the_largest_scale_with_an_interval():
         holdout(frame, "hoffmann")
     with pytest.raises(FitError, match="N takes 2 values"):
         holdout(frame[frame["N"] <= np.sort(frame["N"].unique())[1]], "chinchilla")
+
+
+# --- learning-rate ladders ------------------------------------------------------------------------------------------
+
+def test_fit_lr_law_recovers_the_optima_and_the_exponent():
+    # loss = f(N) + 0.05 ln(lr / lr_opt(N))^2 + 0.5% noise, lr_opt = 0.3 N^-0.4, on a factor-2 grid of 10 rates.
+    from harness.fit import fit_lr_law
+    rng = np.random.default_rng(0)
+    N, lr, loss = [], [], []
+    for n in (4e3, 1.6e4, 6.4e4, 2.56e5):
+        for x in 0.0005 * 2.0 ** np.arange(10):
+            N.append(n), lr.append(x), loss.append(3 - 0.1 * np.log10(n) + 0.05 * np.log(x / (0.3 * n**-0.4)) ** 2
+                                                   + rng.normal(0, 0.005))
+    fit = fit_lr_law(N, lr, loss, intervals=100)
+    assert fit.gamma == pytest.approx(0.4, abs=0.02) and fit.c == pytest.approx(0.3, rel=0.15)
+    assert fit.intervals["gamma"][0] < 0.4 < fit.intervals["gamma"][1]
+    for row in fit.optima.itertuples():
+        assert row.lr_opt == pytest.approx(0.3 * row.N**-0.4, rel=0.05) and row.low < row.lr_opt < row.high
+    edge = np.array(lr) < 0.004   # every size's optimum above the grid
+    with pytest.raises(FitError, match="the largest learning rate is best"):
+        fit_lr_law(np.array(N)[edge], np.array(lr)[edge], np.array(loss)[edge])

@@ -21,23 +21,31 @@ from omegaconf import DictConfig, OmegaConf
 from harness import data as data_sources
 from harness import checkpoint, compiling, distributed, flops, measure, parallel, precision, quantize, records
 from harness import schedules
-from harness.config import attention_options, check_data_fits, model_config, model_spec, requested_tokens
+from harness.config import (attention_options, check_data_fits, model_config, model_spec, mup_widths, parametrization,
+                            requested_tokens, run_hyperparameters)
 from harness.progress import Progress
 from harness.errors import Diverged, Unsupported, first_line
 from models import attention as attention_registry
+from models import mup
 from models.spec import IGNORE, Examples
 from models.positions import TABLE_KINDS
 
 log = logging.getLogger("harness")
 
 
-def make_optimizer(model: torch.nn.Module, t: DictConfig, zero: bool = False) -> torch.optim.Optimizer:
-    """AdamW; with zero=True each data-parallel rank keeps the state of its share only (ZeroRedundancyOptimizer)."""
+def make_optimizer(model: torch.nn.Module, t: DictConfig, zero: bool = False, lr_scales=None) -> torch.optim.Optimizer:
+    """AdamW; with zero=True each data-parallel rank keeps the state of its share only (ZeroRedundancyOptimizer).
+    `lr_scales(model)`: {id(parameter): multiplier of its learning rate} (muP's hidden weights), kept per param
+    group as `lr_scale`, which the schedule's learning rate is multiplied by."""
     # Decay matrices only, not biases, norms or (as in GPT-2) nothing 1-D (nanoGPT's configure_optimizers).
     params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": float(t.weight_decay)}, {"params": no_decay, "weight_decay": 0.0}]
+    scales = lr_scales(model) if lr_scales is not None else {}
+    groups = []
+    for scale in sorted({scales.get(id(p), 1.0) for p in params}):
+        mine = [p for p in params if scales.get(id(p), 1.0) == scale]
+        groups += [{"params": [p for p in mine if p.dim() >= 2], "weight_decay": float(t.weight_decay), "lr_scale": scale},
+                   {"params": [p for p in mine if p.dim() < 2], "weight_decay": 0.0, "lr_scale": scale}]
+    groups = [group for group in groups if group["params"]] or [{"params": params, "lr_scale": 1.0}]
     if zero:
         from torch.distributed.optim import ZeroRedundancyOptimizer
         return ZeroRedundancyOptimizer(groups, optimizer_class=torch.optim.AdamW, lr=float(t.lr),
@@ -182,9 +190,12 @@ def train(cfg: DictConfig, checkpoint_dir: Path | None = None, cooldown: schedul
     spec = model_spec(cfg.model)
     per_token = spec.flops_per_token(model_cfg)
     tokens_requested = requested_tokens(cfg, per_token.causal)
-    check_data_fits(cfg, len(dataset.train), len(dataset.val), tokens_requested)
+    chosen = run_hyperparameters(cfg, model_cfg)
+    check_data_fits(cfg, len(dataset.train), len(dataset.val), tokens_requested, chosen.batch_size)
 
-    t = cfg.task
+    # The task with its rules (task.lr=law, porian, ...) resolved to the numbers this run trains with.
+    t = OmegaConf.merge(cfg.task, {"lr": chosen.lr, "batch_size": chosen.batch_size,
+                                   "warmup_fraction": chosen.warmup_fraction, "beta2": chosen.beta2})
     seq_len, batch_size = int(cfg.model.seq_len), int(t.batch_size)
     tokens_per_step = batch_size * seq_len
     total_steps = max(1, round(tokens_requested / tokens_per_step))
@@ -212,8 +223,14 @@ def train(cfg: DictConfig, checkpoint_dir: Path | None = None, cooldown: schedul
     param_dtype = next(model.parameters()).dtype
     cast = functools.partial(precision.autocast, mode.name, device)
     p = cfg.parallel
-    layout = parallel.build(p.name, model, spec, functools.partial(make_optimizer, t=t), device, batch_size,
-                            tp_degree=p.get("tp_degree"), schedule=p.get("schedule", "1f1b"),
+    if parametrization(cfg.model) == "mup":
+        width, base_width, _, _ = mup_widths(cfg.model)
+        mup.rescale_init(model, width, base_width)
+        lr_scales = functools.partial(mup.lr_multipliers, width=width, base_width=base_width)
+    else:
+        lr_scales = None
+    layout = parallel.build(p.name, model, spec, functools.partial(make_optimizer, t=t, lr_scales=lr_scales), device,
+                            batch_size, tp_degree=p.get("tp_degree"), schedule=p.get("schedule", "1f1b"),
                             microbatches=int(p.get("microbatches", 1)), cast=cast)
     del model  # a pipeline stage keeps only its own blocks
     scaler = precision.grad_scaler(mode.name, device, float(cfg.precision.get("init_scale", 2.0**16)))
@@ -281,7 +298,7 @@ def train(cfg: DictConfig, checkpoint_dir: Path | None = None, cooldown: schedul
         for step in range(start_step, total_steps):
             lr = schedule.lr(step)
             for group in layout.optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get("lr_scale", 1.0)
             clock.start()
             x, y = (part.to(device, non_blocking=True) for part in batch)
             # Mid-step parameter bytes are read on the first step, which step-time statistics leave out.
@@ -405,7 +422,8 @@ def train(cfg: DictConfig, checkpoint_dir: Path | None = None, cooldown: schedul
     }
     saved = {"model_state": {k: v.detach().cpu() for k, v in layout.model.state_dict().items()}} if t.get("save_model") else {}
     return {**saved, "metrics": metrics, "model_info": model_info, "data_info": data_info, "precision_info": precision_info,
-            "parallel_info": parallel_info, "schedule_info": schedule.info(), "compile_info": compile_info, "quantized": quantized,
+            "parallel_info": parallel_info, "schedule_info": schedule.info(), "hparams_info": chosen.info,
+            "compile_info": compile_info, "quantized": quantized,
             "length_extrapolation": extrapolation, "curve": curve,
             **({"cooldowns": list(branch_starts.values())} if branch_starts else {})}
 
