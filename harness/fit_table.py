@@ -20,7 +20,8 @@ import pandas as pd
 
 from harness import plots
 from harness.analysis import markdown_table
-from harness.fit import (FitError, compare_laws, fit_data_constrained, fit_isoflop, fit_kaplan_nd, fit_parametric)
+from harness.fit import (RESAMPLE_STARTS, FitError, compare_laws, fit_data_constrained, fit_isoflop, fit_kaplan_nd,
+                         fit_parametric)
 
 COLUMNS = ("N", "D", "C", "loss", "U")
 
@@ -120,7 +121,7 @@ def fit_group(table: pd.DataFrame, out: Path, resamples: int, prefix: str = "") 
         fits[key] = entries | {"objective": law.objective, "resamples_failed": law.intervals["_failed"],
                                "identified": law.identified, "why": law.unidentified}
         sections.append(f"### {title}\n\nSummed Huber loss (delta 1e-3) of log L from Chinchilla's grid of starts; "
-                        f"{resamples} resamples of the log residuals, each refitted from 64 starts."
+                        f"{resamples} resamples of the log residuals, each refitted from {RESAMPLE_STARTS} starts."
                         + (f" Not identified: {law.unidentified}." if not law.identified else "") + "\n\n" + shown)
         if key == "parametric":
             plots.parametric_contours(runs, law, out, name=f"{prefix}parametric_contours")

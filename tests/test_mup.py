@@ -1,13 +1,11 @@
 """muP (models/mup.py): the coordinate check of Yang et al. 2022 (Tensor Programs V, fig. 5 and app. D.1), the
 rules of its Table 3 on a built model, and equality with sp at the base width."""
-import functools
-
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from harness.config import CONF_DIR, model_config, model_spec, mup_widths
-from harness.tasks.train import make_optimizer
+from harness.config import CONF_DIR, model_config, model_spec
+from harness.tasks.train import make_optimizer, parametrize, set_lr
 from models import mup
 from models.spec import token_loss
 
@@ -27,14 +25,8 @@ def built(parametrization: str, width: int, family: str = "gpt", lr: float = 3e-
     torch.manual_seed(0)
     model_cfg = model_config(cfg, 256)
     model = model_spec(cfg.model).build(model_cfg)
-    scales = None
-    if parametrization == "mup":
-        width, base_width, _, _ = mup_widths(cfg.model)
-        mup.rescale_init(model, width, base_width)
-        scales = functools.partial(mup.lr_multipliers, width=width, base_width=base_width)
-    optimizer = make_optimizer(model, cfg.task, lr_scales=scales)
-    for group in optimizer.param_groups:
-        group["lr"] = lr * group["lr_scale"]
+    optimizer = make_optimizer(model, cfg.task, lr_scales=parametrize(model, cfg.model))
+    set_lr(optimizer, lr)
     return model, optimizer, model_cfg
 
 

@@ -33,6 +33,22 @@ from models.positions import TABLE_KINDS
 log = logging.getLogger("harness")
 
 
+def parametrize(model: torch.nn.Module, m: DictConfig):
+    """Under model.parametrization=mup: the built model's hidden weights re-initialised (models/mup.py), and the
+    function make_optimizer takes for their learning-rate multipliers; None under sp."""
+    if parametrization(m) != "mup":
+        return None
+    width, base_width, _, _ = mup_widths(m)
+    mup.rescale_init(model, width, base_width)
+    return functools.partial(mup.lr_multipliers, width=width, base_width=base_width)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """The schedule's learning rate on every param group, times the group's `lr_scale` (muP's hidden weights)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)
+
+
 def make_optimizer(model: torch.nn.Module, t: DictConfig, zero: bool = False, lr_scales=None) -> torch.optim.Optimizer:
     """AdamW; with zero=True each data-parallel rank keeps the state of its share only (ZeroRedundancyOptimizer).
     `lr_scales(model)`: {id(parameter): multiplier of its learning rate} (muP's hidden weights), kept per param
@@ -223,12 +239,7 @@ def train(cfg: DictConfig, checkpoint_dir: Path | None = None, cooldown: schedul
     param_dtype = next(model.parameters()).dtype
     cast = functools.partial(precision.autocast, mode.name, device)
     p = cfg.parallel
-    if parametrization(cfg.model) == "mup":
-        width, base_width, _, _ = mup_widths(cfg.model)
-        mup.rescale_init(model, width, base_width)
-        lr_scales = functools.partial(mup.lr_multipliers, width=width, base_width=base_width)
-    else:
-        lr_scales = None
+    lr_scales = parametrize(model, cfg.model)
     layout = parallel.build(p.name, model, spec, functools.partial(make_optimizer, t=t, lr_scales=lr_scales), device,
                             batch_size, tp_degree=p.get("tp_degree"), schedule=p.get("schedule", "1f1b"),
                             microbatches=int(p.get("microbatches", 1)), cast=cast)
@@ -297,8 +308,7 @@ def train(cfg: DictConfig, checkpoint_dir: Path | None = None, cooldown: schedul
     try:
         for step in range(start_step, total_steps):
             lr = schedule.lr(step)
-            for group in layout.optimizer.param_groups:
-                group["lr"] = lr * group.get("lr_scale", 1.0)
+            set_lr(layout.optimizer, lr)
             clock.start()
             x, y = (part.to(device, non_blocking=True) for part in batch)
             # Mid-step parameter bytes are read on the first step, which step-time statistics leave out.
