@@ -388,11 +388,8 @@ class ParametricFit:
         return theta[:4] if self.tie_exponents else theta
 
 
-def _huber(r, delta, clipped=None):
-    """Huber_delta(r) elementwise, numpy or torch: c (r - c/2) with c = clip(r, -delta, delta), its derivative
-    (0.5 r^2 inside [-delta, delta], delta (|r| - delta/2) outside). `clipped`: c, when the caller has it."""
-    clipped = r.clip(-delta, delta) if clipped is None else clipped
-    return clipped * (r - 0.5 * clipped)
+def _huber(r, delta):
+    return np.where(np.abs(r) <= delta, 0.5 * r * r, delta * (np.abs(r) - 0.5 * delta))
 
 
 def huber_objective(theta, log_n, log_d, log_loss, delta):
@@ -474,7 +471,7 @@ def huber_objectives(log_n, log_d, log_loss, delta: float, tied: bool = False):
         total = (x_n + x_d).add_(x_e)
         r = total.log().sub_(targets[torch.from_numpy(rows)] if targets.ndim == 2 else targets)
         clipped = r.clamp(-delta, delta)           # Huber's derivative
-        value = _huber(r, delta, clipped).sum(1)
+        value = (clipped * r).sum(1) - 0.5 * (clipped * clipped).sum(1)
         slope = clipped.div_(total)
         from_n, from_d = (slope * x_n) @ to_n.T, x_d.mul_(slope) @ to_d.T
         gradient = torch.stack([from_n[:, 0], from_d[:, 0], x_e[:, 0] * slope.sum(1), from_n[:, 1], from_d[:, 1]], 1)
@@ -700,7 +697,8 @@ def _autograd_huber(log_loss_of, targets: np.ndarray, delta: float):
     def evaluate(theta: np.ndarray):
         theta = torch.tensor(theta, requires_grad=True)
         r = log_loss_of(theta) - targets
-        value = _huber(r, delta).sum(1)
+        clipped = r.clamp(-delta, delta)
+        value = (clipped * r).sum(1) - 0.5 * (clipped * clipped).sum(1)
         value.sum().backward()
         values = value.detach().numpy()
         return np.where(np.isnan(values), np.inf, values), torch.nan_to_num(theta.grad).numpy()
@@ -787,7 +785,7 @@ def kaplan_objectives(log_n, log_d, log_loss, delta: float):
         w_u = np.exp(u - s)
         r = alpha_d * s - (log_loss[rows] if log_loss.ndim == 2 else log_loss)
         clipped = np.clip(r, -delta, delta)
-        value = _huber(r, delta, clipped).sum(1)
+        value = (clipped * r).sum(1) - 0.5 * (clipped * clipped).sum(1)
         gradient = np.stack([(clipped * alpha_n * w_u).sum(1), (clipped * alpha_d * (1 - w_u)).sum(1),
                              (clipped * w_u * (c_n - log_n)).sum(1), (clipped * (s - w_u * u)).sum(1)], axis=1)
         outside = (theta[:, 2] <= 0) | (theta[:, 3] <= 0)
