@@ -4,8 +4,9 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 # A CPU build of torch by default; GPU users pass their own, e.g. make install TORCH="torch==2.13.0+cu128"
 TORCH  ?= torch==2.13.0
-# What `make test` needs: pytest (dev), the joblib and submitit launchers (cluster), torchao (quant), transformers (peers: the LLaMA parameter check)
-EXTRAS ?= dev,cluster,quant,peers
+# What `make test` needs: pytest (dev), the joblib and submitit launchers (cluster), torchao (quant), transformers (peers: the LLaMA parameter check),
+# MLflow, TensorBoard and W&B (tracking: the loggers read back with their own readers)
+EXTRAS ?= dev,cluster,quant,peers,tracking
 # bench-compare fails when a median is this much slower than the machine's last baseline
 BENCH_FAIL ?= median:10%
 

@@ -17,7 +17,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from harness import checkpoint, distributed, measure, records
+from harness import checkpoint, distributed, measure, records, tracking
 from harness.config import CONF_DIR, check_group_overrides, validate
 from harness.errors import ConfigError, Diverged, Unsupported, first_line, is_out_of_memory
 
@@ -40,6 +40,7 @@ def run_point(cfg: DictConfig, out_dir: Path, sweep_dir: Path | None = None) -> 
     """One point: its record in out_dir. In a sweep (sweep_dir given), a point whose record is already `ok` is
     skipped, and a failure becomes the record instead of stopping the sweep."""
     multirun = sweep_dir is not None
+    root = sweep_dir if multirun else out_dir   # what trackers key the point's run by, and where their stores go
     config = OmegaConf.to_container(cfg, resolve=True)
     digest = records.config_hash(config)
     records.remove_stale_temporaries(out_dir)
@@ -55,7 +56,7 @@ def run_point(cfg: DictConfig, out_dir: Path, sweep_dir: Path | None = None) -> 
         validate(cfg)
         with measure.job_state(int(cfg.seed), None if cfg.get("threads", "auto") == "auto" else int(cfg.threads)):
             record["env"] = measure.environment(measure.resolve_device(cfg.device))   # as the job runs: its threads
-            record.update(_task_runner(cfg.task.name)(cfg, out_dir, functools.partial(_write_branch, cfg)))
+            record.update(_task_runner(cfg.task.name)(cfg, out_dir, functools.partial(_write_branch, cfg, root)))
     except ConfigError as error:
         if not multirun:
             print(f"error: {error}", file=sys.stderr)
@@ -82,17 +83,20 @@ def run_point(cfg: DictConfig, out_dir: Path, sweep_dir: Path | None = None) -> 
     if record["status"] == "ok" and not cfg.task.get("keep_checkpoints"):
         checkpoint.remove(out_dir)
     _summarise(record, path)
+    tracking.log_record(cfg.get("logger"), path, root)
     if record["status"] != "ok" and not multirun:
         print(f"error: {record['status']}: {record['error']}", file=sys.stderr)
         sys.exit(1)
     return record
 
 
-def _write_branch(cfg: DictConfig, directory: Path, config: dict, digest: str, result: dict) -> None:
+def _write_branch(cfg: DictConfig, root: Path, directory: Path, config: dict, digest: str, result: dict) -> None:
     """A cooldown branch's record, in its own directory below the run's; its checkpoint goes once it is written."""
     record = {"config": config, "config_hash": digest, "task": cfg.task.name, "status": "ok", "error": None,
               **result, "end_time": measure.now_iso(), "env": measure.environment(measure.resolve_device(cfg.device))}
-    _summarise(record, records.write_record(directory, record))
+    path = records.write_record(directory, record)
+    _summarise(record, path)
+    tracking.log_record(cfg.get("logger"), path, root)
     if not cfg.task.get("keep_checkpoints"):
         checkpoint.remove(directory)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from harness import distributed, hparams, parallel, precision, quantize, schedules
+from harness import distributed, hparams, parallel, precision, quantize, schedules, tracking
 from harness.errors import ConfigError, Unsupported
 
 from models import attention as attention_registry
@@ -21,7 +21,7 @@ from models.positions import KINDS as POSITION_KINDS
 from models.sizing import shape_for_params
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-GROUPS = ("task", "model", "data", "attention", "precision", "parallel", "study")
+GROUPS = ("task", "model", "data", "attention", "precision", "parallel", "study", "logger")
 TASKS = ("train", "attention", "inference")
 ATTENTION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 ATTENTION_MODES = ("fwd", "fwd_bwd")
@@ -42,7 +42,7 @@ def check_group_overrides(args: list[str]) -> None:
         if not sep or key not in GROUPS:
             continue
         options = group_options(key)
-        for choice in value.split(","):
+        for choice in value.strip("[]").split(","):
             if choice and choice not in options and "(" not in choice:
                 raise ConfigError(f"{key}={choice!r} is not a known {key}; choose from: {', '.join(options)}")
 
@@ -61,6 +61,8 @@ def validate(cfg: DictConfig, machine: distributed.Machine | None = None) -> Non
     will not run here (a SLURM launcher's nodes); by default this machine resolves device=auto and world_size=auto."""
     if cfg.task.name not in TASKS:
         raise ConfigError(f"task.name={cfg.task.name!r}; known: {', '.join(TASKS)}")
+    for problem in filter(None, map(tracking.unavailable, cfg.get("logger") or {})):
+        raise ConfigError(problem)
     if not isinstance(cfg.get("compile", False), bool):
         raise ConfigError(f"compile={cfg.compile!r} must be true or false")
     if cfg.get("threads", "auto") != "auto":

@@ -25,7 +25,7 @@ CHECKPOINT_NAME = "checkpoint.pt"   # harness.checkpoint's training state, remov
 WRITTEN = (RECORD_NAME, MODEL_NAME, CHECKPOINT_NAME)  # the files a job writes atomically
 STATUSES = ("ok", "failed", "oom", "unsupported", "diverged")
 # Keys that change where or how a run reports, not what it computes.
-NON_SEMANTIC_KEYS = ("resume", "progress")
+NON_SEMANTIC_KEYS = ("resume", "progress", "logger")
 
 log = logging.getLogger(__name__)
 
@@ -129,21 +129,21 @@ def find_ok_record(sweep_dir: str | Path, digest: str) -> Path | None:
     return None
 
 
-def _flatten(prefix: str, value, row: dict) -> None:
-    if isinstance(value, dict):
-        for key, inner in value.items():
-            _flatten(f"{prefix}.{key}" if prefix else key, inner, row)
-    else:
-        row[prefix] = value
+def flatten(value: dict, prefix: str = "") -> dict:
+    """Nested sections as one level, their keys joined by dots: the tidy table's column names (`model.d_model`)."""
+    flat = {}
+    for key, inner in value.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        flat.update(flatten(inner, name) if isinstance(inner, dict) else {name: inner})
+    return flat
 
 
 def record_row(record: dict, path: Path) -> dict:
     row = {"path": str(path), "status": record["status"], "error": record.get("error"),
-           "config_hash": record.get("config_hash")}
-    _flatten("", record["config"], row)
+           "config_hash": record.get("config_hash"), **flatten(record["config"])}
     for section, value in record.items():
         if section != "config" and isinstance(value, dict):
-            _flatten(section, value, row)
+            row.update(flatten(value, section))
     row["curve"] = record.get("curve", [])
     return row
 

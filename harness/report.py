@@ -1,4 +1,5 @@
 """`harness-report DIR [DIR...]`: records -> tidy tables -> the study's analysis -> figures and report.md.
+`harness-report DIR --to mlflow,tensorboard,wandb`: the records into trackers instead (harness.tracking).
 
 It reads records only; it never re-runs anything.
 """
@@ -15,6 +16,8 @@ from pathlib import Path
 import pandas as pd
 
 from harness.analysis import generic_analysis, held_out_section, markdown_table, runs_table
+from harness import tracking
+from harness.config import CONF_DIR
 from harness.records import load_results
 
 log = logging.getLogger("harness")
@@ -76,11 +79,39 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("dirs", nargs="+", help="run or sweep directories (searched recursively), globs or record files")
     parser.add_argument("--out", help="where to write the report (default: FIRST_DIR/report)")
     parser.add_argument("--study", help="analysis to run (default: the study named in the records)")
+    parser.add_argument("--to", action="append", metavar="TRACKER",
+                        help=f"log the records to trackers ({', '.join(tracking.PACKAGES)}; comma-separated or "
+                             "repeated) instead of building the report; runs are named as the sweep's logger names "
+                             "them, so pushing again adds nothing")
+    parser.add_argument("--option", action="append", default=[], metavar="TRACKER.KEY=VALUE",
+                        help="a tracker setting from conf/logger/, e.g. mlflow.tracking_uri=sqlite:///runs.db")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.to:
+        _push(args.dirs, [name for entry in args.to for name in entry.split(",") if name], args.option)
+        return
     out = Path(args.out) if args.out else Path(args.dirs[0]) / "report"
     build_report(args.dirs, out, study=args.study, echo=True)
     print(f"report: {out / 'report.md'}")
+
+
+def _push(dirs: list[str], names: list[str], options: list[str]) -> None:
+    from omegaconf import OmegaConf
+    for problem in filter(None, map(tracking.unavailable, names)):
+        sys.exit(f"error: {problem}")
+    settings = {name: OmegaConf.to_container(OmegaConf.load(CONF_DIR / "logger" / f"{name}.yaml"), resolve=True) or {}
+                for name in names}
+    for option in options:
+        key, sep, value = option.partition("=")
+        name, _, setting = key.partition(".")
+        if not sep or name not in settings or setting not in settings[name]:
+            known = ", ".join(f"{n}.{k}" for n in settings for k in settings[n]) or "none"
+            sys.exit(f"error: --option {option!r}: expected TRACKER.KEY=VALUE with a tracker given to --to; known: {known}")
+        settings[name][setting] = value
+    count = tracking.push(dirs, settings)
+    if not count:
+        sys.exit(f"error: no records under {', '.join(dirs)}")
+    print(f"{count} records logged to {', '.join(names)}")
 
 
 if __name__ == "__main__":
