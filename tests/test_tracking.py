@@ -27,12 +27,12 @@ def _records(sweep: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory) -> Path:
-    """Two points logged to all three trackers at once, by the joblib launcher's two worker processes (so two
-    processes share the SQLite store)."""
+    """Two points logged to all three trackers at once through the SLURM launcher's plugin on this machine
+    (submitit_local): each job a process of its own, both at once, sharing the SQLite store."""
     cwd = tmp_path_factory.mktemp("tracked")
     if MISSING:
         pytest.skip(f"the tracking extra is not installed ({', '.join(MISSING)})")
-    done = harness_cmd("-m", *TINY, WIDTHS, ALL, "hydra/launcher=joblib", "hydra.sweep.dir=sweep", cwd=cwd)
+    done = harness_cmd("-m", *TINY, WIDTHS, ALL, "hydra/launcher=submitit_local", "hydra.sweep.dir=sweep", cwd=cwd)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "failed" not in done.stderr, done.stderr[-3000:]
     return cwd / "sweep"
