@@ -48,8 +48,7 @@ def read_lr_law(path) -> dict:
     given = Path(str(path))
     path = given if given.is_file() or given.is_absolute() else PROJECT_ROOT / given
     if not path.is_file():
-        path = given
-        raise ConfigError(f"task.lr_law={path}: no such file (a fits.json written by study=lr_ladder)")
+        raise ConfigError(f"task.lr_law={given}: no such file (a fits.json written by study=lr_ladder)")
     try:
         law = json.loads(path.read_text())["lr_law"]
         return {"c": float(law["c"]), "gamma": float(law["gamma"])}

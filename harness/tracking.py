@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import importlib
 import json
@@ -80,22 +81,29 @@ class TrackedRun:
         """The resolved config, flattened as load_results' columns."""
         return flatten(self.record["config"])
 
+    @functools.cached_property
     def steps(self) -> list[tuple[int, dict]]:
         """Every curve point: (step, {name: value}) for its numeric keys."""
         return [(int(point["step"]), {k: float(v) for k, v in point.items() if k != "step" and _is_number(v)})
                 for point in self.record.get("curve") or []]
 
+    @property
+    def last_step(self) -> int:
+        """Where the final values are logged: the curve's last step (0 without a curve)."""
+        return self.steps[-1][0] if self.steps else 0
+
+    @functools.cached_property
     def summary(self) -> dict:
         """The record's sections other than config and curve, flattened (numbers and words; lists left out)."""
         return {k: v for section, value in self.record.items() if isinstance(value, dict) and section != "config"
                 for k, v in flatten(value, section).items() if v is not None and not isinstance(v, list)}
 
     def final_metrics(self) -> dict:
-        return {k: float(v) for k, v in self.summary().items() if _is_number(v)}
+        return {k: float(v) for k, v in self.summary.items() if _is_number(v)}
 
     def tags(self) -> dict:
         """Words that describe the run: status, error, where its record is, and the summary's non-numbers."""
-        words = {k: str(v) for k, v in self.summary().items() if not _is_number(v)}
+        words = {k: str(v) for k, v in self.summary.items() if not _is_number(v)}
         return {**words, "status": self.record["status"], "error": self.record.get("error") or "",
                 "task": str(self.record.get("task")), "config_hash": str(self.record.get("config_hash")),
                 "record_path": str(self.path.resolve()), "harness.key": self.key}
@@ -224,13 +232,11 @@ def log_mlflow(run: TrackedRun, options: dict) -> None:
         stamp = run.time_ms("end_time") or 0
         # Parameters cannot change once logged; a point run again has the same config (its key holds the hash)
         params = [Param(k, str(v)[:MLFLOW_PARAM_LENGTH]) for k, v in run.params().items() if k not in logged_params]
-        metrics = []
-        for key in {k for _, values in run.steps() for k in values}:
-            logged = {m.step for m in client.get_metric_history(run_id, key)}
-            metrics += [Metric(key, values[key], stamp, step) for step, values in run.steps()
-                        if key in values and step not in logged]
-        last_step = run.steps()[-1][0] if run.steps() else 0
-        metrics += [Metric(k, v, stamp, last_step) for k, v in run.final_metrics().items() if latest.get(k) != v]
+        logged = {key: {m.step for m in client.get_metric_history(run_id, key)} if found else set()
+                  for key in {k for _, values in run.steps for k in values}}
+        metrics = [Metric(key, value, stamp, step) for step, values in run.steps for key, value in values.items()
+                   if step not in logged[key]]
+        metrics += [Metric(k, v, stamp, run.last_step) for k, v in run.final_metrics().items() if latest.get(k) != v]
         for chunk in _chunks(params, MLFLOW_BATCH["params"]):
             client.log_batch(run_id, params=chunk)
         for chunk in _chunks(metrics, MLFLOW_BATCH["metrics"]):
@@ -258,13 +264,12 @@ def log_tensorboard(run: TrackedRun, options: dict) -> None:
     wall = (run.time_ms("end_time") or 0) / 1000
     writer = SummaryWriter(log_dir=str(staging))
     try:
-        for step, values in run.steps():
+        for step, values in run.steps:
             for key, value in values.items():
                 writer.add_scalar(key, value, step, walltime=wall)
-        last_step = run.steps()[-1][0] if run.steps() else 0
         finals = run.final_metrics()
         for key, value in finals.items():
-            writer.add_scalar(key, value, last_step, walltime=wall)
+            writer.add_scalar(key, value, run.last_step, walltime=wall)
         table = "\n".join(f"| {k} | {v} |" for k, v in run.tags().items())
         writer.add_text("record", f"| key | value |\n|---|---|\n{table}", 0, walltime=wall)
         config = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in run.params().items()}
@@ -306,10 +311,10 @@ def log_wandb(run: TrackedRun, options: dict) -> None:
                          settings=settings, reinit="create_new")
     run_dir = Path(tracker.dir).parent
     try:
-        for step, values in run.steps():
+        for step, values in run.steps:
             tracker.log(values, step=step)
         tags = run.tags()
-        tracker.summary.update({**run.summary(), **{k: tags[k] for k in ("status", "error", "record_path", "config_hash")}})
+        tracker.summary.update({**run.summary, **{k: tags[k] for k in ("status", "error", "record_path", "config_hash")}})
     finally:
         tracker.finish(exit_code=0 if run.ok else 1)
     if mode != "disabled":   # written last: a run cut short is logged again next time

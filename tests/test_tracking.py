@@ -121,8 +121,10 @@ def test_pushing_records_again_adds_nothing_and_a_copy_keeps_the_run_names(sweep
 
 @needs_trackers
 def test_a_point_run_again_logs_into_its_run(sweep, tmp_path):
-    """A point whose record changes (a run stopped, then resumed to the end) logs into the run it logged before:
-    one MLflow run with each curve point once, one TensorBoard event file, one W&B run ID."""
+    """A point whose record changes (a run stopped, then resumed to the end, with `progress`, which is not part of
+    its hash, set otherwise) logs into the run it logged before: one MLflow run with each curve point and each
+    unchanged final value once and its first parameters (MLflow refuses to change one), one TensorBoard event
+    file, one W&B run ID."""
     from mlflow import MlflowClient
     from tests.wandb_offline import read_run
     path, record = next(iter(_records(sweep).items()))
@@ -130,7 +132,7 @@ def test_a_point_run_again_logs_into_its_run(sweep, tmp_path):
     (root / path.parent.name).mkdir(parents=True)
     (root / "multirun.yaml").write_text("{}")
     stopped = {**record, "status": "failed", "error": "killed", "curve": record["curve"][:1],
-               "end_time": record["start_time"]}
+               "end_time": record["start_time"], "config": {**record["config"], "progress": "lines"}}
     client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
     for version, status in ((stopped, "FAILED"), (record, "FINISHED")):
         record_file = root / path.parent.name / RECORD_NAME
@@ -140,6 +142,8 @@ def test_a_point_run_again_logs_into_its_run(sweep, tmp_path):
         assert run.info.status == status and run.data.tags["status"] == version["status"]
     assert sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, "val_loss")) == [
         (p["step"], p["val_loss"]) for p in record["curve"]]
+    assert len(client.get_metric_history(run.info.run_id, "metrics.val_loss")) == 1
+    assert run.data.params["progress"] == "lines"
     assert len(list((root / path.parent.name).glob("events.out.tfevents.*"))) == 1
     runs = [read_run(d) for d in sorted((root / "wandb").glob("offline-run-*"))]
     assert len(runs) == 2 and len({r["run"]["id"] for r in runs}) == 1   # one run, synced twice by `wandb sync`
