@@ -115,6 +115,14 @@ def law_points(df: pd.DataFrame) -> pd.DataFrame:
     return best.drop(columns="setting").reset_index(drop=True)
 
 
+def held_out_tables(table: pd.DataFrame) -> tuple[list[dict], pd.DataFrame, str]:
+    """harness.fit.compare_laws' table as JSON records, its rows whose form could be fitted (best first), and as
+    markdown."""
+    shown = table.drop(columns=["form"]).rename(columns=lambda c: c.replace("_", " "))
+    return (table.astype(object).where(table.notna(), None).to_dict(orient="records"),
+            table[table["mean_abs_error"].notna()], markdown_table(shown.astype(object).where(shown.notna(), "")))
+
+
 def held_out_section(df: pd.DataFrame, out: Path) -> str:
     """Every law form fitted on all but the largest model size and asked to predict it (harness.fit.compare_laws),
     per model family; the table ranked by held-out error, which form extrapolated best, and held_out.json."""
@@ -132,14 +140,10 @@ def held_out_section(df: pd.DataFrame, out: Path) -> str:
             lines.append(f"**{family}**: not applicable: {sizes} model size(s), {tokens} token count(s) and {len(group)} "
                          "points; a law in N and D held out at the largest size needs at least 3 of each and 8 points.")
             continue
-        table = compare_laws(group, by="N", largest=1, intervals=HELD_OUT_RESAMPLES)
-        found[family] = table.astype(object).where(table.notna(), None).to_dict(orient="records")
-        ranked = table[table["mean_abs_error"].notna()]
+        found[family], ranked, shown = held_out_tables(compare_laws(group, by="N", largest=1, intervals=HELD_OUT_RESAMPLES))
         best = (f"{ranked.iloc[0]['law']} ({ranked.iloc[0]['form']}) extrapolated best: mean |error| "
                 f"{ranked.iloc[0]['mean_abs_error']:.2%} at N = {group['N'].max():.4g}" if len(ranked) else
                 "no form could be fitted")
-        shown = table.drop(columns=["form"]).rename(columns=lambda c: c.replace("_", " "))
-        shown = shown.astype(object).where(shown.notna(), "")
-        lines.append(f"**{family}** ({len(group)} points, fitted on {sizes - 1} sizes): {best}.\n\n" + markdown_table(shown))
+        lines.append(f"**{family}** ({len(group)} points, fitted on {sizes - 1} sizes): {best}.\n\n" + shown)
     (out / "held_out.json").write_text(json.dumps(found, indent=1, default=float))
     return "\n\n".join(lines)

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from harness import plots
-from harness.analysis import markdown_table
+from harness.analysis import held_out_tables, markdown_table
 from harness.fit import (RESAMPLE_STARTS, FitError, compare_laws, fit_data_constrained, fit_isoflop, fit_kaplan_nd,
                          fit_parametric)
 
@@ -144,15 +144,12 @@ def fit_group(table: pd.DataFrame, out: Path, resamples: int, prefix: str = "") 
             fits["data_constrained"] = {"error": str(error)}
             sections.append(f"### Muennighoff et al.'s data-constrained law\n\nNot available: {error}")
     if table["N"].nunique() >= 3:
-        comparison = compare_laws(table, by="N", largest=1, intervals=min(resamples, 100))
-        fits["held_out"] = comparison.astype(object).where(comparison.notna(), None).to_dict(orient="records")
-        ranked = comparison[comparison["mean_abs_error"].notna()]
+        fits["held_out"], ranked, shown = held_out_tables(compare_laws(table, by="N", largest=1,
+                                                                         intervals=min(resamples, 100)))
         verdict = (f"{ranked.iloc[0]['law']} extrapolated best (mean |error| {ranked.iloc[0]['mean_abs_error']:.2%})"
                    if len(ranked) else "no form could be fitted")
-        columns = comparison.drop(columns=["form"]).rename(columns=lambda c: c.replace("_", " "))
         sections.append(f"### Held-out prediction at the largest N ({table['N'].max():.4g})\n\nEach form fitted on the "
-                        f"smaller sizes predicts the largest: {verdict}.\n\n"
-                        + markdown_table(columns.astype(object).where(columns.notna(), "")))
+                        f"smaller sizes predicts the largest: {verdict}.\n\n" + shown)
     return fits, sections
 
 

@@ -366,26 +366,32 @@ def schedule_comparison(points: pd.DataFrame, out_dir: Path, name: str = "wsd_vs
     return save(fig, out_dir, name)
 
 
+def _loss_against_lr(ax, points: pd.DataFrame, by: str, label, fit) -> None:
+    """Loss against peak learning rate (columns lr, loss, N and `by`), one curve per value of `by` (label(value) in
+    the legend), and each curve's optimum in `fit` (a LrLawFit over N) starred on its fitted quadratic."""
+    values = sorted(points[by].unique())
+    palette = dict(zip(values, sns.color_palette("viridis", len(values))))
+    for value in values:
+        rows = points[points[by] == value].sort_values("lr")
+        ax.plot(rows["lr"], rows["loss"], "o-", color=palette[value], ms=4, lw=1, label=label(value))
+    if fit is not None:
+        for row in fit.optima[fit.optima["interior"]].itertuples():
+            value = points.loc[points["N"] == row.N, by].iloc[0]
+            ax.scatter([row.lr_opt], [np.polyval(fit.curves[float(row.N)], np.log(row.lr_opt))], marker="*", s=120,
+                       zorder=6, color=palette[value], edgecolor="black", linewidths=0.5)
+    ax.set(xscale="log", xlabel="peak learning rate", ylabel="validation loss (nats/token)")
+    ax.legend(fontsize=8)
+
+
 def lr_ladder(points: pd.DataFrame, fit, out_dir: Path, name: str = "lr_ladder") -> list[Path]:
     """Left: loss against peak learning rate (columns N, lr, loss), one curve per model size, each size's fitted
     optimum starred; right: the optima with their 95% intervals against N and the law lr_opt = c N^-gamma (a
     LrLawFit)."""
     sns.set_theme(style="whitegrid")
     fig, (left, right) = plt.subplots(1, 2, figsize=(11.0, 4.2))
-    values = sorted(points["N"].unique())
-    palette = dict(zip(values, sns.color_palette("viridis", len(values))))
-    for value in values:
-        rows = points[points["N"] == value].sort_values("lr")
-        left.plot(rows["lr"], rows["loss"], "o-", color=palette[value], ms=4, lw=1, label=f"N = {_label_params(value)}")
+    _loss_against_lr(left, points, "N", lambda n: f"N = {_label_params(n)}", fit)
+    left.set(title="Loss against learning rate (stars: fitted optima)")
     optima = fit.optima[fit.optima["interior"]]
-    for row in optima.itertuples():
-        curve = fit.curves.get(float(row.N))
-        if curve is not None:
-            left.scatter([row.lr_opt], [np.polyval(curve, np.log(row.lr_opt))], marker="*", s=120, zorder=6,
-                         color=palette.get(row.N, "crimson"), edgecolor="black", linewidths=0.5)
-    left.set(xscale="log", xlabel="peak learning rate", ylabel="validation loss (nats/token)",
-             title="Loss against learning rate (stars: fitted optima)")
-    left.legend(fontsize=7)
     right.errorbar(optima["N"], optima["lr_opt"], yerr=[optima["lr_opt"] - optima["low"], optima["high"] - optima["lr_opt"]],
                    fmt="o", color="black", capsize=3, label="optimum, 95% interval")
     grid = np.geomspace(optima["N"].min() / 2, optima["N"].max() * 2, 50)
@@ -399,25 +405,15 @@ def lr_ladder(points: pd.DataFrame, fit, out_dir: Path, name: str = "lr_ladder")
 
 def mup_transfer(points: pd.DataFrame, fits: dict, out_dir: Path, name: str = "mup_transfer") -> list[Path]:
     """Loss against peak learning rate, one curve per width, sp and muP side by side (Yang et al. 2022, fig. 1);
-    each width's fitted optimum starred. `fits`: parametrisation -> its LrLawFit over the widths' N."""
+    each width's fitted optimum starred. `points`: parametrization, width, base_width, N, lr, loss; `fits`:
+    parametrisation -> its LrLawFit over the widths' N."""
     sns.set_theme(style="whitegrid")
     panels = [p for p in ("sp", "mup") if p in set(points["parametrization"])]
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), sharey=True, squeeze=False)
-    widths = sorted(points["width"].unique())
-    palette = dict(zip(widths, sns.color_palette("viridis", len(widths))))
     for ax, parametrization in zip(axes[0], panels):
         mine = points[points["parametrization"] == parametrization]
-        for width in widths:
-            rows = mine[mine["width"] == width].sort_values("lr")
-            ax.plot(rows["lr"], rows["loss"], "o-", color=palette[width], ms=4, lw=1, label=f"width {width}")
-        fit = fits.get(parametrization)
-        if fit is not None:
-            for row in fit.optima[fit.optima["interior"]].itertuples():
-                width = int(mine.loc[mine["N"] == row.N, "width"].iloc[0])
-                ax.scatter([row.lr_opt], [np.polyval(fit.curves[float(row.N)], np.log(row.lr_opt))], marker="*", s=130,
-                           zorder=6, color=palette[width], edgecolor="black", linewidths=0.5)
-        ax.set(xscale="log", xlabel="peak learning rate", ylabel="validation loss (nats/token)",
-               title={"sp": "standard parametrisation", "mup": "muP (base width 64)"}[parametrization])
-        ax.legend(fontsize=8)
+        _loss_against_lr(ax, mine, "width", lambda width: f"width {width}", fits.get(parametrization))
+        bases = ", ".join(str(int(b)) for b in sorted(mine["base_width"].dropna().unique()))
+        ax.set(title="standard parametrisation" if parametrization == "sp" else f"muP (base width {bases})")
     fig.tight_layout()
     return save(fig, out_dir, name)

@@ -13,7 +13,7 @@ base_width (width: d_model):
 
 At the base width muP is the standard parametrisation (sp), so a learning rate tuned there carries to every width.
 The families take the two forward multipliers as config fields (`logit_scale`, `q_scale`) and mark their readout
-(`readout(lm_head)`); the init and the learning rates are set here, on the built model: a weight is hidden when it
+(`mark_readout(lm_head)`); the init and the learning rates are set here, on the built model: a weight is hidden when it
 is 2-D, not an embedding table and not a marked readout. The marks are module attributes, so they survive DDP, FSDP,
 tensor-parallel and pipeline wrapping.
 """

@@ -23,6 +23,7 @@ RESAMPLES = 1000
 def transfer_points(df: pd.DataFrame) -> pd.DataFrame:
     ok = df[df["status"] == "ok"]
     return pd.DataFrame({"parametrization": ok["model.parametrization"], "width": ok["model_info.d_model"].astype(int),
+                         "base_width": ok["model.base_width"],
                          "N": ok["model_info.params_non_embedding"].astype(float),
                          "lr": ok["hparams_info.lr_in_effect"].astype(float),
                          "loss": ok["metrics.val_loss"].astype(float)}).reset_index(drop=True)
