@@ -168,32 +168,47 @@ def _parabola_vertex(log_n, loss, method: str, best: float) -> tuple[np.ndarray,
     return coefficients, (-c1 / (2 * c2) if c2 > 0 else np.nan)
 
 
+# What a minimum is sought over, for the one-line reasons a minimum is not interior.
+AXES = {"N": {"points": "model sizes", "one": "model", "range": "the sizes tried"},
+        "lr": {"points": "learning rates", "one": "learning rate", "range": "the learning rates tried"}}
+
+
+def _interior_minimum(log_x: np.ndarray, loss: np.ndarray, method: str, axis: str) -> dict:
+    """The minimum of loss in ln x (x: AXES, a model size or a learning rate) by `method` (MINIMUM_METHODS):
+    interior when the fit opens upward, its minimum lies inside the values tried, and the measured losses bracket
+    it (the best run is neither at the smallest nor at the largest x); else `why`, in one line."""
+    names = AXES[axis]
+    if len(np.unique(log_x)) < 3:
+        return {"interior": False, "why": f"{len(np.unique(log_x))} {names['points']} (a parabola needs 3)"}
+    best = log_x[np.argmin(loss)]
+    (c2, c1, c0), vertex = _parabola_vertex(log_x, loss, method, best)
+    bracketed = log_x.min() < best < log_x.max()
+    row = {"curvature": float(c2), "parabola": (c2, c1, c0), "interior": True, "why": "", "vertex": vertex}
+    if c2 <= 0:
+        why = f"loss is not convex in log {axis}"
+    elif not bracketed:
+        why = (f"the {'smallest' if best == log_x.min() else 'largest'} {names['one']} is best: the minimum lies outside "
+               f"{names['range']}, extend the grid")
+    elif not log_x.min() <= vertex <= log_x.max():
+        why = (f"the parabola's vertex lies {'below' if vertex < log_x.min() else 'above'} {names['range']} though the "
+               f"best run is inside them: the losses are not a parabola over this range of {axis}")
+    else:
+        return row
+    return {**row, "interior": False, "why": why}
+
+
 def _budget_minimum(log_n: np.ndarray, loss: np.ndarray, log_d: np.ndarray, method: str = "local") -> dict:
     """One budget's minimum in ln N by `method` (MINIMUM_METHODS) and, where it is interior, N_opt and the tokens
     trained there."""
-    if len(np.unique(log_n)) < 3:
-        return {"interior": False, "why": f"{len(np.unique(log_n))} model sizes (a parabola needs 3)"}
-    best = log_n[np.argmin(loss)]
-    (c2, c1, c0), vertex = _parabola_vertex(log_n, loss, method, best)
-    # Interior: the fit opens upward, its minimum lies inside the sizes tried, and the measured losses
-    # bracket it (the best run is neither the smallest nor the largest model).
-    bracketed = log_n.min() < best < log_n.max()
-    row = {"curvature": float(c2), "parabola": (c2, c1, c0)}
-    if not (c2 > 0 and log_n.min() <= vertex <= log_n.max() and bracketed):
-        if c2 <= 0:
-            why = "loss is not convex in log N"
-        elif bracketed:
-            why = (f"the parabola's vertex lies {'below' if vertex < log_n.min() else 'above'} the sizes tried though the "
-                   "best run is inside them: the losses are not a parabola over this range of N")
-        else:
-            why = (f"the {'smallest' if best == log_n.min() else 'largest'} model is best: the minimum lies outside "
-                   "the sizes tried, extend the grid")
-        return {**row, "interior": False, "why": why}
+    row = _interior_minimum(log_n, loss, method, "N")
+    vertex = row.pop("vertex", None)
+    if not row["interior"]:
+        return row
     order = np.argsort(log_n)
     # The tokens the budget's runs trained, interpolated (log-log) between the two sizes around N_opt.
     log_d_opt = np.interp(vertex, log_n[order], log_d[order])
-    return {**row, "interior": True, "why": "", "N_opt": float(np.exp(vertex)), "D_opt": float(np.exp(log_d_opt)),
-            "loss_opt": float(np.polyval([c2, c1, c0], vertex))}
+    return {**row, "N_opt": float(np.exp(vertex)), "D_opt": float(np.exp(log_d_opt)),
+            "loss_opt": float(np.polyval(row["parabola"], vertex))}
 
 
 def fit_isoflop(C, N, loss, D=None, *, minimum: str = "local", intervals: int = 0, seed: int = 0) -> IsoFlopFit:
@@ -1030,20 +1045,9 @@ class LrLawFit:
 def _lr_optimum(log_lr: np.ndarray, loss: np.ndarray) -> dict:
     """One size's optimum: the local quadratic of loss in ln lr around the lowest loss (as approach 2 locates a
     budget's minimum in ln N), where the grid brackets it."""
-    if len(np.unique(log_lr)) < 3:
-        return {"interior": False, "why": f"{len(np.unique(log_lr))} learning rates (a quadratic needs 3)"}
-    best = log_lr[np.argmin(loss)]
-    if not log_lr.min() < best < log_lr.max():
-        return {"interior": False, "why": f"the {'smallest' if best == log_lr.min() else 'largest'} learning rate is "
-                                          "best: the optimum lies outside the grid, extend it"}
-    coefficients, vertex = _parabola_vertex(log_lr, loss, "local", best)
-    if not coefficients[0] > 0:
-        return {"interior": False, "why": "loss is not convex in log lr around its lowest point", "curve": coefficients}
-    if not log_lr.min() <= vertex <= log_lr.max():
-        return {"interior": False, "curve": coefficients,
-                "why": f"the fitted optimum lies {'below' if vertex < log_lr.min() else 'above'} the grid though its "
-                       "best run is inside: extend the grid that way"}
-    return {"interior": True, "why": "", "lr_opt": float(np.exp(vertex)), "curve": coefficients}
+    row = _interior_minimum(log_lr, loss, "local", "lr")
+    return {"interior": row["interior"], "why": row["why"], **({"curve": row["parabola"]} if "parabola" in row else {}),
+            **({"lr_opt": float(np.exp(row["vertex"]))} if row["interior"] else {})}
 
 
 def fit_lr_law(N, lr, loss, *, intervals: int = 1000, seed: int = 0) -> LrLawFit:
