@@ -65,6 +65,12 @@ def validate(cfg: DictConfig, machine: distributed.Machine | None = None) -> Non
         raise ConfigError(problem)
     if not isinstance(cfg.get("compile", False), bool):
         raise ConfigError(f"compile={cfg.compile!r} must be true or false")
+    profile = cfg.get("profile", 0)
+    if isinstance(profile, bool) or not isinstance(profile, int) or profile < 0:
+        raise ConfigError(f"profile={profile!r} must be a whole number of training steps (0: none)")
+    if profile and (cfg.task.name != "train" or cfg.parallel.name != "single"):
+        raise ConfigError(f"profile={profile} profiles task=train on one process; got task={cfg.task.name}, "
+                          f"parallel={cfg.parallel.name}")
     if cfg.get("threads", "auto") != "auto":
         _positive(cfg.threads, "threads", integer=True)
     _check_attention(cfg)
@@ -119,8 +125,8 @@ def validate(cfg: DictConfig, machine: distributed.Machine | None = None) -> Non
     t = cfg.task
     for multiple in t.get("eval_lengths") or []:
         _positive(multiple, "task.eval_lengths")
-    for method in t.get("eval_quantized") or []:
-        if quantize.unavailable(method):
+    for method in t.get("eval_quantized") or []:  # torchao missing here: that entry of the record says so, the run goes on
+        if method not in quantize.METHODS:
             raise ConfigError(f"task.eval_quantized: {quantize.unavailable(method)}")
     hparams.check(t)
     if isinstance(t.batch_size, str) and cfg.parallel.name != "single":

@@ -267,9 +267,25 @@ def matmul_flops_per_s(device: torch.device, dtype: torch.dtype, size: int | Non
     """This device's measured rate for a square matrix product in `dtype` (median of 5 after warm-up), under the
     matmul precision in effect now: the ceiling an attention kernel's achieved FLOP/s is read against. Measured
     anew by each job (a rate cached from an earlier job could be another precision's). Default size: 8192 on a
-    GPU, 2048 on a CPU."""
-    n = size or (8192 if device.type == "cuda" else 2048)
+    GPU; on a CPU 2048, or smaller where one product of 2048 would take over CPU_MATMUL_SECONDS: a CPU without
+    kernels for the dtype (bf16 on an AVX2-only CPU runs at ~0.3 GFLOP/s, a minute per product) is sized from the
+    rate of a first product of 512."""
+    n = size or (8192 if device.type == "cuda" else _cpu_matmul_size(dtype))
+    return _matmul_rate(device, dtype, n, repeats=5)
+
+
+CPU_MATMUL_SECONDS = 2.0
+
+
+def _matmul_rate(device: torch.device, dtype: torch.dtype, n: int, repeats: int) -> float:
     generator = torch.Generator(device=device).manual_seed(0)
     a, b = (torch.randn(n, n, device=device, generator=generator).to(dtype) for _ in range(2))
-    times = time_calls(lambda: a @ b, device, warmup=2, min_repeats=5, max_repeats=5)
+    times = time_calls(lambda: a @ b, device, warmup=2, min_repeats=repeats, max_repeats=repeats)
     return 2 * n**3 / statistics.median(times)
+
+
+def _cpu_matmul_size(dtype: torch.dtype) -> int:
+    rate = _matmul_rate(torch.device("cpu"), dtype, 512, repeats=3)
+    if 2 * 2048**3 / rate <= CPU_MATMUL_SECONDS:
+        return 2048
+    return int(max(512, (CPU_MATMUL_SECONDS / 4 * rate / 2) ** (1 / 3)))   # a quarter of the budget per product

@@ -67,6 +67,10 @@ def slow_here(name: str, device: torch.device) -> str | None:
     """Runs, but slowly: said in the record rather than refused."""
     if name == "fp16" and device.type == "cpu":
         return "fp16 matmuls on this CPU are emulated; expect it slower than fp32"
+    if name in ("bf16", "bf16_pure") and device.type == "cuda" and torch.cuda.is_available():
+        major, minor = torch.cuda.get_device_capability(device)
+        if major < 8:  # bf16 tensor cores came with Ampere
+            return f"bf16 on compute capability {major}.{minor} has no bf16 tensor cores; expect it slower than fp16"
     return None
 
 

@@ -25,7 +25,7 @@ CHECKPOINT_NAME = "checkpoint.pt"   # harness.checkpoint's training state, remov
 WRITTEN = (RECORD_NAME, MODEL_NAME, CHECKPOINT_NAME)  # the files a job writes atomically
 STATUSES = ("ok", "failed", "oom", "unsupported", "diverged")
 # Keys that change where or how a run reports, not what it computes.
-NON_SEMANTIC_KEYS = ("resume", "progress", "logger")
+NON_SEMANTIC_KEYS = ("resume", "progress", "logger", "profile")
 
 log = logging.getLogger(__name__)
 

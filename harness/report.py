@@ -35,6 +35,18 @@ def _write_tables(df: pd.DataFrame, out: Path, root: Path) -> None:
     flat.to_csv(out / "results.csv", index=False)
 
 
+def not_ok_table(df: pd.DataFrame, root: Path, shown: int = 3) -> pd.DataFrame:
+    """One line per kind of run that did not finish ok (its status and error), with how many and where the first
+    few records are (relative to `root`, so a committed report reads anywhere)."""
+    failed = df[df["status"] != "ok"]
+    rows = []
+    for (status, error), part in failed.groupby(["status", failed["error"].fillna("")], sort=False):
+        paths = sorted(os.path.relpath(p, root) for p in part["path"])
+        rows.append({"status": status, "runs": len(part), "error": error,
+                     "records": ", ".join(paths[:shown]) + (f" and {len(paths) - shown} more" if len(paths) > shown else "")})
+    return pd.DataFrame(rows)
+
+
 def _study_of(df: pd.DataFrame, study: str | None) -> str:
     if study:
         return study
@@ -55,11 +67,12 @@ def build_report(paths, out: Path, study: str | None = None, echo: bool = False)
     table = runs_table(df)
     sections = [f"# Report: {study}", f"{len(df)} runs ({', '.join(f'{n} {s}' for s, n in df['status'].value_counts().items())}).",
                 "## Runs\n\n" + markdown_table(table)]
-    failed = df[df["status"] != "ok"]
-    if not failed.empty:  # record paths relative to the first directory given, so a committed report reads anywhere
-        where = failed.assign(path=failed["path"].map(lambda p: os.path.relpath(p, root)))
-        sections.append("## Runs that did not finish ok\n\n" + markdown_table(where[["status", "error", "path"]]))
-    if study != "none" and importlib.util.find_spec(f"studies.{study}") is not None:
+    failed = not_ok_table(df, root)
+    if not failed.empty:
+        sections.append("## Runs that did not finish ok\n\n" + markdown_table(failed))
+    if not (df["status"] == "ok").any():   # a study's analysis reads measurements; there are none
+        sections.append("No run finished ok: nothing to analyse (the runs that did not finish ok say why).")
+    elif study != "none" and importlib.util.find_spec(f"studies.{study}") is not None:
         sections += importlib.import_module(f"studies.{study}").analyse(df, out)
     else:
         sections += generic_analysis(df, out)

@@ -34,6 +34,8 @@ def kv_heads(ok: pd.DataFrame) -> pd.Series | None:
 
 def points(df: pd.DataFrame) -> pd.DataFrame:
     ok = measured(df)
+    if ok.empty:
+        return pd.DataFrame()
     heads = kv_heads(ok)
     keys = (["kv_heads"] if heads is not None else []) + ["batch", "context"]
     return pd.DataFrame({
@@ -92,7 +94,7 @@ def weights_table(df: pd.DataFrame) -> pd.DataFrame:
                                 "weights.fp32.val_loss": ok["metrics.val_loss"], "weights.fp32.val_loss_change": 0.0,
                                 "weights.fp32.same_tokens_as_fp32": True})
         elif f"weights.{name}.weights_bytes" in ok.columns:
-            part = ok
+            part = ok[ok[f"weights.{name}.weights_bytes"].notna()]
         else:
             continue
         for (batch, context), row in part.set_index(["task.batch_size", "task.context"]).iterrows():
@@ -102,6 +104,16 @@ def weights_table(df: pd.DataFrame) -> pd.DataFrame:
                          "val_loss": row[f"weights.{name}.val_loss"], "val_loss_change": row[f"weights.{name}.val_loss_change"],
                          "same_tokens_as_fp32": bool(row[f"weights.{name}.same_tokens_as_fp32"])})
     return pd.DataFrame(rows)
+
+
+def unmeasured_weights(ok: pd.DataFrame) -> dict[str, str]:
+    """The compared weight precisions this machine could not measure, and why (torchao absent, say)."""
+    reasons = {}
+    for column in sorted(c for c in ok.columns if c.startswith("weights.") and c.endswith(".unsupported")):
+        said = ok[column].dropna().unique()
+        if len(said):
+            reasons[column.split(".")[1]] = "; ".join(map(str, said))
+    return reasons
 
 
 def analyse(df: pd.DataFrame, out: Path) -> list[str]:
@@ -157,5 +169,6 @@ def analyse(df: pd.DataFrame, out: Path) -> list[str]:
         *heads_text,
         *(["## Weight precision\n\nDecode speed with the cache, median over the sweep's points; validation loss on "
            "model.seq_len windows.\n\n" + markdown_table(summary)] if len(summary) > 1 else []),
+        *[f"Weights {name} not measured here: {why}" for name, why in unmeasured_weights(ok).items()],
         "![latency vs context](inference_latency.png)\n\n![KV cache memory vs context](inference_memory.png)",
     ]

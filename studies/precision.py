@@ -55,9 +55,12 @@ def quantized(df: pd.DataFrame) -> pd.DataFrame:
                          "size_vs_fp32": run[f"quantized.{method}.model_bytes"] / run["quantized.full_bytes"],
                          "val_loss": run[f"quantized.{method}.val_loss"],
                          "loss_change": run[f"quantized.{method}.val_loss_change"]})
-        elif f"quantized.{method}.error" in run:
-            rows.append({"weights": method, "model_mb": None, "size_vs_fp32": None, "val_loss": None,
-                         "loss_change": run[f"quantized.{method}.error"]})
+        else:  # not measured here: why (torchao absent, or its error)
+            why = next((run[f"quantized.{method}.{key}"] for key in ("unsupported", "error")
+                        if pd.notna(run.get(f"quantized.{method}.{key}"))), None)
+            if why is not None:
+                rows.append({"weights": method, "model_mb": None, "size_vs_fp32": None, "val_loss": None,
+                             "loss_change": why})
     return pd.DataFrame(rows)
 
 
@@ -82,6 +85,6 @@ def analyse(df: pd.DataFrame, out: Path) -> list[str]:
     ]
     if not q.empty:
         sections.append("## Weight-only quantized evaluation (the fp32 model)\n\nmodel_mb counts every parameter and "
-                        "buffer; the output head tied to the embedding stays in full precision.\n\n" + markdown_table(q))
+                        "buffer; the output head tied to the embedding stays in full precision.\n\n" + markdown_table(q.fillna("")))
     sections.append("![speed, memory and loss per precision mode](precision.png)")
     return sections

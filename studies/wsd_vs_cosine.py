@@ -31,7 +31,7 @@ def points(df: pd.DataFrame) -> pd.DataFrame:
 
 def comparison(table: pd.DataFrame) -> pd.DataFrame:
     """Per (N, D): wsd - cosine, beside the seeds' spread (the two designs' standard deviations pooled)."""
-    wide = table.pivot_table(index=["params", "tokens"], columns="design", values=["val_loss", "seed_std"])
+    wide = table.pivot_table(index=["params", "tokens"], columns="design", values=["val_loss", "seed_std"], dropna=False)
     out = pd.DataFrame({"cosine": wide["val_loss"]["cosine"], "wsd": wide["val_loss"]["wsd"]})
     out["difference"] = out["wsd"] - out["cosine"]
     out["seed_std"] = np.sqrt((wide["seed_std"]["cosine"] ** 2 + wide["seed_std"]["wsd"] ** 2) / 2)

@@ -160,3 +160,15 @@ def test_an_absent_or_broken_torchao_is_a_reason_not_a_crash(monkeypatch):
         assert "needs torchao, not installed here (pip install -e '.[quant]')" in quantize.unavailable("int8")
     finally:
         quantize.torchao_problem.cache_clear()
+
+
+def test_bf16_on_a_gpu_without_bf16_tensor_cores_runs_and_says_it_is_slow(monkeypatch):
+    from harness import precision
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 0))   # a V100
+    cuda = torch.device("cuda")
+    assert precision.unsupported("bf16", cuda) is None
+    assert precision.slow_here("bf16_pure", cuda) == ("bf16 on compute capability 7.0 has no bf16 tensor cores; "
+                                                      "expect it slower than fp16")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    assert precision.slow_here("bf16", cuda) is None

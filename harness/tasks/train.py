@@ -19,7 +19,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from harness import data as data_sources
-from harness import checkpoint, compiling, distributed, flops, measure, parallel, precision, quantize, records
+from harness import checkpoint, compiling, distributed, flops, measure, parallel, precision, profiling, quantize, records
 from harness import schedules
 from harness.config import (attention_options, check_data_fits, model_config, model_spec, mup_widths, parametrization,
                             requested_tokens, run_hyperparameters)
@@ -62,11 +62,17 @@ def make_optimizer(model: torch.nn.Module, t: DictConfig, zero: bool = False, lr
         groups += [{"params": [p for p in mine if p.dim() >= 2], "weight_decay": float(t.weight_decay), "lr_scale": scale},
                    {"params": [p for p in mine if p.dim() < 2], "weight_decay": 0.0, "lr_scale": scale}]
     groups = [group for group in groups if group["params"]] or [{"params": params, "lr_scale": 1.0}]
+    settings = {"lr": float(t.lr), "betas": (float(t.beta1), float(t.beta2)), **optimizer_kernel(params)}
     if zero:
         from torch.distributed.optim import ZeroRedundancyOptimizer
-        return ZeroRedundancyOptimizer(groups, optimizer_class=torch.optim.AdamW, lr=float(t.lr),
-                                       betas=(float(t.beta1), float(t.beta2)))
-    return torch.optim.AdamW(groups, lr=float(t.lr), betas=(float(t.beta1), float(t.beta2)))
+        return ZeroRedundancyOptimizer(groups, optimizer_class=torch.optim.AdamW, **settings)
+    return torch.optim.AdamW(groups, **settings)
+
+
+def optimizer_kernel(params: list[torch.Tensor]) -> dict:
+    """AdamW's fused kernel where every parameter is on a GPU: one launch updates them all, where the default
+    (foreach) launches several kernels per group of tensors. On a CPU the default, as every CPU run has used."""
+    return {"fused": True} if params and all(p.device.type == "cuda" for p in params) else {}
 
 
 def train_step(layout: parallel.Layout, x: torch.Tensor, y: torch.Tensor, grad_clip: float,
@@ -305,6 +311,7 @@ def train(cfg: DictConfig, checkpoint_dir: Path | None = None, cooldown: schedul
     progress = Progress(total_steps * tokens_per_step, cfg.progress if is_rank0 else "off", done=start_step * tokens_per_step,
                         label=cooldown.name if cooldown is not None else "train")
     clock = measure.StepClock(device)
+    profiler = profiling.StepProfiler(device, skip=int(t.timing_warmup_steps), steps=int(cfg.get("profile", 0)))
     try:
         for step in range(start_step, total_steps):
             lr = schedule.lr(step)
@@ -316,6 +323,7 @@ def train(cfg: DictConfig, checkpoint_dir: Path | None = None, cooldown: schedul
             clock.stop()
             if step + 1 < total_steps:
                 batch = next_examples()  # on a GPU the host makes it while the device still runs the step
+            profiler.step()
             pending.append(loss.detach())
             if skipped is not None:
                 skipped_steps += skipped
@@ -345,11 +353,13 @@ def train(cfg: DictConfig, checkpoint_dir: Path | None = None, cooldown: schedul
                 branch_digest = branch_starts[step + 1][2]
                 save_checkpoint(step + 1, checkpoint_dir / branch_digest, branch_digest)
     finally:
+        profiler.stop()
         progress.close()
     step_times = earlier_seconds + clock.seconds()
     skipped_steps = int(skipped_steps)
 
-    timed = step_times[int(t.timing_warmup_steps):] or step_times
+    unprofiled = [s for i, s in enumerate(step_times) if not profiler.touched(i - len(earlier_seconds))]
+    timed = unprofiled[int(t.timing_warmup_steps):] or unprofiled or step_times
     if compile_info["compiled"]:  # the first step of this process traced and compiled the blocks
         first = step_times[len(earlier_seconds)] if len(step_times) > len(earlier_seconds) else float("nan")
         compile_info.update(first_step_s=first, compile_s=first - float(np.median(timed)),
@@ -393,6 +403,9 @@ def train(cfg: DictConfig, checkpoint_dir: Path | None = None, cooldown: schedul
         # MFU over every rank's peak: world_size devices did the work
         "mfu": tokens_per_s * per_token.causal / (peak * len(per_rank)) if peak else None,
         "mfu_flops": "causal",
+        # the count the field's MFU figures use (PaLM app. B, nanoGPT, llm-foundry, torchtitan): attention's every
+        # query against every key, the masked half included
+        "mfu_dense": tokens_per_s * per_token.dense / (peak * len(per_rank)) if peak else None,
         "mfu_peak_flops": peak,                       # per device, dense, from harness.flops.PEAK_FLOPS
         "mfu_peak": (f"{flops.device_product(device_name)} {mode.mfu_peak}" if peak else
                      "none: fp8 mixes fp8 and bf16 matmuls" if mode.mfu_peak is None else
@@ -432,8 +445,10 @@ def train(cfg: DictConfig, checkpoint_dir: Path | None = None, cooldown: schedul
     }
     saved = {"model_state": {k: v.detach().cpu() for k, v in layout.model.state_dict().items()}} if t.get("save_model") else {}
     return {**saved, "metrics": metrics, "model_info": model_info, "data_info": data_info, "precision_info": precision_info,
-            "parallel_info": parallel_info, "schedule_info": schedule.info(), "hparams_info": chosen.info,
+            "parallel_info": parallel_info, "schedule_info": schedule.info(),
+            "hparams_info": {**chosen.info, "optimizer_fused": bool(layout.optimizer.defaults.get("fused"))},
             "compile_info": compile_info, "quantized": quantized,
+            **({"profile_info": profiler.info(total_steps - start_step)} if profiler.steps else {}),
             "length_extrapolation": extrapolation, "curve": curve,
             **({"cooldowns": list(branch_starts.values())} if branch_starts else {})}
 
@@ -481,6 +496,9 @@ def _quantized_evaluation(model: torch.nn.Module, t: DictConfig, val_windows: np
                           device: torch.device, val_loss: float, examples: Examples) -> dict:
     quantized = {"full_bytes": quantize.model_bytes(model)}
     for method in t.eval_quantized:
+        if quantize.unavailable(method):
+            quantized[method] = {"unsupported": quantize.unavailable(method)}
+            continue
         try:  # a quantization that fails costs its own entry, never the training result
             copy, kept = quantize.quantized_copy(model, method)
             loss = evaluate(parallel.local(copy, device), val_windows, batch_size, examples=examples)
