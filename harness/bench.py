@@ -1,0 +1,237 @@
+"""`harness-bench --base REV [--head REV] [-k EXPR] [--json FILE]`: the kernel suite timed on two revisions (or
+two Python environments, `--base-python PATH`) on this machine, in alternating processes, and judged case by case.
+
+Each revision is checked out into a worktree of its own and its processes import its code (PYTHONPATH), so the
+two sides time different code where they differ. The number of processes and rounds, the minimum change and the
+level are provisional until the power study (issue 25) measures what this machine's noise allows.
+
+A comparison's unit of evidence is a process. Each side's suite runs in several processes, alternating with the
+other side's (A B B A ...), and each process's median time of a case is one sample. The rounds inside one process
+share its state (its allocator, its caches, the machine's load at that moment), so they are not independent:
+their spread understates the spread between processes, which is the noise a comparison has to see through.
+
+Per case, from the two sides' per-process medians:
+- ratio: head's median over base's (above 1: head is slower);
+- a 95% interval of that ratio from a bootstrap over processes (each side's processes resampled with replacement);
+- p: the two-sided Mann-Whitney U test of the two sets of medians (asv's test; Google Benchmark's compare.py
+  uses it too), exact for the small samples a comparison has;
+- verdict: `slower` or `faster` only when p < alpha and the ratio is beyond the minimum change (both, as asv
+  asks); `same` otherwise. The interval is reported, not voted: at p < alpha it excludes 1 all but always.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from scipy import stats
+
+@dataclass(frozen=True)
+class Comparison:
+    base_median_s: float
+    head_median_s: float
+    ratio: float
+    low: float
+    high: float
+    p_value: float
+    verdict: str
+
+
+def compare(base: Sequence[float], head: Sequence[float], *, min_change: float, alpha: float,
+            resamples: int = 2000, seed: int = 0) -> Comparison:
+    """base, head: one median time per process of each side. min_change: the smallest slowdown (0.05 = 5%) that
+    counts; a speed-up counts from 1 / (1 + min_change). alpha: the test's significance level."""
+    a, b = np.asarray(base, dtype=float), np.asarray(head, dtype=float)
+    if min(len(a), len(b)) < 2:
+        raise ValueError(f"a comparison needs at least 2 processes a side, got {len(a)} and {len(b)}")
+    if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b)) and np.all(a > 0) and np.all(b > 0)):
+        raise ValueError("every time must be a positive number of seconds")
+    ratio = float(np.median(b) / np.median(a))
+    p_value = float(stats.mannwhitneyu(b, a, alternative="two-sided", method="auto").pvalue)
+    rng = np.random.default_rng(seed)
+    resampled = (np.median(b[rng.integers(0, len(b), (resamples, len(b)))], axis=1)
+                 / np.median(a[rng.integers(0, len(a), (resamples, len(a)))], axis=1))
+    low, high = (float(v) for v in np.percentile(resampled, [2.5, 97.5]))
+    significant = p_value < alpha
+    if significant and ratio >= 1 + min_change:
+        verdict = "slower"
+    elif significant and ratio <= 1 / (1 + min_change):
+        verdict = "faster"
+    else:
+        verdict = "same"
+    return Comparison(float(np.median(a)), float(np.median(b)), ratio, low, high, p_value, verdict)
+
+
+# --- two sides, one machine: worktrees or environments, alternating processes ---------------------------------
+
+SUITE = "tests/bench/test_attention_kernels.py"
+
+
+class BenchError(Exception):
+    """Bad input or a side that cannot run: one line, exit status 2."""
+
+
+@dataclass(frozen=True)
+class Side:
+    name: str      # base or head
+    label: str     # the revision, or the working tree, and the interpreter
+    root: Path     # the code it imports
+    python: str
+
+
+def _git(root: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True)
+
+
+def _last_line(text: str) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1].strip() if lines else "no output"
+
+
+def checkout(root: Path, revision: str, where: Path) -> Path:
+    """`revision` checked out into its own worktree at `where` (detached)."""
+    if _git(root, "rev-parse", "--verify", "--quiet", f"{revision}^{{commit}}").returncode:
+        raise BenchError(f"{revision!r} is not a revision of {root}")
+    added = _git(root, "worktree", "add", "--detach", "--quiet", str(where), revision)
+    if added.returncode:
+        raise BenchError(f"cannot check {revision!r} out: {_last_line(added.stderr)}")
+    return where
+
+
+def run_suite(side: Side, select: str | None, rounds: int, out: Path) -> dict[str, dict]:
+    """One process of `side`'s kernel suite; {case: {"median_s", "flops"}} from pytest-benchmark's JSON."""
+    command = [side.python, "-m", "pytest", "-q", "-p", "no:cacheprovider", SUITE, "--benchmark-only",
+               f"--benchmark-json={out}", *(["-k", select] if select else [])]
+    env = {**os.environ, "PYTHONPATH": str(side.root), "BENCH_ROUNDS": str(rounds)}
+    done = subprocess.run(command, cwd=side.root, env=env, capture_output=True, text=True)
+    if done.returncode == 5:
+        raise BenchError(f"-k {select!r} selects no case of {SUITE}")
+    if done.returncode:
+        raise BenchError(f"the kernel suite failed on the {side.name} side ({side.label}): {_last_line(done.stdout + done.stderr)}")
+    found = json.loads(out.read_text())["benchmarks"]
+    if not found:
+        raise BenchError(f"the kernel suite timed no case on the {side.name} side ({side.label}); -k {select!r}")
+    return {b["name"]: {"median_s": b["stats"]["median"], "flops": b.get("extra_info", {}).get("flops")} for b in found}
+
+
+def alternate(sides: tuple[Side, Side], processes: int) -> list[Side]:
+    """A B B A A B ...: each pair swaps who goes first, so drift over the run hits both sides alike."""
+    order = []
+    for i in range(processes):
+        order += list(sides) if i % 2 == 0 else list(reversed(sides))
+    return order
+
+
+def measure_sides(sides: tuple[Side, Side], processes: int, rounds: int, select: str | None,
+                  scratch: Path, echo=print) -> dict[str, dict[str, list]]:
+    """{side name: {case: [one median per process]}}, and each case's FLOPs under "_flops"."""
+    medians = {side.name: {} for side in sides}
+    flops: dict[str, float] = {}
+    order = alternate(sides, processes)
+    for i, side in enumerate(order):
+        start = time.perf_counter()
+        for case, found in run_suite(side, select, rounds, scratch / f"{i}.json").items():
+            medians[side.name].setdefault(case, []).append(found["median_s"])
+            if found["flops"]:
+                flops[case] = found["flops"]
+        echo(f"harness-bench: process {i + 1}/{len(order)} ({side.name}) took {time.perf_counter() - start:.1f} s")
+    return {**medians, "_flops": flops}
+
+
+def comparisons(measured: dict, *, min_change: float, alpha: float) -> list[dict]:
+    rows = []
+    for case in sorted(set(measured["base"]) & set(measured["head"])):
+        c = compare(measured["base"][case], measured["head"][case], min_change=min_change, alpha=alpha)
+        flops = measured["_flops"].get(case)
+        rows.append({"name": case, "base_median_s": c.base_median_s, "head_median_s": c.head_median_s,
+                     "ratio": c.ratio, "low": c.low, "high": c.high, "p_value": c.p_value, "verdict": c.verdict,
+                     "head_tflops_per_s": flops / c.head_median_s / 1e12 if flops else None})
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    width = max([len("case")] + [len(r["name"]) for r in rows])
+    lines = [f"{'case':<{width}}  {'base':>10}  {'head':>10}  {'ratio [95% interval]':>24}  {'p':>8}  {'verdict':<7}  TFLOP/s"]
+    for r in rows:
+        interval = f"{r['ratio']:.3f} [{r['low']:.3f}, {r['high']:.3f}]"
+        rate = f"{r['head_tflops_per_s']:.3g}" if r["head_tflops_per_s"] else "-"
+        lines.append(f"{r['name']:<{width}}  {r['base_median_s'] * 1e3:>8.3f}ms  {r['head_median_s'] * 1e3:>8.3f}ms  "
+                     f"{interval:>24}  {r['p_value']:>8.2g}  {r['verdict']:<7}  {rate}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="harness-bench", description=(
+        "Compare the kernel suite's speed between two revisions (or two Python environments) on this machine, in "
+        "alternating processes; exit 1 when a case is slower, 2 on bad input."))
+    parser.add_argument("--base", help="the revision to compare against (a worktree of it is timed)")
+    parser.add_argument("--head", help="the revision under test (default: the working tree)")
+    parser.add_argument("--base-python", help="compare environments: the base side runs the head's code under this interpreter")
+    parser.add_argument("-k", dest="select", help="select cases as pytest -k does")
+    parser.add_argument("--json", help="write the comparison here")
+    parser.add_argument("--processes", type=int, default=6, help="processes per side (default 6)")
+    parser.add_argument("--rounds", type=int, default=7, help="timed rounds per case per process (default 7)")
+    parser.add_argument("--min-change", type=float, default=0.03, help="the smallest change that counts (default 0.03)")
+    parser.add_argument("--alpha", type=float, default=0.01, help="the test's significance level (default 0.01)")
+    args = parser.parse_args(argv)
+    try:
+        return _run(args)
+    except BenchError as error:
+        print(f"harness-bench: error: {error}", file=sys.stderr)
+        return 2
+
+
+def _run(args) -> int:
+    if args.processes < 2 or args.rounds < 1:
+        raise BenchError(f"--processes {args.processes} --rounds {args.rounds}: at least 2 processes and 1 round")
+    if not 0 < args.alpha < 1 or args.min_change < 0:
+        raise BenchError(f"--alpha {args.alpha} must be in (0, 1) and --min-change {args.min_change} at least 0")
+    if (args.base is None) == (args.base_python is None):
+        raise BenchError("give --base REV (two revisions) or --base-python PATH (two environments)")
+    top = _git(Path.cwd(), "rev-parse", "--show-toplevel")
+    if top.returncode:
+        raise BenchError(f"{Path.cwd()} is not inside a git repository")
+    root = Path(top.stdout.strip())
+    if args.base_python and not os.access(args.base_python, os.X_OK):
+        raise BenchError(f"--base-python {args.base_python!r} is not an executable")
+    with tempfile.TemporaryDirectory(prefix="harness-bench-") as scratch:
+        scratch = Path(scratch)
+        worktrees = []
+        try:
+            if args.base is not None:
+                worktrees.append(checkout(root, args.base, scratch / "base"))
+                base = Side("base", args.base, worktrees[-1], sys.executable)
+            else:
+                base = Side("base", f"working tree under {args.base_python}", root, args.base_python)
+            if args.head is not None:
+                worktrees.append(checkout(root, args.head, scratch / "head"))
+                head = Side("head", args.head, worktrees[-1], sys.executable)
+            else:
+                head = Side("head", f"working tree under {sys.executable}", root, sys.executable)
+            (scratch / "out").mkdir()
+            measured = measure_sides((base, head), args.processes, args.rounds, args.select, scratch / "out")
+        finally:
+            for tree in worktrees:
+                _git(root, "worktree", "remove", "--force", str(tree))
+            _git(root, "worktree", "prune")
+    rows = comparisons(measured, min_change=args.min_change, alpha=args.alpha)
+    print(table(rows))
+    if args.json:
+        Path(args.json).write_text(json.dumps({
+            "base": base.label, "head": head.label, "processes": args.processes, "rounds": args.rounds,
+            "min_change": args.min_change, "alpha": args.alpha, "cases": rows}, indent=1))
+    slower = [r["name"] for r in rows if r["verdict"] == "slower"]
+    print(f"slower: {', '.join(slower)}" if slower else f"no case slower ({len(rows)} compared)")
+    return 1 if slower else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,144 @@
+"""harness-bench: its statistics on synthetic per-process medians with known shifts (a shift beyond the minimum
+change is found, no shift is not, at about the test's level; a significant shift smaller than the minimum change
+is `same`), and end to end in a scratch clone: each side times its own revision's code, bad input is one line and
+exit 2, and no worktree is left behind. Timing stays out of pass/fail tests, but for a kernel that sleeps 50 ms."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from harness import bench
+
+ALPHA, MIN_CHANGE = 0.01, 0.03
+
+
+def processes(rng, n, ratio=1.0, spread=0.02, base_s=1e-3):
+    """n per-process medians: a process's own level varies lognormally by `spread` (the between-process noise)."""
+    return base_s * ratio * np.exp(rng.normal(0.0, spread, n))
+
+
+def test_a_slowdown_beyond_the_minimum_change_is_slower_with_an_interval_around_it():
+    rng = np.random.default_rng(0)
+    result = bench.compare(processes(rng, 10), processes(rng, 10, ratio=1.10), min_change=MIN_CHANGE, alpha=ALPHA)
+    assert result.verdict == "slower" and result.p_value < ALPHA
+    assert result.low < 1.10 < result.high and result.low > 1
+    assert result.ratio == pytest.approx(result.head_median_s / result.base_median_s)
+
+
+def test_a_speedup_is_faster():
+    rng = np.random.default_rng(1)
+    assert bench.compare(processes(rng, 10), processes(rng, 10, ratio=0.9), min_change=MIN_CHANGE,
+                         alpha=ALPHA).verdict == "faster"
+
+
+@pytest.mark.parametrize("spread", [0.02, 0.10])
+def test_unchanged_sides_are_the_same_about_as_often_as_the_level_allows(spread):
+    # at a 10% spread between processes a median ratio beyond the minimum change is common: the test's level,
+    # not the minimum change, must keep the false alarms down
+    rng = np.random.default_rng(2)
+    verdicts = [bench.compare(processes(rng, 10, spread=spread), processes(rng, 10, spread=spread),
+                              min_change=MIN_CHANGE, alpha=ALPHA).verdict for _ in range(300)]
+    assert verdicts.count("same") >= 297   # at most 1% false alarms
+
+
+def test_a_significant_change_smaller_than_the_minimum_is_the_same():
+    rng = np.random.default_rng(3)
+    result = bench.compare(processes(rng, 12, spread=0.002), processes(rng, 12, ratio=1.01, spread=0.002),
+                           min_change=MIN_CHANGE, alpha=ALPHA)
+    assert result.p_value < ALPHA and result.verdict == "same"
+
+
+def test_the_interval_covers_the_true_ratio_about_95_percent_of_the_time():
+    rng = np.random.default_rng(4)
+    covered = [(r.low <= 1.05 <= r.high) for r in (
+        bench.compare(processes(rng, 10), processes(rng, 10, ratio=1.05), min_change=MIN_CHANGE, alpha=ALPHA,
+                      resamples=1000) for _ in range(200))]
+    assert 0.85 <= np.mean(covered) <= 1.0   # the percentile bootstrap of a median at n = 10 runs a little narrow
+
+
+@pytest.mark.parametrize("base, head, message", [
+    ([1e-3], [1e-3, 1e-3], "a comparison needs at least 2 processes a side, got 1 and 2"),
+    ([1e-3, -1.0], [1e-3, 1e-3], "every time must be a positive number of seconds"),
+    ([1e-3, float("nan")], [1e-3, 1e-3], "every time must be a positive number of seconds"),
+])
+def test_bad_samples_are_one_line(base, head, message):
+    with pytest.raises(ValueError, match=message):
+        bench.compare(base, head, min_change=MIN_CHANGE, alpha=ALPHA)
+
+
+# --- harness-bench end to end, in a scratch clone of this project -------------------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+SLOW_DENSE = ("    def attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:\n",
+              "    def attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:\n        time.sleep(0.05)\n")
+
+
+def git(repo, *args):
+    done = subprocess.run(["git", "-C", str(repo), "-c", "user.name=bench", "-c", "user.email=bench@example.com", *args],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def commit_change(repo, path, old, new, message):
+    target = repo / path
+    target.write_text(target.read_text().replace(old, new, 1))
+    git(repo, "commit", "-qam", message)
+
+
+@pytest.fixture
+def scratch(tmp_path):
+    """A clone of this project's last commit, with a head commit that makes the dense kernel sleep 50 ms a call."""
+    repo = tmp_path / "repo"
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(repo)], check=True)
+    dense = "models/attention/dense.py"
+    commit_change(repo, dense, "import math\n", "import math\nimport time\n", "import time")
+    commit_change(repo, dense, *SLOW_DENSE, "a slower dense kernel")
+    return repo
+
+
+def harness_bench(repo, *args):
+    return subprocess.run([sys.executable, "-m", "harness.bench", *args], cwd=repo, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(repo)})
+
+
+def worktrees(repo) -> int:
+    return git(repo, "worktree", "list").count("\n")
+
+
+def test_each_side_times_its_own_revisions_code_and_no_worktree_is_left(scratch, tmp_path):
+    result = harness_bench(scratch, "--base", "HEAD~1", "--head", "HEAD", "-k", "dense and not fwd_bwd",
+                           "--processes", "2", "--rounds", "1", "--json", str(tmp_path / "out.json"))
+    assert result.returncode == 0, result.stderr
+    (case,) = json.loads((tmp_path / "out.json").read_text())["cases"]
+    assert case["name"] == "test_attention_kernel[dense-fwd]"
+    # the head's kernel sleeps 50 ms a call, the base's does not: by far more than any noise
+    assert case["head_median_s"] - case["base_median_s"] > 0.04
+    assert case["verdict"] == "same"   # 2 processes a side can never reach p < 0.01: too few to call a change
+    assert worktrees(scratch) == 1
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--base", "nope"], "'nope' is not a revision of"),
+    (["--base", "HEAD", "-k", "no_such_case"], "-k 'no_such_case' selects no case of tests/bench/test_attention_kernels.py"),
+    ([], "give --base REV (two revisions) or --base-python PATH (two environments)"),
+    (["--base-python", "/no/python"], "--base-python '/no/python' is not an executable"),
+    (["--base", "HEAD", "--processes", "1"], "--processes 1 --rounds 7: at least 2 processes and 1 round"),
+])
+def test_bad_input_is_one_line_exit_2_and_leaves_no_worktree(scratch, args, message):
+    result = harness_bench(scratch, *args)
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    assert worktrees(scratch) == 1
+
+
+def test_a_suite_that_fails_on_one_side_names_the_side(scratch):
+    commit_change(scratch, "tests/bench/test_attention_kernels.py", "import os\n", "import os\nimport no_such_module\n",
+                  "a broken suite")
+    result = harness_bench(scratch, "--base", "HEAD~1", "-k", "dense and not fwd_bwd", "--processes", "2", "--rounds", "1")
+    assert result.returncode == 2 and "the kernel suite failed on the head side (working tree under" in result.stderr
+    assert worktrees(scratch) == 1
