@@ -117,8 +117,8 @@ def law_points(df: pd.DataFrame) -> pd.DataFrame:
 
 def held_out_tables(table: pd.DataFrame) -> tuple[list[dict], pd.DataFrame, str]:
     """harness.fit.compare_laws' table as JSON records, its rows whose form could be fitted (best first), and as
-    markdown."""
-    shown = table.drop(columns=["form"]).rename(columns=lambda c: c.replace("_", " "))
+    markdown (whose `why` column says when a fit is not identified)."""
+    shown = table.drop(columns=["form", "identified"], errors="ignore").rename(columns=lambda c: c.replace("_", " "))
     return (table.astype(object).where(table.notna(), None).to_dict(orient="records"),
             table[table["mean_abs_error"].notna()], markdown_table(shown.astype(object).where(shown.notna(), "")))
 

@@ -517,12 +517,27 @@ REFIT_TOLERANCES = {"gtol": 1e-8, "ftol": 1e-11}
 BATCH_ROWS = 8192
 
 
+def _standard_errors(jacobian: np.ndarray, residuals: np.ndarray) -> np.ndarray:
+    """The parameters' standard errors from the Gauss-Newton covariance s^2 (J^T J)^-1 at an optimum, J the
+    derivatives of log L_pred and s^2 the residual variance (raises LinAlgError when J's columns are dependent)."""
+    variance = residuals @ residuals / max(1, len(residuals) - jacobian.shape[1])
+    return np.sqrt(np.abs(np.diag(variance * np.linalg.inv(jacobian.T @ jacobian))))
+
+
+def _loose_exponent(exponents: dict, errors) -> str:
+    """Why an exponent is not pinned down (its standard error exceeds the exponent itself), or ""."""
+    for (name, value), error in zip(exponents.items(), errors):
+        if not error <= abs(value):
+            return f"{name} = {value:.3g} with a standard error of {error:.2g}: the points do not pin {name} down"
+    return ""
+
+
 def identification(theta: np.ndarray, log_n, log_d, log_loss, tied: bool = False) -> str:
-    """Why the points do not pin the fitted law down, or "" when they do. From the Gauss-Newton covariance of the
-    parameters at the optimum, s^2 (J^T J)^-1 with J the derivatives of log L_pred and s^2 the residual variance:
-    the law is not identified when log E's standard error exceeds 1 (E not known within a factor e: the points do
-    not separate the irreducible loss from the power terms) or an exponent's exceeds the exponent itself. Such an
-    optimum lies on a flat valley: its parameters trade off and move with the last bits of the arithmetic."""
+    """Why the points do not pin the fitted law down, or "" when they do. From the parameters' standard errors at
+    the optimum (_standard_errors): the law is not identified when log E's standard error exceeds 1 (E not known
+    within a factor e: the points do not separate the irreducible loss from the power terms) or an exponent's
+    exceeds the exponent itself. Such an optimum lies on a flat valley: its parameters trade off and move with the
+    last bits of the arithmetic."""
     a, b, e, alpha, beta = theta
     if not np.all(np.isfinite(theta)) or abs(a) > 700 or abs(b) > 700:
         return "a power term ran off to infinity against its exponent"
@@ -533,19 +548,15 @@ def identification(theta: np.ndarray, log_n, log_d, log_loss, tied: bool = False
                         [-weights[0] * log_n, -weights[1] * log_d])
     jacobian = np.stack([weights[0], weights[1], weights[2], *exponent_columns], axis=1)
     residuals = np.log(np.exp(z - z.max(axis=0)).sum(axis=0)) + z.max(axis=0) - log_loss
-    variance = residuals @ residuals / max(1, len(log_loss) - jacobian.shape[1])
     try:
-        errors = np.sqrt(np.abs(np.diag(variance * np.linalg.inv(jacobian.T @ jacobian))))
+        errors = _standard_errors(jacobian, residuals)
         errors = np.append(errors, errors[3]) if tied else errors
     except np.linalg.LinAlgError:
         return "the law's derivatives at the optimum are linearly dependent: its parameters trade off"
     if not errors[2] <= 1:
         return (f"E = {np.exp(e):.3g} with a standard error of {errors[2]:.2g} in log E: the points do not separate the "
                 "irreducible loss from the power terms, so the parameters trade off")
-    for name, value, error in (("alpha", alpha, errors[3]), ("beta", beta, errors[4])):
-        if not error <= abs(value):
-            return f"{name} = {value:.3g} with a standard error of {error:.2g}: the points do not pin {name} down"
-    return ""
+    return _loose_exponent({"alpha": alpha, "beta": beta}, errors[3:])
 
 
 def grid_objectives(starts: np.ndarray, log_n, log_d, log_loss, delta: float) -> np.ndarray:
@@ -613,16 +624,18 @@ def _parametric_fit(theta, objective: float, log_n, log_d, log_loss, tied: bool)
     return fit
 
 
-def refit_resamples(objective_of, fit_of, log_losses: np.ndarray, starts: np.ndarray) -> list:
+def refit_resamples(objective_of, fit_of, log_losses: np.ndarray, starts: np.ndarray,
+                    tolerances: dict = REFIT_TOLERANCES) -> list:
     """A law refitted on each row of `log_losses` (bootstrap resamples) from every one of `starts`, in batches of
     resamples x starts stepped together: `objective_of(targets)` is the law's batched objective for one row of
-    log losses per start, `fit_of(theta, objective, log_loss)` its fit from the best start of a resample."""
+    log losses per start, `fit_of(theta, objective, log_loss)` its fit from the best start of a resample.
+    `tolerances`: the refits' stopping tests, for an objective on the scale of the summed Huber loss."""
     fits = []
     per_batch = max(1, BATCH_ROWS // len(starts))
     for first in range(0, len(log_losses), per_batch):
         batch = log_losses[first:first + per_batch]
         minima = lbfgs(objective_of(np.repeat(batch, len(starts), axis=0)), np.tile(starts, (len(batch), 1)),
-                       **REFIT_TOLERANCES)
+                       **tolerances)
         values = minima.value.reshape(len(batch), len(starts))
         for i, best in enumerate(np.argmin(values, axis=1)):
             fits.append(fit_of(minima.x[i * len(starts) + best], float(values[i, best]), batch[i]))
@@ -779,6 +792,11 @@ class KaplanFit:
     n_points: int
     intervals: dict = field(default_factory=dict)
     resampled: list = field(default_factory=list, repr=False)   # the bootstrap resamples' fits
+    unidentified: str = ""      # why the points do not pin the exponents down ("" when they do)
+
+    @property
+    def identified(self) -> bool:
+        return not self.unidentified
 
     def predict(self, N, D, interval: float | None = None):
         n, d = np.asarray(N, float), np.asarray(D, float)
@@ -809,6 +827,21 @@ def kaplan_objectives(log_n, log_d, log_loss, delta: float):
     return objective
 
 
+def kaplan_identification(theta: np.ndarray, log_n, log_d, log_loss) -> str:
+    """Why the points do not pin Kaplan's law down, or "": an exponent whose standard error (_standard_errors)
+    exceeds the exponent itself, as for approach 3 (identification)."""
+    c_n, c_d, alpha_n, alpha_d = theta
+    u, v = alpha_n / alpha_d * (c_n - log_n), c_d - log_d
+    s = np.logaddexp(u, v)
+    w_u = np.exp(u - s)
+    jacobian = np.stack([alpha_n * w_u, alpha_d * (1 - w_u), w_u * (c_n - log_n), s - w_u * u], axis=1)
+    try:
+        errors = _standard_errors(jacobian, alpha_d * s - log_loss)
+    except np.linalg.LinAlgError:
+        return "the law's derivatives at the optimum are linearly dependent: its parameters trade off"
+    return _loose_exponent({"alpha_N": alpha_n, "alpha_D": alpha_d}, errors[2:])
+
+
 def kaplan_objective(theta, log_n, log_d, log_loss, delta):
     """kaplan_objectives at one theta: (value, gradient)."""
     value, gradient = kaplan_objectives(log_n, log_d, log_loss, delta)(np.asarray(theta, float)[None], np.zeros(1, int))
@@ -819,25 +852,37 @@ def fit_kaplan_nd(N, D, loss, *, huber_delta: float = 1e-3, intervals: int = 0, 
     """Kaplan et al.'s L(N, D) (eq. 1.5) by the same estimator as approach 3: the summed Huber loss (delta 1e-3) of
     log residuals, L-BFGS from all of KAPLAN_STARTS stepped together (exponents kept positive). `intervals`: that
     many resamples of the log residuals about the fit for 95% percentile intervals, each refitted from
-    RESAMPLE_STARTS starts, as approach 3's."""
+    RESAMPLE_STARTS starts, as approach 3's. `unidentified` says why, when the points do not pin the exponents down
+    (see kaplan_identification)."""
     N, D, loss = _check_points({"N": N, "D": D, "loss": loss}, 4)
     log_n, log_d, log_loss = np.log(N), np.log(D), np.log(loss)
-    minima = lbfgs(kaplan_objectives(log_n, log_d, log_loss, huber_delta), KAPLAN_STARTS)
+
+    def objectives(targets):
+        # Minimised in units of delta: the raw sum is ~1e-4, below the stopping tests' absolute floors (a change of
+        # ftol * max(|f|, 1), a gradient of gtol), so starts stopped wherever they were, and the best of them moved
+        # with the last bits of the arithmetic (the held-out prediction by up to 10% between two CPUs).
+        objective = kaplan_objectives(log_n, log_d, targets, huber_delta)
+        return lambda theta, rows: tuple(part / huber_delta for part in objective(theta, rows))
+
+    minima = lbfgs(objectives(log_loss), KAPLAN_STARTS)
     best = int(np.argmin(minima.value))
 
     def kaplan_fit(theta, objective: float, _log_loss) -> KaplanFit:
         c_n, c_d, alpha_n, alpha_d = theta
         with np.errstate(over="ignore"):
             return KaplanFit(N_c=float(np.exp(c_n)), D_c=float(np.exp(c_d)), alpha_N=float(alpha_n),
-                             alpha_D=float(alpha_d), objective=objective, n_points=len(N))
+                             alpha_D=float(alpha_d), objective=objective * huber_delta, n_points=len(N))
 
     fit = kaplan_fit(minima.x[best], float(minima.value[best]), log_loss)
+    fit.unidentified = kaplan_identification(minima.x[best], log_n, log_d, log_loss)
     if intervals:
         datasets = residual_resamples(log_loss, np.log(fit.predict(N, D)), None, n_params=4, fit_per_stratum=False,
                                       n_resamples=intervals, seed=seed)
         starts = np.vstack([minima.x[best], KAPLAN_STARTS[np.argsort(minima.value)[:RESAMPLE_STARTS - 1]]])
-        fit.resampled = refit_resamples(lambda targets: kaplan_objectives(log_n, log_d, targets, huber_delta),
-                                        kaplan_fit, np.array(datasets), starts)
+        # the objective is in units of delta, so the refits' tolerances are too (tighter ones only lengthen the
+        # crawl of starts along the flat valleys of resamples that do not pin the law down)
+        fit.resampled = refit_resamples(objectives, kaplan_fit, np.array(datasets), starts,
+                                        {name: value / huber_delta for name, value in REFIT_TOLERANCES.items()})
         fit.intervals = _percentiles(fit.resampled, intervals, ["N_c", "D_c", "alpha_N", "alpha_D"])
     return fit
 
@@ -1006,7 +1051,8 @@ def compare_laws(frame: pd.DataFrame, *, by: str = "N", largest: int = 1, interv
                  seed: int = 0) -> pd.DataFrame:
     """Every applicable law form (LAW_FORMS) held out on the same points (see holdout), ranked by mean absolute
     relative error of the held-out predictions, best first: law, held_out (points), fitted (points), mean and max
-    |error|, coverage of the 95% intervals, and why a form could not be compared."""
+    |error|, coverage of the 95% intervals, whether the fit is identified, and why a form could not be compared or
+    is not identified (its numbers then move with the last bits of the arithmetic)."""
     rows = []
     for law, why in applicable_laws(frame).items():
         row = {"law": law, "form": LAW_NAMES[law]}
@@ -1020,7 +1066,8 @@ def compare_laws(frame: pd.DataFrame, *, by: str = "N", largest: int = 1, interv
             continue
         rows.append({**row, "held_out": len(result.points), "fitted": result.n_fitted,
                      "mean_abs_error": result.mean_abs_error, "max_abs_error": float(result.points["error"].abs().max()),
-                     "coverage": result.coverage, "why": ""})
+                     "coverage": result.coverage, "identified": result.fit.identified,
+                     "why": "" if result.fit.identified else f"not identified: {result.fit.unidentified}"})
     table = pd.DataFrame(rows)
     if "mean_abs_error" not in table:
         table["mean_abs_error"] = np.nan

@@ -130,8 +130,10 @@ def fit_group(table: pd.DataFrame, out: Path, resamples: int, prefix: str = "") 
     try:
         kaplan = fit_kaplan_nd(N, D, loss, intervals=resamples)
         entries, shown = _parameters(kaplan, ("N_c", "D_c", "alpha_N", "alpha_D"))
-        fits["kaplan"] = entries | {"objective": kaplan.objective}
-        sections.append("### Kaplan et al.'s L(N, D) = [(N_c/N)^(alpha_N/alpha_D) + D_c/D]^alpha_D\n\n" + shown)
+        fits["kaplan"] = entries | {"objective": kaplan.objective, "identified": kaplan.identified,
+                                    "why": kaplan.unidentified}
+        sections.append("### Kaplan et al.'s L(N, D) = [(N_c/N)^(alpha_N/alpha_D) + D_c/D]^alpha_D\n\n"
+                        + (f"Not identified: {kaplan.unidentified}.\n\n" if not kaplan.identified else "") + shown)
     except FitError as error:
         fits["kaplan"] = {"error": str(error)}
     if "U" in table and (table["D"] > table["U"]).any():

@@ -176,7 +176,7 @@ def snapshot(directory: Path) -> dict:
     return {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in directory.rglob("record.json")}
 
 
-@pytest.mark.parametrize("launcher", ["basic", "joblib"])
+@pytest.mark.parametrize("launcher", ["basic", pytest.param("joblib", marks=pytest.mark.slow)])
 def test_growing_a_sweep_runs_only_the_new_point_and_touches_no_other_record(tmp_path, tiny, launcher):
     sweep = ["-m", f"hydra/launcher={launcher}", *tiny, "hydra.sweep.dir=sweep"]
     assert harness_cmd(*sweep, "model.d_model=32,64", cwd=tmp_path).returncode == 0

@@ -17,7 +17,8 @@ SMALL = {"seq_len": 32, "n_layer": 2, "d_model": 32, "n_head": 2, "mlp_ratio": 4
          "tie_embeddings": True, "positions": "learned"}
 
 
-@pytest.mark.parametrize("family", ["gpt", "encoder", "encdec", "llama"])
+# slow: encdec and llama compile the same blocks as gpt and encoder, for a minute on 2 cores
+@pytest.mark.parametrize("family", ["gpt", "encoder", *(pytest.param(f, marks=pytest.mark.slow) for f in ("encdec", "llama"))])
 def test_one_compiled_step_gives_eagers_logits_and_gradients(family):
     # training runs a family compiled on the same batches diverge only as far as rounding grows along training
     # (an encoder-decoder's eager runs on 1 and 2 threads end about as far apart as eager and compiled)

@@ -41,7 +41,8 @@ def test_each_branch_is_a_record_that_ends_where_its_schedule_run_alone_ends(tmp
     assert [branch["curve"][-1][k] for k in last] == [single["curve"][-1][k] for k in last]
 
 
-@pytest.mark.parametrize("every", [50, 0])   # 0: the run trains again from step 0, past the recorded branch's start
+# 0: the run trains again from step 0, past the recorded branch's start (slow: 50 resumes the same way)
+@pytest.mark.parametrize("every", [50, pytest.param(0, marks=pytest.mark.slow)])
 def test_a_killed_branch_continues_from_where_it_left_the_run(tmp_path, tiny, every):
     run = [*tiny, *TRUNK, f"task.checkpoint_every={every}"]
     whole = harness_cmd(*run, "hydra.run.dir=whole", cwd=tmp_path)
@@ -66,6 +67,7 @@ def test_a_killed_branch_continues_from_where_it_left_the_run(tmp_path, tiny, ev
     assert not list((tmp_path / "killed").rglob(records.CHECKPOINT_NAME))   # none left behind, a skipped branch's too
 
 
+@pytest.mark.slow   # ranks resuming their parts: test_checkpoint's killed multi-rank run, in the fast suite
 def test_a_killed_multi_rank_run_trains_its_unrecorded_branches_on_its_ranks(tmp_path, tiny):
     # Two gloo ranks: the run saves each branch's start as every rank's part, and rank 0 records each branch.
     run = [*tiny, *TRUNK, "parallel=ddp"]

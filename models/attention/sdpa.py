@@ -35,10 +35,15 @@ def _check_backend(backend: str) -> None:
         raise ValueError(f"unknown sdpa backend {backend!r}; known: {', '.join(BACKENDS)}")
 
 
-@torch.compiler.assume_constant_result   # read once while tracing a compiled block, not a graph break
 def cudnn_first(device: torch.device) -> bool:
     """Whether auto puts cuDNN's kernel first on this device (a CUDA GPU of compute capability 9.0 or newer)."""
     return device.type == "cuda" and torch.cuda.is_available() and torch.cuda.get_device_capability(device) >= (9, 0)
+
+
+if torch.cuda.is_available():
+    # Read once while tracing a compiled block, not a graph break. Only where CUDA is: marking it imports dynamo,
+    # 1.3 s on every process's start, and off CUDA the answer is the device type, which tracing reads as a constant.
+    cudnn_first = torch.compiler.assume_constant_result(cudnn_first)
 
 
 def _refusal(backend: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> str:
