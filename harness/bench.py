@@ -106,11 +106,14 @@ def checkout(root: Path, revision: str, where: Path) -> Path:
     return where
 
 
-def run_suite(side: Side, select: str | None, rounds: int, out: Path) -> dict[str, dict]:
-    """One process of `side`'s kernel suite; {case: {"median_s", "flops"}} from pytest-benchmark's JSON."""
+def run_suite(side: Side, select: str | None, rounds: int, out: Path, threads: int | None = None) -> dict[str, dict]:
+    """One process of `side`'s kernel suite: {case: {"median_s", "reference_s", "flops"}} from pytest-benchmark's
+    JSON (median_s: the CUDA events' median where the suite timed with them; reference_s: the median of the
+    reference product timed before each round in the same process)."""
     command = [side.python, "-m", "pytest", "-q", "-p", "no:cacheprovider", SUITE, "--benchmark-only",
                f"--benchmark-json={out}", *(["-k", select] if select else [])]
-    env = {**os.environ, "PYTHONPATH": str(side.root), "BENCH_ROUNDS": str(rounds)}
+    env = {**os.environ, "PYTHONPATH": str(side.root), "BENCH_ROUNDS": str(rounds),
+           **({"BENCH_THREADS": str(threads)} if threads else {})}
     done = subprocess.run(command, cwd=side.root, env=env, capture_output=True, text=True)
     if done.returncode == 5:
         raise BenchError(f"-k {select!r} selects no case of {SUITE}")
@@ -119,7 +122,9 @@ def run_suite(side: Side, select: str | None, rounds: int, out: Path) -> dict[st
     found = json.loads(out.read_text())["benchmarks"]
     if not found:
         raise BenchError(f"the kernel suite timed no case on the {side.name} side ({side.label}); -k {select!r}")
-    return {b["name"]: {"median_s": b["stats"]["median"], "flops": b.get("extra_info", {}).get("flops")} for b in found}
+    return {b["name"]: {"median_s": b["extra_info"].get("event_median_s", b["stats"]["median"]),
+                        "reference_s": b["extra_info"].get("reference_s"), "flops": b["extra_info"].get("flops")}
+            for b in found}
 
 
 def alternate(sides: tuple[Side, Side], processes: int) -> list[Side]:
@@ -131,29 +136,38 @@ def alternate(sides: tuple[Side, Side], processes: int) -> list[Side]:
 
 
 def measure_sides(sides: tuple[Side, Side], processes: int, rounds: int, select: str | None,
-                  scratch: Path, echo=print) -> dict[str, dict[str, list]]:
-    """{side name: {case: [one median per process]}}, and each case's FLOPs under "_flops"."""
-    medians = {side.name: {} for side in sides}
+                  scratch: Path, threads: int | None = None, echo=print) -> dict[str, dict[str, list]]:
+    """{side name: {case: [one run_suite result per process]}}, and each case's FLOPs under "_flops"."""
+    found = {side.name: {} for side in sides}
     flops: dict[str, float] = {}
     order = alternate(sides, processes)
     for i, side in enumerate(order):
         start = time.perf_counter()
-        for case, found in run_suite(side, select, rounds, scratch / f"{i}.json").items():
-            medians[side.name].setdefault(case, []).append(found["median_s"])
-            if found["flops"]:
-                flops[case] = found["flops"]
-        echo(f"harness-bench: process {i + 1}/{len(order)} ({side.name}) took {time.perf_counter() - start:.1f} s")
-    return {**medians, "_flops": flops}
+        for case, result in run_suite(side, select, rounds, scratch / f"{i}.json", threads).items():
+            found[side.name].setdefault(case, []).append(result)
+            if result["flops"]:
+                flops[case] = result["flops"]
+        echo(f"harness-bench: process {i + 1}/{len(order)} ({side.name}) took {time.perf_counter() - start:.1f} s", flush=True)
+    return {**found, "_flops": flops}
 
 
-def comparisons(measured: dict, *, min_change: float, alpha: float) -> list[dict]:
+def per_process(results: list[dict], normalized: bool) -> np.ndarray:
+    """A case's sample: each process's median time, or (normalized) that over the process's reference product."""
+    if normalized and all(r["reference_s"] for r in results):
+        return np.array([r["median_s"] / r["reference_s"] for r in results])
+    return np.array([r["median_s"] for r in results])
+
+
+def comparisons(measured: dict, *, min_change: float, alpha: float, normalized: bool) -> list[dict]:
     rows = []
     for case in sorted(set(measured["base"]) & set(measured["head"])):
-        c = compare(measured["base"][case], measured["head"][case], min_change=min_change, alpha=alpha)
+        base, head = measured["base"][case], measured["head"][case]
+        c = compare(per_process(base, normalized), per_process(head, normalized), min_change=min_change, alpha=alpha)
+        base_s, head_s = (float(np.median([r["median_s"] for r in side])) for side in (base, head))
         flops = measured["_flops"].get(case)
-        rows.append({"name": case, "base_median_s": c.base_median_s, "head_median_s": c.head_median_s,
+        rows.append({"name": case, "base_median_s": base_s, "head_median_s": head_s,
                      "ratio": c.ratio, "low": c.low, "high": c.high, "p_value": c.p_value, "verdict": c.verdict,
-                     "head_tflops_per_s": flops / c.head_median_s / 1e12 if flops else None})
+                     "head_tflops_per_s": flops / head_s / 1e12 if flops else None})
     return rows
 
 
@@ -181,6 +195,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=7, help="timed rounds per case per process (default 7)")
     parser.add_argument("--min-change", type=float, default=0.03, help="the smallest change that counts (default 0.03)")
     parser.add_argument("--alpha", type=float, default=0.01, help="the test's significance level (default 0.01)")
+    parser.add_argument("--threads", type=int, help="torch's CPU threads in every process (default: torch's own)")
+    parser.add_argument("--raw", action="store_true",
+                        help="compare raw times, not times over the reference product timed in the same process")
     args = parser.parse_args(argv)
     try:
         return _run(args)
@@ -217,17 +234,19 @@ def _run(args) -> int:
             else:
                 head = Side("head", f"working tree under {sys.executable}", root, sys.executable)
             (scratch / "out").mkdir()
-            measured = measure_sides((base, head), args.processes, args.rounds, args.select, scratch / "out")
+            measured = measure_sides((base, head), args.processes, args.rounds, args.select, scratch / "out",
+                                     args.threads)
         finally:
             for tree in worktrees:
                 _git(root, "worktree", "remove", "--force", str(tree))
             _git(root, "worktree", "prune")
-    rows = comparisons(measured, min_change=args.min_change, alpha=args.alpha)
+    rows = comparisons(measured, min_change=args.min_change, alpha=args.alpha, normalized=not args.raw)
     print(table(rows))
     if args.json:
         Path(args.json).write_text(json.dumps({
             "base": base.label, "head": head.label, "processes": args.processes, "rounds": args.rounds,
-            "min_change": args.min_change, "alpha": args.alpha, "cases": rows}, indent=1))
+            "min_change": args.min_change, "alpha": args.alpha, "threads": args.threads,
+            "normalized": not args.raw, "cases": rows}, indent=1))
     slower = [r["name"] for r in rows if r["verdict"] == "slower"]
     print(f"slower: {', '.join(slower)}" if slower else f"no case slower ({len(rows)} compared)")
     return 1 if slower else 0

@@ -1,7 +1,7 @@
 """harness-bench: its statistics on synthetic per-process medians with known shifts (a shift beyond the minimum
 change is found, no shift is not, at about the test's level; a significant shift smaller than the minimum change
 is `same`), and end to end in a scratch clone: each side times its own revision's code, bad input is one line and
-exit 2, and no worktree is left behind. Timing stays out of pass/fail tests, but for a kernel that sleeps 50 ms."""
+exit 2, and no worktree is left behind. Timing stays out of pass/fail tests, but for a kernel that sleeps 0.5 s."""
 import json
 import os
 import subprocess
@@ -60,6 +60,23 @@ def test_the_interval_covers_the_true_ratio_about_95_percent_of_the_time():
     assert 0.85 <= np.mean(covered) <= 1.0   # the percentile bootstrap of a median at n = 10 runs a little narrow
 
 
+def test_dividing_by_the_reference_product_takes_the_machines_speed_out_of_each_process():
+    # each process runs on a machine 15% faster or slower (its kernel and its reference product alike): the raw
+    # times hide a 5% slowdown, the times over the reference product show it
+    rng = np.random.default_rng(5)
+
+    def side(ratio):
+        speed = np.exp(rng.normal(0.0, 0.15, 8))
+        return [{"median_s": 1e-3 * ratio * s * np.exp(rng.normal(0.0, 0.004)),
+                 "reference_s": 2e-4 * s * np.exp(rng.normal(0.0, 0.004)), "flops": 1e9} for s in speed]
+
+    measured = {"base": {"k": side(1.0)}, "head": {"k": side(1.05)}, "_flops": {"k": 1e9}}
+    (normalized,) = bench.comparisons(measured, min_change=0.02, alpha=ALPHA, normalized=True)
+    (raw,) = bench.comparisons(measured, min_change=0.02, alpha=ALPHA, normalized=False)
+    assert normalized["verdict"] == "slower" and normalized["low"] < 1.05 < normalized["high"]
+    assert raw["verdict"] == "same" and raw["p_value"] > ALPHA
+
+
 @pytest.mark.parametrize("base, head, message", [
     ([1e-3], [1e-3, 1e-3], "a comparison needs at least 2 processes a side, got 1 and 2"),
     ([1e-3, -1.0], [1e-3, 1e-3], "every time must be a positive number of seconds"),
@@ -74,7 +91,7 @@ def test_bad_samples_are_one_line(base, head, message):
 
 ROOT = Path(__file__).resolve().parent.parent
 SLOW_DENSE = ("    def attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:\n",
-              "    def attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:\n        time.sleep(0.05)\n")
+              "    def attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:\n        time.sleep(0.5)\n")
 
 
 def git(repo, *args):
@@ -90,15 +107,25 @@ def commit_change(repo, path, old, new, message):
     git(repo, "commit", "-qam", message)
 
 
-@pytest.fixture
-def scratch(tmp_path):
-    """A clone of this project's last commit, with a head commit that makes the dense kernel sleep 50 ms a call."""
-    repo = tmp_path / "repo"
+def scratch_clone(where: Path) -> Path:
+    """A clone of this project's last commit, with a head commit that makes the dense kernel sleep 0.5 s a call."""
+    repo = where / "repo"
     subprocess.run(["git", "clone", "-q", str(ROOT), str(repo)], check=True)
     dense = "models/attention/dense.py"
     commit_change(repo, dense, "import math\n", "import math\nimport time\n", "import time")
     commit_change(repo, dense, *SLOW_DENSE, "a slower dense kernel")
     return repo
+
+
+@pytest.fixture
+def scratch(tmp_path):
+    return scratch_clone(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def untouched_scratch(tmp_path_factory):
+    """One scratch clone for the tests that change nothing in it."""
+    return scratch_clone(tmp_path_factory.mktemp("bench"))
 
 
 def harness_bench(repo, *args):
@@ -111,13 +138,14 @@ def worktrees(repo) -> int:
 
 
 def test_each_side_times_its_own_revisions_code_and_no_worktree_is_left(scratch, tmp_path):
-    result = harness_bench(scratch, "--base", "HEAD~1", "--head", "HEAD", "-k", "dense and not fwd_bwd",
+    result = harness_bench(scratch, "--base", "HEAD~1", "--head", "HEAD", "-k", "dense and s256 and not fwd_bwd",
                            "--processes", "2", "--rounds", "1", "--json", str(tmp_path / "out.json"))
     assert result.returncode == 0, result.stderr
     (case,) = json.loads((tmp_path / "out.json").read_text())["cases"]
-    assert case["name"] == "test_attention_kernel[dense-fwd]"
-    # the head's kernel sleeps 50 ms a call, the base's does not: by far more than any noise
-    assert case["head_median_s"] - case["base_median_s"] > 0.04
+    assert case["name"] == "test_attention_kernel[dense-s256-d64-fwd]"
+    # the head's kernel sleeps 0.5 s a call, the base's does not: by far more than any noise (the base's call takes
+    # ~1 ms on 2 cores and moves 10-30% between processes)
+    assert case["head_median_s"] - case["base_median_s"] > 0.4
     assert case["verdict"] == "same"   # 2 processes a side can never reach p < 0.01: too few to call a change
     assert worktrees(scratch) == 1
 
@@ -129,7 +157,8 @@ def test_each_side_times_its_own_revisions_code_and_no_worktree_is_left(scratch,
     (["--base-python", "/no/python"], "--base-python '/no/python' is not an executable"),
     (["--base", "HEAD", "--processes", "1"], "--processes 1 --rounds 7: at least 2 processes and 1 round"),
 ])
-def test_bad_input_is_one_line_exit_2_and_leaves_no_worktree(scratch, args, message):
+def test_bad_input_is_one_line_exit_2_and_leaves_no_worktree(untouched_scratch, args, message):
+    scratch = untouched_scratch
     result = harness_bench(scratch, *args)
     assert result.returncode == 2 and message in result.stderr, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
@@ -139,6 +168,7 @@ def test_bad_input_is_one_line_exit_2_and_leaves_no_worktree(scratch, args, mess
 def test_a_suite_that_fails_on_one_side_names_the_side(scratch):
     commit_change(scratch, "tests/bench/test_attention_kernels.py", "import os\n", "import os\nimport no_such_module\n",
                   "a broken suite")
-    result = harness_bench(scratch, "--base", "HEAD~1", "-k", "dense and not fwd_bwd", "--processes", "2", "--rounds", "1")
+    result = harness_bench(scratch, "--base", "HEAD~1", "-k", "dense and s256 and not fwd_bwd", "--processes", "2",
+                          "--rounds", "1")
     assert result.returncode == 2 and "the kernel suite failed on the head side (working tree under" in result.stderr
     assert worktrees(scratch) == 1
