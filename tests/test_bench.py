@@ -172,3 +172,27 @@ def test_a_suite_that_fails_on_one_side_names_the_side(scratch):
                           "--rounds", "1")
     assert result.returncode == 2 and "the kernel suite failed on the head side (working tree under" in result.stderr
     assert worktrees(scratch) == 1
+
+
+def test_bench_compare_ends_in_one_readable_line_per_slower_case(tmp_path):
+    # a saved baseline whose medians are made a thousand times faster: the re-run is slower in every selected case
+    storage = tmp_path / "benchmarks"
+    select = ["tests/bench/test_attention_kernels.py", "-k", "dense and s256", "--benchmark-only",
+              f"--benchmark-storage=file://{storage}", "-p", "no:cacheprovider"]
+    env = {**os.environ, "BENCH_ROUNDS": "1"}
+    saved = subprocess.run([sys.executable, "-m", "pytest", "-q", *select, "--benchmark-save=base"], cwd=ROOT,
+                           capture_output=True, text=True, env=env)
+    assert saved.returncode == 0, saved.stdout + saved.stderr
+    (baseline,) = storage.rglob("0001_base.json")
+    data = json.loads(baseline.read_text())
+    for case in data["benchmarks"]:
+        case["stats"] = {k: v / 1000 if isinstance(v, float) else v for k, v in case["stats"].items()}
+    baseline.write_text(json.dumps(data))
+    compared = subprocess.run([sys.executable, "-m", "pytest", "-q", *select, "--benchmark-compare=0001",
+                               "--benchmark-compare-fail=median:10%"], cwd=ROOT, capture_output=True, text=True, env=env)
+    out = compared.stdout + compared.stderr
+    assert compared.returncode == 1 and "Traceback" not in out and "INTERNALERROR" not in out, out
+    slower = [line for line in out.splitlines() if line.startswith("slower: ")]
+    assert sorted(line.split(":")[1].strip() for line in slower) == sorted(
+        f"test_attention_kernel[dense-s256-d64-{mode}] (0001_base)" for mode in ("fwd", "fwd_bwd")), slower
+    assert compared.stdout.strip().splitlines()[-1].startswith("slower: "), compared.stdout

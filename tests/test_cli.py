@@ -212,14 +212,16 @@ def test_a_bad_data_setting_stops_a_sweep_before_its_first_job(tmp_path, tiny):
 
 def test_each_job_starts_from_the_process_state_whatever_the_job_before_left(tmp_path, tiny):
     # A basic-launcher sweep runs every job in one process: here the state a tf32 job (precision.prepare) and a
-    # CPU training job (deterministic algorithms) leave behind, then an fp32 job; this job runs on one thread.
+    # CPU training job (deterministic algorithms) leave behind, then an fp32 job on a thread count other than the
+    # process's (make test runs on one thread).
     import torch
     from hydra import compose, initialize_config_dir
 
     from harness import cli, precision
     from harness.config import CONF_DIR
+    threads = 2 if torch.get_num_threads() == 1 else 1
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-        cfg = compose("config", overrides=[*tiny, "threads=1"])
+        cfg = compose("config", overrides=[*tiny, f"threads={threads}"])
     starting = (torch.get_float32_matmul_precision(), torch.are_deterministic_algorithms_enabled(), torch.get_num_threads())
     precision.prepare(torch.nn.Linear(2, 2), "tf32")
     torch.use_deterministic_algorithms(False)
@@ -227,7 +229,7 @@ def test_each_job_starts_from_the_process_state_whatever_the_job_before_left(tmp
     try:
         record = cli.run_point(cfg, tmp_path / "run", sweep_dir=tmp_path)
         assert record["status"] == "ok" and record["precision_info"]["matmul_precision"] == "highest"
-        assert record["env"]["torch_threads"] == 1
+        assert record["env"]["torch_threads"] == threads
         assert (torch.get_float32_matmul_precision(), torch.are_deterministic_algorithms_enabled(),
                 torch.get_num_threads()) == starting
         assert torch.backends.cudnn.benchmark is False
