@@ -73,6 +73,11 @@ def compare(base: Sequence[float], head: Sequence[float], *, min_change: float, 
 # --- two sides, one machine: worktrees or environments, alternating processes ---------------------------------
 
 SUITE = "tests/bench/test_attention_kernels.py"
+# glibc's malloc raises its mmap threshold as large blocks are freed, so whether a 16 MB score matrix is mapped
+# afresh (page faults on every call) or reused from the heap depends on what the process ran before: measured here,
+# dense attention at 1024 tokens took 15 ms in some processes and 32 ms in others of the same code. A fixed threshold
+# takes that state out of every process (15-19 ms in all).
+ALLOCATOR_ENV = {"MALLOC_MMAP_THRESHOLD_": str(2**30), "MALLOC_TRIM_THRESHOLD_": str(2**31)}
 
 
 class BenchError(Exception):
@@ -112,7 +117,7 @@ def run_suite(side: Side, select: str | None, rounds: int, out: Path, threads: i
     reference product timed before each round in the same process)."""
     command = [side.python, "-m", "pytest", "-q", "-p", "no:cacheprovider", SUITE, "--benchmark-only",
                f"--benchmark-json={out}", *(["-k", select] if select else [])]
-    env = {**os.environ, "PYTHONPATH": str(side.root), "BENCH_ROUNDS": str(rounds),
+    env = {**os.environ, **ALLOCATOR_ENV, "PYTHONPATH": str(side.root), "BENCH_ROUNDS": str(rounds),
            **({"BENCH_THREADS": str(threads)} if threads else {})}
     done = subprocess.run(command, cwd=side.root, env=env, capture_output=True, text=True)
     if done.returncode == 5:

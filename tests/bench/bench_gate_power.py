@@ -6,15 +6,16 @@ two sides that differ in nothing) and one scratch commit per slowdown that adds 
 (models/attention/dense.py recomputes the scores of its first fraction f of query rows and throws them away, the
 way a real regression arrives), each in a worktree of its own. The pool then runs round after round; each round
 runs one process of every variant's kernel suite (bench.run_suite, as `harness-bench` does) in an order that
-rotates from round to round. A and A2 run the whole default suite, the slowdowns only the dense cases.
+rotates from round to round. Every variant runs the same cases (`--select`): what a process ran before a case
+changes how fast the case runs (bench.ALLOCATOR_ENV), so the sides must not differ in that.
 
 Analysis: a comparison of P processes a side is the P consecutive rounds of a window (interleaved, as in a real
 comparison), slid one round at a time; each case of each window is one kernel comparison. False alarms: A against
 A2 (both directions would be the same test), every case; detection: A against each slowdown, the dense forward
 cases. A slowdown's true size is measured from the whole pool (median over all its processes against A's).
 `make bench-compare` is one process against one baseline process (a neighbouring round's A), failing when the
-median is more than 10% (35%) slower. Windows overlap, so the comparisons are not independent: the rates are
-estimates from `rounds` rounds, with intervals that count the windows as if they were (too narrow).
+median is more than 10% (35%) slower. Windows overlap, so the comparisons are not independent: a rate from n of
+them is less precise than n independent comparisons would make it.
 
     .venv/bin/python -m tests.bench.bench_gate_power pool --rounds 40      # ~45 min on 2 cores
     .venv/bin/python -m tests.bench.bench_gate_power analyse               # seconds
@@ -41,7 +42,7 @@ NOMINAL = (0.02, 0.03, 0.05, 0.10, 0.20)
 WORK_PER_SLOWDOWN = 1.15
 DENSE = "models/attention/dense.py"
 ANCHOR = "        scores_bhnn = (q @ k.transpose(-2, -1))"
-SLOWED = "dense"
+SLOWED = "dense-"   # the cases the injection slows (their forward; the backward pass is untouched)
 
 
 def inject(source: str, fraction: float) -> str:
@@ -86,8 +87,8 @@ def pool(args) -> None:
             for name in names[r % len(names):] + names[:r % len(names)]:
                 side = bench.Side(name, name, trees[name], sys.executable)
                 start = time.perf_counter()
-                found[name].append(bench.run_suite(side, None if name in ("A", "A2") else SLOWED, args.bench_rounds,
-                                                   Path(scratch) / "out.json", args.threads))
+                found[name].append(bench.run_suite(side, args.select, args.bench_rounds, Path(scratch) / "out.json",
+                                                   args.threads))
                 seconds[name].append(time.perf_counter() - start)
             print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{n} {seconds[n][-1]:.1f} s" for n in names), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -219,6 +220,7 @@ def main(argv=None) -> None:
     parser.add_argument("--rounds", type=int, default=40)
     parser.add_argument("--bench-rounds", type=int, default=7)
     parser.add_argument("--threads", type=int)
+    parser.add_argument("--select", help="the cases every process runs, as pytest -k (default: the whole suite)")
     parser.add_argument("--processes", type=int, nargs="+", default=[4, 5, 6, 8, 10])
     parser.add_argument("--default-processes", type=int, default=6)
     parser.add_argument("--default-normalized", type=lambda s: s == "true", default=True)
