@@ -52,8 +52,14 @@ def kernels(d: Path) -> str:
                      for b in fits["best"])
 
 
+def gate(d: Path) -> str:
+    cases = json.loads((d / "gate.json").read_text())["cases"]
+    verdicts = pd.Series([c["verdict"] for c in cases]).value_counts()
+    return f"{len(cases)} cases against themselves: " + ", ".join(f"{n} {v}" for v, n in verdicts.items())
+
+
 HEADLINES = {"training": training, "attention": attention, "precision": precision, "inference": inference,
-             "scaling": scaling, "kernels": kernels}
+             "scaling": scaling, "kernels": kernels, "gate": gate}
 
 
 def main(root: str, steps: list[str]) -> int:

@@ -2,8 +2,10 @@
 two Python environments, `--base-python PATH`) on this machine, in alternating processes, and judged case by case.
 
 Each revision is checked out into a worktree of its own and its processes import its code (PYTHONPATH), so the
-two sides time different code where they differ. The number of processes and rounds, the minimum change and the
-level are provisional until the power study (issue 25) measures what this machine's noise allows.
+two sides time different code where they differ. The defaults (10 processes a side, times over the reference product,
+alpha 0.01, a 2% floor) come from the power study in results/bench_gate/ (tests/bench/bench_gate_power.py): on a
+2-core shared VM they flagged none of 270 unchanged kernel comparisons and caught a ~10% slowdown 98% of the time,
+a ~7% one 58%; 5% is below what 10 processes can see through a 3-5% spread between processes.
 
 A comparison's unit of evidence is a process. Each side's suite runs in several processes, alternating with the
 other side's (A B B A ...), and each process's median time of a case is one sample. The rounds inside one process
@@ -117,7 +119,9 @@ def run_suite(side: Side, select: str | None, rounds: int, out: Path, threads: i
     reference product timed before each round in the same process)."""
     command = [side.python, "-m", "pytest", "-q", "-p", "no:cacheprovider", SUITE, "--benchmark-only",
                f"--benchmark-json={out}", *(["-k", select] if select else [])]
-    env = {**os.environ, **ALLOCATOR_ENV, "PYTHONPATH": str(side.root), "BENCH_ROUNDS": str(rounds),
+    # the side's own code first; what the caller's PYTHONPATH adds (e.g. packages unpacked beside an image) after it
+    python_path = os.pathsep.join([str(side.root), *filter(None, [os.environ.get("PYTHONPATH")])])
+    env = {**os.environ, **ALLOCATOR_ENV, "PYTHONPATH": python_path, "BENCH_ROUNDS": str(rounds),
            **({"BENCH_THREADS": str(threads)} if threads else {})}
     done = subprocess.run(command, cwd=side.root, env=env, capture_output=True, text=True)
     if done.returncode == 5:
@@ -196,9 +200,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base-python", help="compare environments: the base side runs the head's code under this interpreter")
     parser.add_argument("-k", dest="select", help="select cases as pytest -k does")
     parser.add_argument("--json", help="write the comparison here")
-    parser.add_argument("--processes", type=int, default=6, help="processes per side (default 6)")
+    parser.add_argument("--processes", type=int, default=10, help="processes per side (default 10)")
     parser.add_argument("--rounds", type=int, default=7, help="timed rounds per case per process (default 7)")
-    parser.add_argument("--min-change", type=float, default=0.03, help="the smallest change that counts (default 0.03)")
+    parser.add_argument("--min-change", type=float, default=0.02, help="the smallest change that counts (default 0.02)")
     parser.add_argument("--alpha", type=float, default=0.01, help="the test's significance level (default 0.01)")
     parser.add_argument("--threads", type=int, help="torch's CPU threads in every process (default: torch's own)")
     parser.add_argument("--raw", action="store_true",
