@@ -61,7 +61,8 @@ def variants(root: Path, scratch: Path) -> dict[str, Path]:
     """{variant: its worktree}: HEAD twice and one scratch commit per slowdown, in a scratch clone of root."""
     clone = scratch / "clone"
     subprocess.run(["git", "clone", "--quiet", str(root), str(clone)], check=True)
-    git(clone, "config", "user.email", "power@study"), git(clone, "config", "user.name", "power study")
+    git(clone, "config", "user.email", "power@study")
+    git(clone, "config", "user.name", "power study")
     trees = {}
     for name in ("A", "A2"):
         git(clone, "worktree", "add", "--quiet", "--detach", str(scratch / name), "HEAD")
