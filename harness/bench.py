@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -113,27 +114,66 @@ def checkout(root: Path, revision: str, where: Path) -> Path:
     return where
 
 
+def _suite(side: Side, select: str | None, out: Path, env: dict, prefix: Sequence[str] = ()) -> subprocess.Popen:
+    """One process of `side`'s kernel suite, started, writing pytest-benchmark's JSON to `out`."""
+    command = [*prefix, side.python, "-m", "pytest", "-q", "-p", "no:cacheprovider", SUITE, "--benchmark-only",
+               f"--benchmark-json={out}", *(["-k", select] if select else [])]
+    # the side's own code first; what the caller's PYTHONPATH adds (e.g. packages unpacked beside an image) after it
+    python_path = os.pathsep.join([str(side.root), *filter(None, [os.environ.get("PYTHONPATH")])])
+    return subprocess.Popen(command, cwd=side.root, env={**os.environ, **ALLOCATOR_ENV, "PYTHONPATH": python_path, **env},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _benchmarks(side: Side, process: subprocess.Popen, select: str | None, out: Path, none_ok: bool = False) -> list[dict]:
+    output, _ = process.communicate()
+    if process.returncode == 5 and none_ok:
+        return []
+    if process.returncode == 5:
+        raise BenchError(f"-k {select!r} selects no case of {SUITE}")
+    if process.returncode:
+        raise BenchError(f"the kernel suite failed on the {side.name} side ({side.label}): {_last_line(output)}")
+    found = json.loads(out.read_text())["benchmarks"]
+    if not found and not none_ok:
+        raise BenchError(f"the kernel suite timed no case on the {side.name} side ({side.label}); -k {select!r}")
+    return found
+
+
 def run_suite(side: Side, select: str | None, rounds: int, out: Path, threads: int | None = None) -> dict[str, dict]:
     """One process of `side`'s kernel suite: {case: {"median_s", "reference_s", "flops"}} from pytest-benchmark's
     JSON (median_s: the CUDA events' median where the suite timed with them; reference_s: the median of the
     reference product timed before each round in the same process)."""
-    command = [side.python, "-m", "pytest", "-q", "-p", "no:cacheprovider", SUITE, "--benchmark-only",
-               f"--benchmark-json={out}", *(["-k", select] if select else [])]
-    # the side's own code first; what the caller's PYTHONPATH adds (e.g. packages unpacked beside an image) after it
-    python_path = os.pathsep.join([str(side.root), *filter(None, [os.environ.get("PYTHONPATH")])])
-    env = {**os.environ, **ALLOCATOR_ENV, "PYTHONPATH": python_path, "BENCH_ROUNDS": str(rounds),
-           **({"BENCH_THREADS": str(threads)} if threads else {})}
-    done = subprocess.run(command, cwd=side.root, env=env, capture_output=True, text=True)
-    if done.returncode == 5:
-        raise BenchError(f"-k {select!r} selects no case of {SUITE}")
-    if done.returncode:
-        raise BenchError(f"the kernel suite failed on the {side.name} side ({side.label}): {_last_line(done.stdout + done.stderr)}")
-    found = json.loads(out.read_text())["benchmarks"]
-    if not found:
-        raise BenchError(f"the kernel suite timed no case on the {side.name} side ({side.label}); -k {select!r}")
+    env = {"BENCH_ROUNDS": str(rounds), **({"BENCH_THREADS": str(threads)} if threads else {})}
+    found = _benchmarks(side, _suite(side, select, out, env), select, out)
     return {b["name"]: {"median_s": b["extra_info"].get("event_median_s", b["stats"]["median"]),
                         "reference_s": b["extra_info"].get("reference_s"), "flops": b["extra_info"].get("flops")}
             for b in found}
+
+
+def count_instructions(sides: Sequence[Side], select: str | None, scratch: Path) -> dict[str, dict[str, int]]:
+    """{side name: {case: instructions of one call}}: each side's suite in one process under callgrind, on one
+    thread, at the suite's smallest shape (tests/bench/test_attention_kernels.py says why); empty where the
+    selection has no case there. The sides run at once: a count does not depend on what else the machine runs."""
+    if shutil.which("valgrind") is None:
+        raise BenchError("--instructions needs valgrind on PATH (callgrind counts the instructions)")
+    running = []
+    for side in sides:
+        where = scratch / f"callgrind-{side.name}"
+        where.mkdir()
+        env = {"BENCH_ROUNDS": "1", "BENCH_THREADS": "1", "OMP_NUM_THREADS": "1",
+               "BENCH_CALLGRIND_OUT": str(where / "callgrind.out")}
+        valgrind = ["valgrind", "--tool=callgrind", "--collect-atstart=no",
+                    f"--callgrind-out-file={where / 'callgrind.out'}.%p"]
+        running.append((side, _suite(side, select, where / "suite.json", env, valgrind), where / "suite.json"))
+    try:
+        return {side.name: {b["name"]: b["extra_info"]["instructions"]
+                            for b in _benchmarks(side, process, select, out, none_ok=True)
+                            if "instructions" in b["extra_info"]}
+                for side, process, out in running}
+    finally:
+        for _, process, _ in running:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
 
 
 def alternate(sides: tuple[Side, Side], processes: int) -> list[Side]:
@@ -167,27 +207,46 @@ def per_process(results: list[dict], normalized: bool) -> np.ndarray:
     return np.array([r["median_s"] for r in results])
 
 
-def comparisons(measured: dict, *, min_change: float, alpha: float, normalized: bool) -> list[dict]:
+def comparisons(measured: dict, *, min_change: float, alpha: float, normalized: bool,
+                instructions: dict[str, dict[str, int]] | None = None) -> list[dict]:
+    """One row per case both sides timed. With instruction counts (count_instructions), a case the times call
+    `same` is `slower` (`faster`) when its instructions grew (shrank) by the minimum change: `signal` says which
+    decided. Counts move ~1e-5 between processes of the same code, so they see what timing noise hides."""
     rows = []
     for case in sorted(set(measured["base"]) & set(measured["head"])):
         base, head = measured["base"][case], measured["head"][case]
         c = compare(per_process(base, normalized), per_process(head, normalized), min_change=min_change, alpha=alpha)
         base_s, head_s = (float(np.median([r["median_s"] for r in side])) for side in (base, head))
         flops = measured["_flops"].get(case)
+        counts = [instructions[side].get(case) for side in ("base", "head")] if instructions else [None, None]
+        instructions_ratio = counts[1] / counts[0] if None not in counts else None
+        verdict, signal = c.verdict, "time"
+        if verdict == "same" and instructions_ratio is not None:
+            if instructions_ratio >= 1 + min_change:
+                verdict, signal = "slower", "instructions"
+            elif instructions_ratio <= 1 / (1 + min_change):
+                verdict, signal = "faster", "instructions"
         rows.append({"name": case, "base_median_s": base_s, "head_median_s": head_s,
-                     "ratio": c.ratio, "low": c.low, "high": c.high, "p_value": c.p_value, "verdict": c.verdict,
+                     "ratio": c.ratio, "low": c.low, "high": c.high, "p_value": c.p_value, "verdict": verdict,
+                     "signal": signal, "base_instructions": counts[0], "head_instructions": counts[1],
+                     "instructions_ratio": instructions_ratio,
                      "head_tflops_per_s": flops / head_s / 1e12 if flops else None})
     return rows
 
 
 def table(rows: list[dict]) -> str:
     width = max([len("case")] + [len(r["name"]) for r in rows])
-    lines = [f"{'case':<{width}}  {'base':>10}  {'head':>10}  {'ratio [95% interval]':>24}  {'p':>8}  {'verdict':<7}  TFLOP/s"]
+    lines = [f"{'case':<{width}}  {'base':>10}  {'head':>10}  {'ratio [95% interval]':>24}  {'p':>8}  {'instr':>6}  "
+             f"{'verdict':<7}  TFLOP/s"]
     for r in rows:
         interval = f"{r['ratio']:.3f} [{r['low']:.3f}, {r['high']:.3f}]"
         rate = f"{r['head_tflops_per_s']:.3g}" if r["head_tflops_per_s"] else "-"
+        counted = f"{r['instructions_ratio']:.4f}" if r.get("instructions_ratio") else "-"
+        verdict = r["verdict"] + ("*" if r.get("signal") == "instructions" else "")
         lines.append(f"{r['name']:<{width}}  {r['base_median_s'] * 1e3:>8.3f}ms  {r['head_median_s'] * 1e3:>8.3f}ms  "
-                     f"{interval:>24}  {r['p_value']:>8.2g}  {r['verdict']:<7}  {rate}")
+                     f"{interval:>24}  {r['p_value']:>8.2g}  {counted:>6}  {verdict:<7}  {rate}")
+    if any(r.get("signal") == "instructions" for r in rows):
+        lines.append("* decided by instruction counts (instr: head's over base's), the times alone said same")
     return "\n".join(lines)
 
 
@@ -205,6 +264,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-change", type=float, default=0.02, help="the smallest change that counts (default 0.02)")
     parser.add_argument("--alpha", type=float, default=0.01, help="the test's significance level (default 0.01)")
     parser.add_argument("--threads", type=int, help="torch's CPU threads in every process (default: torch's own)")
+    parser.add_argument("--instructions", action="store_true", help=(
+        "also count each case's instructions under callgrind (valgrind; CPU; the smallest shape; ~4 more minutes): "
+        "a case whose times say same is slower when its instructions grew by --min-change"))
     parser.add_argument("--raw", action="store_true",
                         help="compare raw times, not times over the reference product timed in the same process")
     args = parser.parse_args(argv)
@@ -245,17 +307,24 @@ def _run(args) -> int:
             (scratch / "out").mkdir()
             measured = measure_sides((base, head), args.processes, args.rounds, args.select, scratch / "out",
                                      args.threads)
+            counted = None
+            if args.instructions:
+                print("harness-bench: counting instructions under callgrind, both sides at once", flush=True)
+                start = time.perf_counter()
+                counted = count_instructions((base, head), args.select, scratch)
+                print(f"harness-bench: counted in {time.perf_counter() - start:.0f} s", flush=True)
         finally:
             for tree in worktrees:
                 _git(root, "worktree", "remove", "--force", str(tree))
             _git(root, "worktree", "prune")
-    rows = comparisons(measured, min_change=args.min_change, alpha=args.alpha, normalized=not args.raw)
+    rows = comparisons(measured, min_change=args.min_change, alpha=args.alpha, normalized=not args.raw,
+                       instructions=counted)
     print(table(rows))
     if args.json:
         Path(args.json).write_text(json.dumps({
             "base": base.label, "head": head.label, "processes": args.processes, "rounds": args.rounds,
             "min_change": args.min_change, "alpha": args.alpha, "threads": args.threads,
-            "normalized": not args.raw, "cases": rows}, indent=1))
+            "normalized": not args.raw, "instructions": args.instructions, "cases": rows}, indent=1))
     slower = [r["name"] for r in rows if r["verdict"] == "slower"]
     print(f"slower: {', '.join(slower)}" if slower else f"no case slower ({len(rows)} compared)")
     return 1 if slower else 0

@@ -263,6 +263,28 @@ def interleaved_medians(fns: dict, device: torch.device, *, rounds: int = 15, wa
     return {name: float(sorted(t)[len(t) // 2]) for name, t in times.items()}
 
 
+def instructions(fn, callgrind_out: str) -> int:
+    """Instructions one call of fn() executes (callgrind's Ir, every thread), in a process that runs under
+    `valgrind --tool=callgrind --collect-atstart=no --callgrind-out-file=<callgrind_out>.%p`: collection is switched
+    on around the call and the counts dumped (torch's own callgrind bindings), then read back from the dump file.
+    Counts are all but deterministic (a few hundred instructions in 30 million move between processes), so they see
+    a change that adds or removes work through any amount of timing noise; they do not see one that only waits
+    longer (cache misses, memory bandwidth, contention)."""
+    if not torch._C._valgrind_supported_platform():
+        raise RuntimeError("this torch build has no callgrind bindings")
+    torch._C._valgrind_toggle()
+    fn()
+    torch._C._valgrind_toggle_and_dump_stats()
+    dumps = Path(callgrind_out).parent.glob(f"{Path(callgrind_out).name}.{os.getpid()}.*")
+    latest = max(dumps, key=lambda path: int(path.suffix[1:]), default=None)
+    if latest is None:
+        raise RuntimeError(f"no callgrind dump at {callgrind_out}.{os.getpid()}.*: is this process under callgrind?")
+    for line in latest.read_text().splitlines():
+        if line.startswith("totals:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{latest} has no totals line")
+
+
 def matmul_flops_per_s(device: torch.device, dtype: torch.dtype, size: int | None = None) -> float:
     """This device's measured rate for a square matrix product in `dtype` (median of 5 after warm-up), under the
     matmul precision in effect now: the ceiling an attention kernel's achieved FLOP/s is read against. Measured

@@ -220,9 +220,43 @@ def markdown(power: dict) -> str:
             + markdown_table(pd.DataFrame(power["noise"]).round(4)) + "\n")
 
 
+def instructions(args) -> None:
+    """Instruction counts (`harness-bench --instructions`): A and A2 over the selection (the noise: how far two
+    processes of the same code differ) and each slowdown's dense cases, two variants at a time. A count is all but
+    deterministic, so one process a variant is the comparison; judged at the default minimum change."""
+    root = Path(git(Path.cwd(), "rev-parse", "--show-toplevel").strip())
+    with tempfile.TemporaryDirectory(prefix="bench-gate-") as scratch:
+        trees = variants(root, Path(scratch))
+        sides = {name: bench.Side(name, name, tree, sys.executable) for name, tree in trees.items()}
+        counts, seconds = {}, {}
+        slowed = [n for n in sides if n.startswith("slow")]
+        for names, select in [(("A", "A2"), args.select), *[(tuple(slowed[i:i + 2]), SLOWED.rstrip("-"))
+                                                              for i in range(0, len(slowed), 2)]]:
+            start = time.perf_counter()
+            (Path(scratch) / "counts").mkdir(exist_ok=True)
+            where = Path(tempfile.mkdtemp(dir=Path(scratch) / "counts"))
+            counts.update(bench.count_instructions([sides[n] for n in names], select, where))
+            seconds[" ".join(names)] = time.perf_counter() - start
+            print(f"{', '.join(names)}: {seconds[' '.join(names)]:.0f} s", flush=True)
+    noise = {c: counts["A2"][c] / counts["A"][c] for c in counts["A"]}
+    threshold = args.default_min_change
+    result = {
+        "commit": git(root, "rev-parse", "HEAD").strip(), "min_change": threshold, "counts": counts,
+        "process_seconds": seconds, "a_a_ratio": noise, "max_a_a_change": max(abs(r - 1) for r in noise.values()),
+        "false_alarm_rate": rate([abs(r - 1) >= threshold for r in noise.values()]), "comparisons": len(noise),
+        "instructions_ratio": {f"{s:g}": {c: counts[f"slow{s:g}"][c] / counts["A"][c] for c in counts[f"slow{s:g}"]}
+                               for s in NOMINAL}}
+    result["detection"] = {s: rate([r >= 1 + threshold for c, r in ratios.items() if "fwd_bwd" not in c])
+                           for s, ratios in result["instructions_ratio"].items()}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "instructions.json").write_text(json.dumps(result, indent=1))
+    print(json.dumps({k: result[k] for k in ("max_a_a_change", "false_alarm_rate", "comparisons", "detection",
+                                             "instructions_ratio", "process_seconds")}, indent=1))
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("step", choices=["pool", "analyse"])
+    parser.add_argument("step", choices=["pool", "analyse", "instructions"])
     parser.add_argument("--rounds", type=int, default=40)
     parser.add_argument("--bench-rounds", type=int, default=7)
     parser.add_argument("--threads", type=int)
@@ -234,7 +268,7 @@ def main(argv=None) -> None:
     parser.add_argument("--default-alpha", type=float, default=0.01)
     parser.add_argument("--out", type=Path, default=Path("results/bench_gate"))
     args = parser.parse_args(argv)
-    pool(args) if args.step == "pool" else analyse(args)
+    {"pool": pool, "analyse": analyse, "instructions": instructions}[args.step](args)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,12 @@ round of the case, in the same process, so a comparison can divide out how fast 
 Between rounds (untimed) the reference product runs; on CUDA a 256 MB buffer is also rewritten, flushing the L2
 cache, and the kernel is timed with CUDA events (`event_median_s`) besides the host clock, which also counts the
 launch. BENCH_ROUNDS and BENCH_THREADS (torch's CPU threads) are set per process by harness-bench.
+
+Under callgrind (`harness-bench --instructions` sets BENCH_CALLGRIND_OUT to its --callgrind-out-file prefix), each
+case runs one call and then counts the instructions of the next (`instructions` in extra_info,
+harness.measure.instructions), at the smallest shape only: callgrind runs these kernels ~500 times slower than the
+CPU does (measured: the whole suite took 51 min, its six dense cases 10 min), and FlexAttention, which compiles, not
+at all. The times such a process records mean nothing and harness-bench does not read them.
 """
 import os
 import statistics
@@ -28,6 +34,9 @@ if os.environ.get("BENCH_THREADS"):
 # takes ~20 s on 2 CPU cores (harness-bench's default comparison: 6 processes a side, under 5 minutes).
 SHAPES = {"cpu": [(1, 4, 256, 64), (1, 4, 1024, 64), (1, 2, 1024, 128)],
           "cuda": [(4, 16, 1024, 64), (4, 16, 4096, 64), (4, 16, 4096, 128), (1, 16, 16384, 128)]}[DEVICE]
+CALLGRIND_OUT = os.environ.get("BENCH_CALLGRIND_OUT")
+if CALLGRIND_OUT:
+    SHAPES = SHAPES[:1]
 WINDOW = {"cpu": 256, "cuda": 512}[DEVICE]   # longformer's, a quarter of the longest CPU sequence
 REFERENCE_SIZE = {"cpu": 256, "cuda": 4096}[DEVICE]
 L2_FLUSH_BYTES = 256 * 2**20
@@ -53,6 +62,8 @@ def shape_id(shape):
 
 @pytest.fixture(scope="session")
 def matmul_rate():
+    if CALLGRIND_OUT:   # a 2048-square product would take minutes under callgrind, and no time is read here
+        return None
     return measure.matmul_flops_per_s(torch.device(DEVICE), DTYPE)
 
 
@@ -85,6 +96,8 @@ def test_attention_kernel(benchmark, matmul_rate, case, shape, mode):
     backward = mode == "fwd_bwd"
     if backward and name == "longformer" and options["impl"] == "flex" and DEVICE == "cpu":
         pytest.skip("FlexAttention has no CPU backward")
+    if CALLGRIND_OUT and name == "longformer" and options["impl"] == "flex":
+        pytest.skip("FlexAttention compiles with inductor: hours under callgrind")
     batch, heads, seq, head_dim = shape
     attn = attention.get_attention(name, causal=True, **options)
     q, k, v = (torch.randn(batch, heads, seq, head_dim, device=DEVICE, dtype=DTYPE, requires_grad=backward) for _ in range(3))
@@ -109,6 +122,10 @@ def test_attention_kernel(benchmark, matmul_rate, case, shape, mode):
                                        backward=backward, options=options)
     benchmark.extra_info.update(device=DEVICE, dtype=str(DTYPE), batch=batch, heads=heads, seq_len=seq,
                                 head_dim=head_dim, flops=flop_count, threads=torch.get_num_threads())
+    if CALLGRIND_OUT:
+        benchmark.pedantic(call, rounds=1, iterations=1)   # the untimed first call: lazy set-up, allocator growth
+        benchmark.extra_info["instructions"] = measure.instructions(call, CALLGRIND_OUT)
+        return
     benchmark.pedantic(call, setup=setup, rounds=ROUNDS, iterations=1, warmup_rounds=2)
     if benchmark.stats is None:   # --benchmark-disable: the call ran once, untimed
         return
