@@ -4,6 +4,7 @@ is `same`), and end to end in a scratch clone: each side times its own revision'
 exit 2, and no worktree is left behind. Timing stays out of pass/fail tests, but for a kernel that sleeps 0.5 s."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -75,6 +76,33 @@ def test_dividing_by_the_reference_product_takes_the_machines_speed_out_of_each_
     (raw,) = bench.comparisons(measured, min_change=0.02, alpha=ALPHA, normalized=False)
     assert normalized["verdict"] == "slower" and normalized["low"] < 1.05 < normalized["high"]
     assert raw["verdict"] == "same" and raw["p_value"] > ALPHA
+
+
+@pytest.mark.parametrize("head_instructions, verdict, signal", [
+    (30_700_000, "slower", "instructions"),   # 2.3% more instructions: past the minimum change
+    (30_000_450, "same", "time"),             # a few hundred more: the noise between processes of the same code
+    (28_500_000, "faster", "instructions"),
+])
+def test_instruction_counts_decide_a_case_the_times_call_the_same(head_instructions, verdict, signal):
+    rng = np.random.default_rng(6)
+    side = lambda: [{"median_s": float(t), "reference_s": None, "flops": None} for t in processes(rng, 10, spread=0.05)]
+    measured = {"base": {"k": side()}, "head": {"k": side()}, "_flops": {}}
+    (timed,) = bench.comparisons(measured, min_change=0.02, alpha=ALPHA, normalized=False)
+    assert timed["verdict"] == "same" and timed["instructions_ratio"] is None
+    counts = {"base": {"k": 30_000_000}, "head": {"k": head_instructions}}
+    (row,) = bench.comparisons(measured, min_change=0.02, alpha=ALPHA, normalized=False, instructions=counts)
+    assert (row["verdict"], row["signal"]) == (verdict, signal)
+    assert row["instructions_ratio"] == pytest.approx(head_instructions / 30_000_000)
+
+
+def test_a_slowdown_the_times_see_stays_slower_whatever_the_counts_say():
+    rng = np.random.default_rng(7)
+    side = lambda ratio: [{"median_s": float(t), "reference_s": None, "flops": None}
+                          for t in processes(rng, 10, ratio=ratio, spread=0.01)]
+    measured = {"base": {"k": side(1.0)}, "head": {"k": side(1.2)}, "_flops": {}}
+    counts = {"base": {"k": 30_000_000}, "head": {"k": 30_000_000}}   # more time, same work: e.g. a cache-hostile layout
+    (row,) = bench.comparisons(measured, min_change=0.02, alpha=ALPHA, normalized=False, instructions=counts)
+    assert (row["verdict"], row["signal"]) == ("slower", "time")
 
 
 @pytest.mark.parametrize("base, head, message", [
@@ -196,3 +224,22 @@ def test_bench_compare_ends_in_one_readable_line_per_slower_case(tmp_path):
     assert sorted(line.split(":")[1].strip() for line in slower) == sorted(
         f"test_attention_kernel[dense-s256-d64-{mode}] (0001_base)" for mode in ("fwd", "fwd_bwd")), slower
     assert compared.stdout.strip().splitlines()[-1].startswith("slower: "), compared.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not shutil.which("valgrind"), reason="needs valgrind (callgrind counts the instructions)")
+def test_instructions_count_the_work_a_kernel_adds(scratch, tmp_path):
+    # the head's dense kernel computes its scores twice: about twice the instructions, while a process's timing of
+    # one round at 2 processes a side can call nothing; no other case's count moves
+    commit_change(scratch, "models/attention/dense.py", *reversed(SLOW_DENSE), "no sleep")
+    commit_change(scratch, "models/attention/dense.py", "        scores_bhnn = (q @ k.transpose(-2, -1))",
+                  "        q @ k.transpose(-2, -1)\n        scores_bhnn = (q @ k.transpose(-2, -1))", "scores twice")
+    result = harness_bench(scratch, "--base", "HEAD~1", "-k", "(dense or performer) and s256 and not fwd_bwd",
+                           "--processes", "2", "--rounds", "1", "--instructions", "--json", str(tmp_path / "out.json"))
+    assert result.returncode == 1, result.stdout + result.stderr
+    cases = {c["name"]: c for c in json.loads((tmp_path / "out.json").read_text())["cases"]}
+    dense, performer = cases["test_attention_kernel[dense-s256-d64-fwd]"], cases["test_attention_kernel[performer-s256-d64-fwd]"]
+    assert (dense["verdict"], dense["signal"]) == ("slower", "instructions") and dense["instructions_ratio"] > 1.2
+    assert performer["verdict"] == "same" and abs(performer["instructions_ratio"] - 1) < 1e-3
+    assert result.stdout.strip().splitlines()[-1] == "slower: test_attention_kernel[dense-s256-d64-fwd]"
+    assert worktrees(scratch) == 1

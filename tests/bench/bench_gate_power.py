@@ -19,7 +19,8 @@ them is less precise than n independent comparisons would make it.
 
     .venv/bin/python -m tests.bench.bench_gate_power pool --rounds 24 --select "dense or performer or auto"   # ~21 min
     .venv/bin/python -m tests.bench.bench_gate_power analyse               # seconds
-Writes results/bench_gate/pool.json, then power.json, power.md and power.png/svg (or --out).
+    .venv/bin/python -m tests.bench.bench_gate_power instructions          # ~15 min: callgrind counts of every variant
+Writes results/bench_gate/pool.json, then power.json, power.md and power.png/svg; instructions.json (or --out).
 """
 from __future__ import annotations
 
