@@ -55,7 +55,10 @@ def inject(source: str, fraction: float) -> str:
 
 
 def git(where: Path, *args: str) -> str:
-    return subprocess.run(["git", "-C", str(where), *args], check=True, capture_output=True, text=True).stdout
+    done = bench._git(where, *args)
+    if done.returncode:
+        raise SystemExit(f"git {' '.join(args)} in {where}: {bench._last_line(done.stderr)}")
+    return done.stdout
 
 
 def variants(root: Path, scratch: Path) -> dict[str, Path]:
@@ -234,9 +237,7 @@ def instructions(args) -> None:
         for names, select in [(("A", "A2"), args.select), *[(tuple(slowed[i:i + 2]), SLOWED.rstrip("-"))
                                                               for i in range(0, len(slowed), 2)]]:
             start = time.perf_counter()
-            (Path(scratch) / "counts").mkdir(exist_ok=True)
-            where = Path(tempfile.mkdtemp(dir=Path(scratch) / "counts"))
-            counts.update(bench.count_instructions([sides[n] for n in names], select, where))
+            counts.update(bench.count_instructions([sides[n] for n in names], select, Path(scratch)))
             seconds[" ".join(names)] = time.perf_counter() - start
             print(f"{', '.join(names)}: {seconds[' '.join(names)]:.0f} s", flush=True)
     noise = {c: counts["A2"][c] / counts["A"][c] for c in counts["A"]}
