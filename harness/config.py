@@ -15,10 +15,10 @@ from harness import distributed, hparams, parallel, precision, quantize, schedul
 from harness.errors import ConfigError, Unsupported
 
 from models import attention as attention_registry
-from models import mup
-from models import spec as model_specs
+from models import families, mup
 from models.positions import KINDS as POSITION_KINDS
 from models.sizing import shape_for_params
+from models.spec import ModelSpec
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 GROUPS = ("task", "model", "data", "attention", "precision", "parallel", "study", "logger")
@@ -176,7 +176,7 @@ def _check_schedule(t: DictConfig) -> None:
         raise ConfigError(f"task.cooldowns={list(t.cooldowns)} names a fraction twice")
 
 
-def _check_parallel(cfg: DictConfig, machine: distributed.Machine | None, spec: model_specs.ModelSpec) -> None:
+def _check_parallel(cfg: DictConfig, machine: distributed.Machine | None, spec: ModelSpec) -> None:
     """Shape and batch checks of the layout on the ranks `machine` gives; whether it really has them is checked
     when the job runs."""
     p = cfg.parallel
@@ -246,14 +246,14 @@ def attention_options(cfg: DictConfig) -> dict:
     return {k: v for k, v in cfg.attention.items() if k != "name"}
 
 
-def model_spec(m: DictConfig) -> model_specs.ModelSpec:
+def model_spec(m: DictConfig) -> ModelSpec:
     try:
-        return model_specs.get(m.get("family", "gpt"), OmegaConf.to_container(m, resolve=True))
+        return families.get(m.get("family", "gpt"), OmegaConf.to_container(m, resolve=True))
     except (ValueError, ImportError) as error:
         raise ConfigError(str(error)) from None
 
 
-def _check_shape(m: DictConfig, spec: model_specs.ModelSpec) -> None:
+def _check_shape(m: DictConfig, spec: ModelSpec) -> None:
     if m.params is not None:
         _positive(m.params, "model.params")
         _positive(m.aspect_ratio, "model.aspect_ratio")
@@ -275,7 +275,7 @@ def _check_shape(m: DictConfig, spec: model_specs.ModelSpec) -> None:
                           f"{resolved['d_model'] // resolved['n_head']}")
 
 
-def _check_capabilities(cfg: DictConfig, spec: model_specs.ModelSpec) -> None:
+def _check_capabilities(cfg: DictConfig, spec: ModelSpec) -> None:
     """What the task and layout ask of the family that its spec says it cannot do: an `unsupported` record."""
     needs = {"tp": cfg.parallel.name in ("tp", "fsdp_tp"), "pp": cfg.parallel.name == "pp",
              "kv_cache": cfg.task.name == "inference", "mup": parametrization(cfg.model) == "mup"}

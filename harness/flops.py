@@ -1,41 +1,12 @@
-"""The harness's shared FLOP and memory formulas and device peak rates.
+"""Device peak rates and the memory formulas every family shares (the KV cache).
 
-A family's own training FLOPs per token are its spec's (models/<family>.py), each in closed form beside its
-model, and FlopCounterMode's count where no closed form exists (measured_flops_per_token: a model the harness has
-never seen). A fused attention kernel that recomputes the scores in backward does more arithmetic than the model
-needs; that recomputation is hardware work, not model work, and is not counted.
+A family's training FLOPs per token are its spec's (models/<family>.py, FlopsPerToken in models/spec.py), each in
+closed form beside its model, or FlopCounterMode's count where no closed form exists; an attention variant's FLOPs
+and memory are its own module's (models/attention/).
 """
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-
-import torch
-
-
-@dataclass(frozen=True)
-class FlopsPerToken:
-    dense: float       # training FLOPs per token, attention as a dense kernel performs it
-    causal: float      # training FLOPs per token, attention as a causal mask needs it
-    six_n: float       # the 6N approximation (Kaplan), N = non-embedding parameters
-    attention_dense: float | None = None    # None where attention is not separable (a measured count)
-    attention_causal: float | None = None
-
-
-def measured_flops_per_token(model: torch.nn.Module, seq_len: int, non_embedding_params: int) -> FlopsPerToken:
-    """Training FLOPs per token as PyTorch's FlopCounterMode counts one forward, the cross-entropy and one backward
-    of `model` (built on the meta device: no memory, no arithmetic) over one window of seq_len tokens. The counter
-    counts matmuls, convolutions and attention kernels, as the closed forms do; attention under a causal mask
-    counts as the dense kernel performs it, so `causal` equals `dense` here."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from models.spec import token_loss
-    idx = torch.zeros((1, seq_len), dtype=torch.long, device="meta")
-    with FlopCounterMode(display=False) as counter:
-        logits = model(idx)
-        token_loss(logits, torch.zeros(logits.shape[:-1], dtype=torch.long, device="meta")).backward()
-    per_token = counter.get_total_flops() / seq_len
-    return FlopsPerToken(dense=per_token, causal=per_token, six_n=6.0 * non_embedding_params)
 
 
 # Dense (no sparsity) peak rates in FLOP/s from NVIDIA's data sheets, per product, by the compute dtype a precision
@@ -119,72 +90,6 @@ def peak_flops(device_name: str, compute_dtype: str) -> float | None:
     product not in the table, and a dtype the product's sheet gives no figure for)."""
     product = device_product(device_name)
     return PEAK_FLOPS[product].get(compute_dtype) if product else None
-
-
-# --- attention kernels ----------------------------------------------------------------------------
-# The FLOPs an attention variant needs for (batch, heads, seq, head_dim), counted by matmul (2 per multiply-add):
-#   exact softmax attention (dense, sdpa, xformers, flash_attn, longformer): 4 * b * h * d * pairs forward,
-#       pairs = the (query, key) pairs the mask lets through (masks.attended_pairs): n^2 full,
-#       n(n+1)/2 causal (the "halved when causal"), about n * window for a sliding window.
-#   performer (FAVOR+, m features): feature maps 2 * (2 n m d) for q and k, then
-#       non-causal: phi(k)^T [v, 1] and phi(q) context: 2 * (2 n m (d+1));
-#       causal: per chunk of c rows also phi(q) phi(k)^T and its product with [v, 1]: 2 n c m + 2 n c (d+1).
-# Backward, by a named convention (each attention record says which in `flops_convention`):
-#   flash     2.5 x forward: dQ, dK, dV, dP and the recomputed QK^T, FlashAttention's benchmark count (Dao 2023,
-#             benchmarks/benchmark_flash_attention.py). Credited to every exact kernel alike, so their FLOP/s are
-#             rates of the same work and compare; a kernel that keeps the scores (dense, sdpa math) does 2x.
-#   autograd  2 x forward: the products of the backward of plain matmuls, what FAVOR+ computes.
-# `flops_no_recompute` (2 x forward for every variant) is beside it in the record.
-ATTENTION_FLOP_CONVENTIONS = {"flash": 2.5, "autograd": 2.0}
-
-
-def attention_flop_convention(variant: str) -> str:
-    return "autograd" if variant == "performer" else "flash"
-
-
-def attention_forward_flops(variant: str, *, batch: int, heads: int, seq_len: int, head_dim: int, causal: bool,
-                            options: dict | None = None) -> float:
-    from models.attention.masks import attended_pairs
-    from models.attention.performer import DEFAULT_CHUNK, default_num_features
-
-    options = options or {}
-    n, d = seq_len, head_dim
-    if variant == "performer":
-        m = options.get("num_features") or default_num_features(d)
-        forward = 2 * (2 * n * m * d) + 2 * (2 * n * m * (d + 1))
-        if causal:
-            c = min(options.get("chunk_size") or DEFAULT_CHUNK[True], n)
-            forward += 2 * n * c * m + 2 * n * c * (d + 1)
-    else:
-        window = options.get("window") if variant == "longformer" else None
-        globals_ = options.get("global_tokens", 0) if variant == "longformer" else 0
-        forward = 4 * d * attended_pairs(n, causal=causal, window=window, global_tokens=globals_)
-    return float(batch * heads * forward)
-
-
-def attention_flops(variant: str, *, batch: int, heads: int, seq_len: int, head_dim: int, causal: bool,
-                    backward: bool, options: dict | None = None, convention: str | None = None) -> float:
-    """Forward FLOPs, plus the backward's by `convention` (default: the variant's, attention_flop_convention)."""
-    forward = attention_forward_flops(variant, batch=batch, heads=heads, seq_len=seq_len, head_dim=head_dim,
-                                      causal=causal, options=options)
-    factor = ATTENTION_FLOP_CONVENTIONS[convention or attention_flop_convention(variant)]
-    return forward * (1 + factor) if backward else forward
-
-
-def attention_memory_estimate(variant: str, *, batch: int, heads: int, seq_len: int, head_dim: int,
-                              bytes_per_element: int, backward: bool, options: dict | None = None) -> float:
-    """Bytes of the largest intermediates a variant materialises (a guard against an OS-level OOM kill).
-
-    dense, sdpa's math backend (and flex on CPU, which runs unfused) keep the n x n scores and probabilities,
-    and in backward their gradients too; the others are linear in n and are not guarded.
-    """
-    options = options or {}
-    materialises = (variant == "dense" or (variant == "sdpa" and options.get("backend") == "math")
-                    or (variant == "longformer" and options.get("impl") == "flex"))
-    if not materialises:
-        return 0.0
-    square = batch * heads * seq_len * seq_len * max(bytes_per_element, 4)  # softmax runs in fp32
-    return float(square * (4 if backward else 2))
 
 
 def kv_cache_bytes(*, n_layer: int, kv_heads: int, head_dim: int, context: int, batch: int, bytes_per_element: int) -> int:

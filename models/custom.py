@@ -27,9 +27,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from harness import flops
 from models import gpt
-from models.spec import ModelSpec, embedding_split, next_token_examples
+from models.spec import FlopsPerToken, ModelSpec, embedding_split, measured_flops_per_token, next_token_examples
 
 RESERVED = ("family", "_target_", "seq_len", "parametrization", "base_width", "base_head_dim")
 HOOKS = {"tp_plan": "tensor parallelism", "pipeline_parts": "pipeline parallelism", "kv_cache": "KV-cache decoding"}
@@ -53,14 +52,14 @@ def build(cfg: CustomConfig) -> nn.Module:
 
 
 @functools.lru_cache(maxsize=None)
-def _measured(key: str) -> flops.FlopsPerToken:
+def _measured(key: str) -> FlopsPerToken:
     cfg = CustomConfig(**json.loads(key))
     with torch.device("meta"):
         model = build(cfg)
-    return flops.measured_flops_per_token(model, cfg.seq_len, embedding_split(model)["non_embedding"])
+    return measured_flops_per_token(model, cfg.seq_len, embedding_split(model)["non_embedding"])
 
 
-def flops_per_token(cfg: CustomConfig) -> flops.FlopsPerToken:
+def flops_per_token(cfg: CustomConfig) -> FlopsPerToken:
     return _measured(json.dumps(asdict(cfg), sort_keys=True))
 
 

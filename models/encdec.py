@@ -20,12 +20,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from harness.flops import FlopsPerToken
 from models import attention as attention_registry
 from models import gpt, mup
 from models.gpt import MLP, Block, GPTConfig, KVCache, SelfAttention, init_weights, scaled_sinusoids, sinusoid_rows
 from models.positions import KINDS as POSITION_KINDS
-from models.spec import ModelSpec, embedding_split
+from models.spec import FlopsPerToken, ModelSpec, embedding_split
 
 NOISE_DENSITY = 0.15
 MEAN_SPAN = 3.0

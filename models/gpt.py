@@ -13,10 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.flops import FlopsPerToken
 from models import attention as attention_registry, mup
 from models.positions import KINDS as POSITION_KINDS, TABLE_KINDS, Rotary, alibi_bias, alibi_slopes, sinusoidal_table
-from models.spec import ModelSpec, embedding_split, next_token_examples
+from models.spec import FlopsPerToken, ModelSpec, embedding_split, next_token_examples
 
 
 # Sinusoids have a per-channel RMS of 1/sqrt(2); token embeddings start at std 0.02 (GPT-2). Scaled to the

@@ -18,12 +18,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.flops import FlopsPerToken
 from models import attention as attention_registry
 from models import gpt, mup
 from models.gpt import KVCache
 from models.positions import Rotary
-from models.spec import ModelSpec, embedding_split, next_token_examples
+from models.spec import FlopsPerToken, ModelSpec, embedding_split, next_token_examples
 
 
 @dataclass

@@ -12,8 +12,6 @@ A capability a family lacks is a sentence instead of a function: the reason a ru
 """
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -50,6 +48,31 @@ def embedding_split(model: nn.Module, output_heads: tuple[nn.Module, ...] = ()) 
     return {"total": total, "embedding": tables, "non_embedding": total - tables}
 
 
+@dataclass(frozen=True)
+class FlopsPerToken:
+    dense: float       # training FLOPs per token, attention as a dense kernel performs it
+    causal: float      # training FLOPs per token, attention as a causal mask needs it
+    six_n: float       # the 6N approximation (Kaplan), N = non-embedding parameters
+    attention_dense: float | None = None    # None where attention is not separable (a measured count)
+    attention_causal: float | None = None
+
+
+def measured_flops_per_token(model: torch.nn.Module, seq_len: int, non_embedding_params: int) -> FlopsPerToken:
+    """Training FLOPs per token as PyTorch's FlopCounterMode counts one forward, the cross-entropy and one backward
+    of `model` (built on the meta device: no memory, no arithmetic) over one window of seq_len tokens. The counter
+    counts matmuls, convolutions and attention kernels, as the closed forms do; attention under a causal mask
+    counts as the dense kernel performs it, so `causal` equals `dense` here."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    idx = torch.zeros((1, seq_len), dtype=torch.long, device="meta")
+    with FlopCounterMode(display=False) as counter:
+        logits = model(idx)
+        token_loss(logits, torch.zeros(logits.shape[:-1], dtype=torch.long, device="meta")).backward()
+    per_token = counter.get_total_flops() / seq_len
+    return FlopsPerToken(dense=per_token, causal=per_token, six_n=6.0 * non_embedding_params)
+
+
+
 def no_problems(model: dict, task: dict) -> str | None:
     return None
 
@@ -62,7 +85,7 @@ class ModelSpec:
     build: Callable[[Any], nn.Module]
     model_vocab: Callable[[int, int], int]      # (data vocabulary, seq_len) -> the model's vocabulary
     examples: Callable                          # (windows_bn of seq_len + 1 tokens, data_vocab, generator, rng) -> (x, y)
-    flops_per_token: Callable[[Any], Any]       # config -> harness.flops.FlopsPerToken
+    flops_per_token: Callable[[Any], FlopsPerToken]
     param_counts: Callable[[nn.Module], dict]   # total, embedding, non_embedding, encoder, decoder
     describe: Callable[[Any], dict]             # config -> the record's model_info shape fields
     non_embedding_params: Callable[[Any], int] | str = "no closed-form parameter count"  # for sizing by model.params
@@ -113,30 +136,3 @@ class Examples:
         generator = torch.Generator().manual_seed(self.EVAL_SEED + chunk_index)
         rng = np.random.default_rng(self.EVAL_SEED + chunk_index)
         return lambda windows_bn: self(windows_bn, generator, rng)
-
-
-def known() -> list[str]:
-    """Every family: the modules of this package that define a SPEC (custom builds one per class)."""
-    import models
-    names = []
-    for module in pkgutil.iter_modules(models.__path__):
-        if not module.ispkg and module.name != "spec" and hasattr(importlib.import_module(f"models.{module.name}"), "SPEC"):
-            names.append(module.name)
-    return sorted(names + ["custom"])
-
-
-def loss_of(family: str) -> str:
-    """What a family's recorded loss is (a custom module learns next-token prediction by the protocol)."""
-    if family == "custom":
-        return "next-token cross-entropy"
-    return get(family).loss if family in known() else "its training loss"
-
-
-def get(family: str, model_section: dict | None = None) -> ModelSpec:
-    """The spec of `family`; `custom` builds one for the class its model section's _target_ names."""
-    if family == "custom":
-        from models import custom
-        return custom.spec(model_section or {})
-    if family not in known():
-        raise ValueError(f"model.family={family!r}; known: {', '.join(known())}")
-    return importlib.import_module(f"models.{family}").SPEC

@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from harness import plots
-from models import spec as model_specs
+from models import families
 from harness.fit import FitError, fit_isoflop
 from harness.analysis import markdown_table
 from studies.isoflop import RESAMPLES, runs_of, with_interval
@@ -25,7 +25,7 @@ def analyse(df: pd.DataFrame, out: Path) -> list[str]:
     rows, fits = [], {}
     for family, runs in ok.groupby("model_info.family"):
         table = runs_of(runs)
-        row = {"family": family, "loss": model_specs.loss_of(family), "runs": len(table)}
+        row = {"family": family, "loss": families.loss_of(family), "runs": len(table)}
         try:
             fit = fit_isoflop(table["C"], table["params"], table["val_loss"], table["tokens"], intervals=RESAMPLES)
             used = fit.minima[fit.minima["interior"]]

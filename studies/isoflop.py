@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from harness import plots
-from models import spec as model_specs
+from models import families
 from harness.fit import (LOCAL_BANDWIDTH, RESAMPLE_STARTS, FitError, fit_envelope, fit_isoflop, fit_parametric,
                          fit_power_law)
 from harness.analysis import curves_table, generic_analysis, markdown_table, runs_table
@@ -128,7 +128,7 @@ def family_line(df: pd.DataFrame) -> str:
     names = sorted(set(df["model_info.family"].dropna())) if "model_info.family" in df else ["gpt"]
     if len(names) > 1:
         return f"Model families: {', '.join(names)}. These runs mix families whose losses differ; fit each family apart."
-    return f"Model family: {names[0]} (loss: {model_specs.loss_of(names[0])})."
+    return f"Model family: {names[0]} (loss: {families.loss_of(names[0])})."
 
 
 def inside(value: float, interval) -> bool:

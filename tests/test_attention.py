@@ -11,7 +11,6 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from harness import flops
 from harness.measure import cpu_tensor_bytes
 from models import attention
 from models.attention import masks, performer
@@ -203,14 +202,14 @@ def test_dense_memory_is_quadratic():
 
 def test_attention_flops_closed_forms():
     b, h, d, n, w = 2, 4, 64, 1000, 128
-    full = flops.attention_flops("sdpa", batch=b, heads=h, seq_len=n, head_dim=d, causal=False, backward=False)
-    causal = flops.attention_flops("dense", batch=b, heads=h, seq_len=n, head_dim=d, causal=True, backward=False)
+    full = attention.flops("sdpa", batch=b, heads=h, seq_len=n, head_dim=d, causal=False, backward=False)
+    causal = attention.flops("dense", batch=b, heads=h, seq_len=n, head_dim=d, causal=True, backward=False)
     assert full == 4 * b * h * n * n * d
     assert causal == 4 * b * h * d * n * (n + 1) / 2
-    window = flops.attention_flops("longformer", batch=b, heads=h, seq_len=n, head_dim=d, causal=True, backward=False,
+    window = attention.flops("longformer", batch=b, heads=h, seq_len=n, head_dim=d, causal=True, backward=False,
                                    options={"window": w, "global_tokens": 0})
     assert window == 4 * b * h * d * (w * (w + 1) / 2 + (n - w) * w)
-    both = flops.attention_flops("sdpa", batch=b, heads=h, seq_len=n, head_dim=d, causal=False, backward=True)
+    both = attention.flops("sdpa", batch=b, heads=h, seq_len=n, head_dim=d, causal=False, backward=True)
     assert both == 3.5 * full
     assert masks.attended_pairs(n, causal=False, window=w, global_tokens=3) == int(
         masks.dense_mask(n, causal=False, window=w, global_tokens=3).sum())

@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from harness import flops, load_results
+from harness import load_results
+from models import attention as attention_registry
 from tests.conftest import TIMEOUT_S, harness_cmd
 
 SMALL = ["task=attention", "task.seq_len=300", "task.heads=2", "task.head_dim=32", "task.min_repeats=2",
@@ -21,11 +22,11 @@ def test_attention_point_records_time_flops_memory_and_error(tmp_path):
     record = json.loads((tmp_path / "run" / "record.json").read_text())
     m = record["metrics"]
     assert record["status"] == "ok" and m["repeats"] >= 2 and m["time_p10_s"] <= m["time_median_s"] <= m["time_p90_s"]
-    assert m["flops"] == flops.attention_flops("longformer", batch=1, heads=2, seq_len=300, head_dim=32, causal=True,
+    assert m["flops"] == attention_registry.flops("longformer", batch=1, heads=2, seq_len=300, head_dim=32, causal=True,
                                                backward=True, options={"window": 64, "global_tokens": 2})
     assert m["flops_per_s"] == pytest.approx(m["flops"] / m["time_median_s"])
     # the backward counted by FlashAttention's convention (2.5x forward), named; without the recompute it is 2x
-    forward = flops.attention_flops("longformer", batch=1, heads=2, seq_len=300, head_dim=32, causal=True,
+    forward = attention_registry.flops("longformer", batch=1, heads=2, seq_len=300, head_dim=32, causal=True,
                                     backward=False, options={"window": 64, "global_tokens": 2})
     assert m["flops_convention"] == "flash" and m["flops"] == 3.5 * forward and m["flops_no_recompute"] == 3 * forward
     assert m["peak_memory_bytes"] > 0 and m["error_fwd"] < 1e-5 and m["error_grad"] < 1e-5
@@ -47,9 +48,9 @@ def test_unsupported_and_too_large_points_are_records_and_the_sweep_goes_on(tmp_
 
 def test_a_point_larger_than_the_free_memory_is_refused_before_it_allocates(tmp_path):
     # sdpa's math backend keeps the n x n scores: 2 heads x 200000^2 x fp32 x 4 (forward and backward) = 1.28 TB
-    assert flops.attention_memory_estimate("sdpa", batch=1, heads=2, seq_len=200_000, head_dim=32, bytes_per_element=4,
+    assert attention_registry.memory_estimate("sdpa", batch=1, heads=2, seq_len=200_000, head_dim=32, bytes_per_element=4,
                                            backward=True, options={"backend": "math"}) == 2 * 200_000**2 * 4 * 4
-    assert flops.attention_memory_estimate("sdpa", batch=1, heads=2, seq_len=200_000, head_dim=32, bytes_per_element=4,
+    assert attention_registry.memory_estimate("sdpa", batch=1, heads=2, seq_len=200_000, head_dim=32, bytes_per_element=4,
                                            backward=True, options={"backend": "flash"}) == 0
     result = harness_cmd(*SMALL, "attention=sdpa_math", "task.seq_len=200000", "task.mode=fwd_bwd", "task.max_memory_gb=1e6",
                          "hydra.run.dir=run", cwd=tmp_path)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from harness import compiling
-from models import spec as model_specs
+from models import families
 from models.spec import Examples, token_loss
 from tests.conftest import TINY, harness_cmd
 
@@ -22,7 +22,7 @@ SMALL = {"seq_len": 32, "n_layer": 2, "d_model": 32, "n_head": 2, "mlp_ratio": 4
 def test_one_compiled_step_gives_eagers_logits_and_gradients(family):
     # training runs a family compiled on the same batches diverge only as far as rounding grows along training
     # (an encoder-decoder's eager runs on 1 and 2 threads end about as far apart as eager and compiled)
-    spec = model_specs.get(family)
+    spec = families.get(family)
     cfg = spec.config(SMALL, spec.model_vocab(50, 32), "sdpa", {})
     torch.manual_seed(0)
     eager = spec.build(cfg)

@@ -180,7 +180,7 @@ def test_an_unidentified_law_says_so():
 def test_a_budget_whose_losses_are_no_parabola_says_so():
     # One budget of a demo design that gave every width every budget (8e10 FLOPs): the best run (6.6e3) is inside
     # the sizes, but the far larger ones rise so steeply that the parabola through all six has its vertex below them.
-    from harness.fit import _budget_minimum
+    from harness.fit.isoflop import _budget_minimum
     N = np.array([3792, 6592, 14496, 25472, 56640, 100096])
     loss = np.array([2.227, 2.214, 2.304, 2.420, 2.503, 2.629])
     row = _budget_minimum(np.log(N), loss, np.log(8e10 / (6 * N)), "parabola")
@@ -283,7 +283,7 @@ def test_tying_the_exponents_costs_objective_when_they_differ():
 
 
 def test_the_tied_objectives_gradient_is_its_derivative():
-    from harness.fit import tied_objective
+    from tests.fit_references import tied_objective
     N, D, loss = synthetic_isoflop(noise=0.01)
     args = (np.log(N), np.log(D), np.log(loss), 1e-3)
     theta = np.array([6.0, 6.5, 0.5, 0.3])
@@ -312,7 +312,8 @@ def test_kaplans_law_is_its_limits():
 
 
 def test_fit_kaplan_nd_recovers_the_papers_parameters_from_noisy_points():
-    from harness.fit import KaplanFit, fit_kaplan_nd, kaplan_objective
+    from harness.fit import KaplanFit, fit_kaplan_nd
+    from tests.fit_references import kaplan_objective
     truth = KaplanFit(N_c=6.4e13, D_c=1.8e13, alpha_N=0.076, alpha_D=0.103, objective=0.0, n_points=0)
     rng = np.random.default_rng(0)
     N, D = (grid.ravel() for grid in np.meshgrid(np.geomspace(1e6, 1e9, 7), np.geomspace(1e8, 1e11, 7)))
@@ -433,7 +434,7 @@ def test_every_fit_predicts_with_an_interval_from_its_bootstrap():
 # --- the batched minimiser ------------------------------------------------------------------------------------------
 
 def test_batched_lbfgs_reaches_the_rosenbrock_minimum_from_every_start():
-    from harness.minimise import lbfgs
+    from harness.fit.minimise import lbfgs
 
     def rosenbrock(theta, rows):   # scaled per row, so that the rows must not share step lengths
         x, y = theta.T
@@ -451,8 +452,9 @@ def test_batched_lbfgs_reaches_the_rosenbrock_minimum_from_every_start():
 def test_the_batched_fit_lands_where_scipy_does_from_the_same_starts():
     from scipy import optimize
 
-    from harness.fit import CHINCHILLA_STARTS, huber_objective, huber_objectives
-    from harness.minimise import lbfgs
+    from harness.fit import CHINCHILLA_STARTS, huber_objectives
+    from tests.fit_references import huber_objective
+    from harness.fit.minimise import lbfgs
     N, D, loss = chinchilla_points()
     args = (np.log(N), np.log(D), np.log(loss), 1e-3)
     starts = CHINCHILLA_STARTS[::90]   # 50 starts across the grid

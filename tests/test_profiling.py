@@ -16,7 +16,8 @@ def test_a_profiled_run_records_where_its_steps_went_and_times_only_the_unprofil
     info, steps = record["profile_info"], record["metrics"]["steps"]
     assert info["steps"] == 4 and info["device"] == "cpu" and info["host_syncs_per_step"] == 0
     assert sum(info["by_kind"].values()) == pytest.approx(1.0)
-    assert info["by_kind"]["matmul"] > 0.1 and info["by_kind"]["attention"] > 0
+    # shares of time: which kinds appear is behaviour, how large each is depends on the machine's load
+    assert info["by_kind"]["matmul"] > 0 and info["by_kind"]["attention"] > 0
     assert sum(row["ms_per_step"] for row in info["top"]) <= info["time_per_step_ms"] * (1 + 1e-9)
     assert all(not row["name"].startswith(("ProfilerStep", "Optimizer.")) for row in info["top"])
     assert info["host_wall_per_step_ms"] >= info["host_ms_per_step"] * 0.5

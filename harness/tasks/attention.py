@@ -2,7 +2,7 @@
 
 One job = one (variant, seq_len, batch, heads, head_dim, dtype, causal, mode) point. Times are medians over
 repeats after warm-up, with the device synchronised around each call. FLOPs follow the convention the record
-names in `flops_convention` (harness/flops.py: backward 2.5x forward for exact kernels, FlashAttention's count). Peak memory is what the call allocates
+names in `flops_convention` (models/attention/__init__.py: backward 2.5x forward for exact kernels, FlashAttention's count). Peak memory is what the call allocates
 beyond its inputs: CUDA's allocator statistics, or on CPU the tensor allocations the profiler records.
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from harness import flops, measure
+from harness import measure
 from harness.config import ATTENTION_DTYPES, attention_options
 from harness.errors import Unsupported, first_line
 from models import attention as attention_registry
@@ -67,7 +67,7 @@ def run(cfg: DictConfig) -> dict:
         raise Unsupported(f"attention={name}: {verdict.reason}")
     backward = t.mode == "fwd_bwd"
     shape = dict(batch=int(t.batch), heads=int(t.heads), seq_len=int(t.seq_len), head_dim=int(t.head_dim))
-    needs = flops.attention_memory_estimate(name, **shape, bytes_per_element=dtype.itemsize, backward=backward, options=options)
+    needs = attention_registry.memory_estimate(name, **shape, bytes_per_element=dtype.itemsize, backward=backward, options=options)
     free = measure.free_memory_bytes(device)
     if needs > min(float(t.max_memory_gb) * 2**30, 0.8 * free):
         raise Unsupported(f"attention={name} at seq_len={t.seq_len} would materialise ~{needs / 2**30:.1f} GiB: more "
@@ -87,9 +87,9 @@ def run(cfg: DictConfig) -> dict:
     except NotImplementedError as error:  # e.g. FlexAttention's missing CPU backward, xformers' missing kernels
         raise Unsupported(f"attention={name}: {first_line(error)}") from None
 
-    convention = flops.attention_flop_convention(name) if backward else "forward"
-    needed = flops.attention_flops(name, **shape, causal=bool(t.causal), backward=backward, options=options)
-    no_recompute = flops.attention_flops(name, **shape, causal=bool(t.causal), backward=backward, options=options,
+    convention = attention_registry.flop_convention(name) if backward else "forward"
+    needed = attention_registry.flops(name, **shape, causal=bool(t.causal), backward=backward, options=options)
+    no_recompute = attention_registry.flops(name, **shape, causal=bool(t.causal), backward=backward, options=options,
                                          convention="autograd")
     p10, median, p90 = np.quantile(times, [0.1, 0.5, 0.9])
     metrics = {

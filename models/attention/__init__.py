@@ -83,3 +83,38 @@ def available(name: str, device: str | torch.device, dtype: torch.dtype = torch.
     except TypeError as error:
         raise ValueError(f"attention {name!r}: {error}") from None
     return Availability(reason is None, reason or "")
+
+
+# An attention call's FLOPs: batch x heads x its variant's `forward_flops` (counted by matmul, 2 per multiply-add),
+# and the backward's by a named convention (each attention record says which in `flops_convention`):
+#   flash     2.5 x forward: dQ, dK, dV, dP and the recomputed QK^T, FlashAttention's benchmark count (Dao 2023,
+#             benchmarks/benchmark_flash_attention.py). Credited to every exact kernel alike, so their FLOP/s are
+#             rates of the same work and compare; a kernel that keeps the scores (dense, sdpa math) does 2x.
+#   autograd  2 x forward: the products of the backward of plain matmuls (a variant's FLOP_CONVENTION says so).
+# `flops_no_recompute` (2 x forward for every variant) is beside it in the record. A fused kernel's recomputation
+# is hardware work, not model work, and is not counted.
+FLOP_CONVENTIONS = {"flash": 2.5, "autograd": 2.0}
+
+
+def flop_convention(name: str) -> str:
+    return getattr(_variant(name), "FLOP_CONVENTION", "flash")
+
+
+def flops(name: str, *, batch: int, heads: int, seq_len: int, head_dim: int, causal: bool, backward: bool,
+          options: dict | None = None, convention: str | None = None) -> float:
+    """Forward FLOPs, plus the backward's by `convention` (default: the variant's, flop_convention)."""
+    per_head = _variant(name).forward_flops(seq_len=seq_len, head_dim=head_dim, causal=causal, **(options or {}))
+    forward = float(batch * heads * per_head)
+    return forward * (1 + FLOP_CONVENTIONS[convention or flop_convention(name)]) if backward else forward
+
+
+def memory_estimate(name: str, *, batch: int, heads: int, seq_len: int, head_dim: int, bytes_per_element: int,
+                    backward: bool, options: dict | None = None) -> float:
+    """Bytes of the largest intermediates a variant materialises (a guard against an OS-level OOM kill): a variant
+    whose `materialises_scores(**options)` is true keeps the n x n scores and probabilities, and in backward their
+    gradients too; the others are linear in n and are not guarded."""
+    materialises = getattr(_variant(name), "materialises_scores", None)
+    if materialises is None or not materialises(**(options or {})):
+        return 0.0
+    square = batch * heads * seq_len * seq_len * max(bytes_per_element, 4)  # softmax runs in fp32
+    return float(square * (4 if backward else 2))

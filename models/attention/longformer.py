@@ -17,7 +17,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from models.attention.masks import allowed
+from models.attention.masks import allowed, softmax_attention_flops
 
 IMPLS = ("blocked", "flex", "xformers")
 
@@ -168,3 +168,14 @@ def available(device: torch.device, dtype: torch.dtype, window: int = 512, globa
         from models.attention import xformers_attn
         return xformers_attn.kernel_missing(device, dtype)
     return None
+
+
+def forward_flops(seq_len: int, head_dim: int, causal: bool, window: int = 512, global_tokens: int = 0,
+                  **_options) -> float:
+    """Exact softmax attention over the pairs the sliding window and the global tokens let through."""
+    return softmax_attention_flops(seq_len, head_dim, causal, window=window, global_tokens=global_tokens)
+
+
+def materialises_scores(impl: str = "blocked", **_options) -> bool:
+    """FlexAttention on CPU runs unfused and keeps the n x n scores."""
+    return impl == "flex"

@@ -49,3 +49,11 @@ def attended_pairs(n: int, *, causal: bool, window: int | None = None, global_to
         outside = np.clip(np.minimum(g, lo), 0, None)  # global keys left of the window
         rows = np.where(i < g, n, hi - lo + 1 + outside)
     return int(rows.sum())
+
+
+def softmax_attention_flops(seq_len: int, head_dim: int, causal: bool, window: int | None = None,
+                            global_tokens: int = 0, **_options) -> float:
+    """Exact softmax attention's forward FLOPs per (batch, head), counted by matmul (2 per multiply-add): Q K^T and
+    P V, 4 x head_dim per (query, key) pair the mask lets through (attended_pairs): n^2 full, n(n+1)/2 causal,
+    about n x window for a sliding window."""
+    return float(4 * head_dim * attended_pairs(seq_len, causal=causal, window=window, global_tokens=global_tokens))

@@ -179,3 +179,21 @@ def available(device: torch.device, dtype: torch.dtype, **options) -> str | None
     if device.type == "cuda" and not torch.cuda.is_available():
         return "CUDA is not available"
     return None
+
+
+# FAVOR+'s forward FLOPs per (batch, head) with m features, counted by matmul (2 per multiply-add): the feature
+# maps 2 x (2 n m d) for q and k, then non-causal phi(k)^T [v, 1] and phi(q) times that context, 2 x (2 n m (d+1));
+# causal adds per chunk of c rows phi(q) phi(k)^T and its product with [v, 1], 2 n c m + 2 n c (d+1). Its backward
+# is autograd's: 2 x the forward.
+FLOP_CONVENTION = "autograd"
+
+
+def forward_flops(seq_len: int, head_dim: int, causal: bool, num_features: int | None = None,
+                  chunk_size: int | None = None, **_options) -> float:
+    n, d = seq_len, head_dim
+    m = num_features or default_num_features(d)
+    forward = 2 * (2 * n * m * d) + 2 * (2 * n * m * (d + 1))
+    if causal:
+        c = min(chunk_size or DEFAULT_CHUNK[True], n)
+        forward += 2 * n * c * m + 2 * n * c * (d + 1)
+    return float(forward)

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from models.attention.masks import softmax_attention_flops as forward_flops  # noqa: F401 (the registry asks)
+
 BACKENDS = {
     "auto": None,
     "math": SDPBackend.MATH,
@@ -109,3 +111,8 @@ def available(device: torch.device, dtype: torch.dtype, backend: str = "auto") -
     if device.type == "cuda" and backend != "auto":
         return kernel_refuses(backend, device, dtype)
     return None
+
+
+def materialises_scores(backend: str = "auto", **_options) -> bool:
+    """The math backend keeps the n x n scores and probabilities (the fused kernels do not)."""
+    return backend == "math"

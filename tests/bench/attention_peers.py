@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 
 from harness.fit import fit_power_law
-from harness import flops
 from harness.measure import cpu_tensor_bytes, interleaved_medians, matmul_flops_per_s
+from models import attention as attention_registry
 from models.attention import get_attention
 from models.attention.reference import reference, relative_error
 
@@ -80,7 +80,7 @@ def longformer_vs_transformers(n: int = 4096) -> dict:
         times = interleaved_medians({"ours": ours, "peer": theirs}, CPU, rounds=9)
     # The fastest any implementation could be here: the window's FLOPs and the projections' at this CPU's
     # measured fp32 matrix-product rate, with nothing else (no softmax, no copies).
-    needed = flops.attention_flops("longformer", batch=1, heads=HEADS, seq_len=n, head_dim=HEAD_DIM, causal=False,
+    needed = attention_registry.flops("longformer", batch=1, heads=HEADS, seq_len=n, head_dim=HEAD_DIM, causal=False,
                                    backward=False, options={"window": 512}) + 3 * 2 * n * (HEADS * HEAD_DIM) ** 2
     floor_s = needed / matmul_flops_per_s(CPU, torch.float32)
     return {"comparison": "longformer vs transformers LongformerSelfAttention", "causal": False, "seq_len": n,

@@ -2,7 +2,7 @@
 forward+backward. `harness-bench` times it on two revisions in alternating processes and judges each case;
 `make bench` / `make bench-compare` keep a stored baseline for this machine.
 
-Each case records in extra_info its FLOPs (harness/flops.py), TFLOP/s, the fraction of this machine's measured
+Each case records in extra_info its FLOPs (models/attention: each variant's forward_flops), TFLOP/s, the fraction of this machine's measured
 matrix-product rate it reaches, and `reference_s`: the median time of a fixed matrix product timed before every
 round of the case, in the same process, so a comparison can divide out how fast the machine happened to be.
 
@@ -22,7 +22,7 @@ import statistics
 import pytest
 import torch
 
-from harness import flops, measure
+from harness import measure
 from models import attention
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -118,7 +118,7 @@ def test_attention_kernel(benchmark, matmul_rate, case, shape, mode):
 
     setup, reference_times = between_rounds()
     benchmark.group = f"attention-{mode}-{shape_id(shape)}"
-    flop_count = flops.attention_flops(name, batch=batch, heads=heads, seq_len=seq, head_dim=head_dim, causal=True,
+    flop_count = attention.flops(name, batch=batch, heads=heads, seq_len=seq, head_dim=head_dim, causal=True,
                                        backward=backward, options=options)
     benchmark.extra_info.update(device=DEVICE, dtype=str(DTYPE), batch=batch, heads=heads, seq_len=seq,
                                 head_dim=head_dim, flops=flop_count, threads=torch.get_num_threads())

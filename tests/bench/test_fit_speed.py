@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from scipy import optimize
 
-from harness.fit import CHINCHILLA_STARTS, RESAMPLE_STARTS, fit_parametric, huber_objective
+from harness.fit import CHINCHILLA_STARTS, RESAMPLE_STARTS, fit_parametric
+from tests.fit_references import huber_objective
 from tests.test_fit import chinchilla_points
 
 
