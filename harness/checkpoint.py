@@ -51,6 +51,22 @@ def load(directory: str | Path, config_hash: str) -> dict | None:
     return state
 
 
+def save_state(directory: str | Path, config_hash: str, state) -> None:
+    """A training state (an object with `sharded` and state_dict(): harness.tasks.state.TrainingState) saved: one
+    file, or on several ranks each rank's part and rank 0's manifest."""
+    (save_sharded if state.sharded else save)(directory, config_hash, state.state_dict())
+
+
+def restore_state(directory: str | Path, config_hash: str, state) -> bool:
+    """The last checkpoint of this config in `directory` loaded into `state` (its load_state_dict); False when there
+    is none to load."""
+    saved = (load_sharded if state.sharded else load)(directory, config_hash)
+    if saved is None:
+        return False
+    state.load_state_dict(saved)
+    return True
+
+
 def remove(directory: str | Path) -> None:
     path(directory).unlink(missing_ok=True)
     for part in Path(directory).glob("checkpoint.rank*.pt"):

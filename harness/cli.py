@@ -27,7 +27,7 @@ log = logging.getLogger("harness")
 def _task_runner(name: str):
     from harness.tasks import attention, inference, train
     return {"train": train.run, "attention": lambda cfg, *_: attention.run(cfg),
-            "inference": lambda cfg, *_: inference.run(cfg)}[name]
+            "inference": lambda cfg, *_: inference.run(cfg, train.trained_weights)}[name]
 
 
 def run_job(cfg: DictConfig) -> dict | None:

@@ -5,6 +5,7 @@ Every error is one line that names the bad key, its value, and what would be val
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import importlib.util
 from pathlib import Path
 
@@ -35,16 +36,57 @@ def group_options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
 
 
+def group_keys(group: str, option: str | None = None) -> list[str]:
+    """The top-level keys of a config group's option (conf/GROUP/OPTION.yaml); without an option, of every option
+    and of what the studies set in that group."""
+    if option is not None:
+        path = CONF_DIR / group / f"{option}.yaml"
+        return list(OmegaConf.load(path)) if path.exists() else []
+    keys = {key for name in group_options(group) for key in group_keys(group, name)}
+    for study in (CONF_DIR / "study").glob("*.yaml"):
+        keys |= set(OmegaConf.load(study).get(group) or {})
+    return sorted(keys)
+
+
+def chosen_option(group: str, args: list[str]) -> str | None:
+    """The option of `group` these command-line arguments select (conf/config.yaml's default unless one is given),
+    or None when a study is named (a study may select another)."""
+    given = [arg.partition("=")[2] for arg in args if arg.lstrip("+").partition("=")[0] == group]
+    if given:
+        return given[-1] if "," not in given[-1] else None
+    if any(arg.partition("=")[0] == "study" for arg in args):
+        return None
+    defaults = [entry for entry in OmegaConf.to_container(OmegaConf.load(CONF_DIR / "config.yaml").defaults)
+                if isinstance(entry, dict)]
+    return next((entry[group] for entry in defaults if group in entry), None)
+
+
+# The groups whose keys an override may name as GROUP.KEY=VALUE (the rest are lists, or global packages).
+KEYED_GROUPS = ("task", "model", "data", "attention", "precision", "parallel")
+
+
 def check_group_overrides(args: list[str]) -> None:
-    """`attention=foo` on the command line: name the unknown option in one line (before Hydra's page of search paths)."""
+    """`attention=foo` or `model.d_modle=64` on the command line: name the unknown option or key in one line (before
+    Hydra's page of search paths, or its hint to add the key with `+`)."""
     for arg in args:
         key, sep, value = arg.lstrip("+~").partition("=")
-        if not sep or key not in GROUPS:
+        if not sep:
             continue
-        options = group_options(key)
-        for choice in value.strip("[]").split(","):
-            if choice and choice not in options and "(" not in choice:
-                raise ConfigError(f"{key}={choice!r} is not a known {key}; choose from: {', '.join(options)}")
+        group, _, rest = key.partition(".")
+        if key in GROUPS:
+            options = group_options(key)
+            for choice in value.strip("[]").split(","):
+                if choice and choice not in options and "(" not in choice:
+                    raise ConfigError(f"{key}={choice!r} is not a known {key}; choose from: {', '.join(options)}")
+        elif group in KEYED_GROUPS and rest and not arg.startswith(("+", "~")):
+            name = rest.split(".")[0]
+            option = chosen_option(group, args)
+            if option and not (CONF_DIR / group / f"{option}.yaml").exists():
+                continue   # an option from the user's own config directory: Hydra checks its keys
+            valid = group_keys(group, option) if option else group_keys(group)
+            if name not in valid:
+                error = _unknown_key(group, name, valid)
+                raise ConfigError(f"{error} ({group}={option} takes no {name!r})" if option else str(error))
 
 
 def _positive(value, key: str, *, integer: bool = False) -> None:
@@ -59,6 +101,27 @@ def _positive(value, key: str, *, integer: bool = False) -> None:
 def validate(cfg: DictConfig, machine: distributed.Machine | None = None) -> None:
     """Checks on the config alone (no data, no model built). `machine`: what the job's allocation offers when it
     will not run here (a SLURM launcher's nodes); by default this machine resolves device=auto and world_size=auto."""
+    _check_job(cfg)
+    _check_attention(cfg)
+    if cfg.task.name == "attention":
+        _validate_attention_task(cfg.task)
+        return
+    spec = model_spec(cfg.model)
+    _check_model(cfg, spec)
+    if cfg.precision.name not in precision.MODES:
+        raise ConfigError(f"precision.name={cfg.precision.name!r}; known: {', '.join(precision.MODES)}")
+    if cfg.task.name == "inference":
+        _validate_inference_task(cfg)
+    else:
+        _check_training(cfg, spec)
+        _check_parallel(cfg, machine, spec)
+        if cfg.study.name != "none" and importlib.util.find_spec(f"studies.{cfg.study.name}") is None:
+            raise ConfigError(f"study.name={cfg.study.name!r} has no module studies/{cfg.study.name}.py")
+    _check_capabilities(cfg, spec)
+
+
+def _check_job(cfg: DictConfig) -> None:
+    """The task's name and the job's own options: loggers, compile, profile, threads."""
     if cfg.task.name not in TASKS:
         raise ConfigError(f"task.name={cfg.task.name!r}; known: {', '.join(TASKS)}")
     for problem in filter(None, map(tracking.unavailable, cfg.get("logger") or {})):
@@ -73,12 +136,12 @@ def validate(cfg: DictConfig, machine: distributed.Machine | None = None) -> Non
                           f"parallel={cfg.parallel.name}")
     if cfg.get("threads", "auto") != "auto":
         _positive(cfg.threads, "threads", integer=True)
-    _check_attention(cfg)
-    if cfg.task.name == "attention":
-        _validate_attention_task(cfg.task)
-        return
+
+
+def _check_model(cfg: DictConfig, spec: ModelSpec) -> None:
+    """The model section: only keys the family takes, its shape, and what the family says is impossible."""
     m = cfg.model
-    spec = model_spec(m)
+    _check_model_keys(m, spec)
     if spec.unsupported("sizing") is None:
         _check_shape(m, spec)
     elif m.get("params") is not None:
@@ -112,12 +175,9 @@ def validate(cfg: DictConfig, machine: distributed.Machine | None = None) -> Non
     if problem:
         raise ConfigError(problem)
 
-    if cfg.precision.name not in precision.MODES:
-        raise ConfigError(f"precision.name={cfg.precision.name!r}; known: {', '.join(precision.MODES)}")
-    if cfg.task.name == "inference":
-        _validate_inference_task(cfg)
-        _check_capabilities(cfg, spec)
-        return
+
+def _check_training(cfg: DictConfig, spec: ModelSpec) -> None:
+    """task=train's budget, evaluations, hyperparameter rules, schedule and checkpoints."""
     if cfg.compute is not None:
         _positive(cfg.compute, "compute")
     else:
@@ -143,10 +203,24 @@ def validate(cfg: DictConfig, machine: distributed.Machine | None = None) -> Non
     _check_schedule(t)
     if not isinstance(t.checkpoint_every, int) or t.checkpoint_every < 0:
         raise ConfigError(f"task.checkpoint_every={t.checkpoint_every} must be a whole number of steps (0: none)")
-    _check_parallel(cfg, machine, spec)
-    if cfg.study.name != "none" and importlib.util.find_spec(f"studies.{cfg.study.name}") is None:
-        raise ConfigError(f"study.name={cfg.study.name!r} has no module studies/{cfg.study.name}.py")
-    _check_capabilities(cfg, spec)
+
+
+def _unknown_key(where: str, key: str, valid) -> ConfigError:
+    """The one line for a key nothing takes, naming the closest valid one."""
+    close = difflib.get_close_matches(key, sorted(valid), n=1)
+    hint = f"did you mean {where}.{close[0]}?" if close else f"valid keys: {', '.join(sorted(valid))}"
+    return ConfigError(f"{where}.{key}: {hint}")
+
+
+def _check_model_keys(m: DictConfig, spec: ModelSpec) -> None:
+    """A key the family does not take (a typo added as +model.KEY=VALUE would otherwise be recorded and ignored):
+    a family takes its config group's keys (conf/model/<family>.yaml) and the arguments its spec names."""
+    if spec.arguments is None:   # a custom module that takes **kwargs
+        return
+    valid = set(group_keys("model", spec.name)) | set(spec.arguments)
+    for key in m:
+        if key not in valid:
+            raise ConfigError(f"{_unknown_key('model', key, valid)} (model.family={spec.name} takes no {key!r})")
 
 
 def _check_schedule(t: DictConfig) -> None:

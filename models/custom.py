@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import inspect
 import json
 from dataclasses import asdict, dataclass
 
@@ -77,6 +78,15 @@ def load_class(target: str) -> type:
                          "it must name PKG.MODULE.CLASS importable from where harness runs or from PYTHONPATH") from None
 
 
+def arguments(cls: type) -> tuple[str, ...] | None:
+    """The model-section keys a custom module takes: the harness's own and the class's keyword arguments but
+    vocab_size and seq_len (None: any, the class takes **kwargs)."""
+    parameters = inspect.signature(cls).parameters.values()
+    if any(p.kind is p.VAR_KEYWORD for p in parameters):
+        return None
+    return RESERVED + tuple(p.name for p in parameters if p.name not in ("vocab_size", "seq_len"))
+
+
 def spec(m: dict) -> ModelSpec:
     target = m.get("_target_")
     if not target or target == "???":
@@ -96,5 +106,6 @@ def spec(m: dict) -> ModelSpec:
         kv_cache=hook("kv_cache", lambda model, batch, context, new_tokens, dtype, device:
                       model.kv_cache(batch, context + new_tokens, dtype, device)),
         decoding=gpt.decoding, flops_counted="measured (FlopCounterMode)",
+        arguments=arguments(cls),
         mup=f"model._target_={target} takes no logit or query multipliers, so muP cannot be applied to it "
             "(models/mup.py); use model.parametrization=sp")

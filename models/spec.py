@@ -101,6 +101,7 @@ class ModelSpec:
     any_length: bool = True                     # reads windows of any length (task.eval_lengths)
     flops_counted: str = "closed form"          # how flops_per_token was obtained (recorded)
     mup: bool | str = True                      # its config takes muP's logit_scale and q_scale (models/mup.py)
+    arguments: tuple[str, ...] | None = ()      # model-section keys it takes beyond its config group's (None: any)
 
     def unsupported(self, capability: str) -> str | None:
         """Why this family cannot do `capability` (tp, pp, kv_cache, sizing, mup), or None when it can."""

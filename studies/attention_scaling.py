@@ -8,12 +8,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import seaborn as sns
 
 from harness import plots
-from harness.fit import FitError, fit_power_law
 from harness.analysis import markdown_table
+from harness.fit import FitError, fit_power_law
 
 FIT_FROM = 2048
 BASELINE = "sdpa"
@@ -93,7 +95,7 @@ def analyse(df: pd.DataFrame, out: Path) -> list[str]:
     if table.empty:
         return ["No attention measurements finished ok."]
     fits, cross, check = exponents(table), crossovers(table), extrapolation(table)
-    plots.attention_scaling(table, fits, cross, out)
+    attention_scaling(table, fits, cross, out)
     (out / "fits.json").write_text(json.dumps({"exponents": fits.to_dict(orient="records"),
                                                "crossovers": cross.to_dict(orient="records"),
                                                "extrapolation": check.to_dict(orient="records")}, indent=1, default=float))
@@ -110,3 +112,28 @@ def analyse(df: pd.DataFrame, out: Path) -> list[str]:
         "## Median time per call\n\n" + markdown_table(wide.reset_index()),
         "![time vs sequence length](attention_time.png)\n\n![memory vs sequence length](attention_memory.png)",
     ]
+
+
+def attention_scaling(table: pd.DataFrame, fits: pd.DataFrame, crossovers: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """Time and memory against sequence length (log-log), one line per variant, a panel per pass; on the time
+    panels a dotted line where each linear variant overtakes the baseline."""
+    paths = []
+    for column, label, exponent, name in (("time_s", "median time per call (s)", "k_time", "attention_time"),
+                                          ("memory_bytes", "peak memory (bytes)", "m_memory", "attention_memory")):
+        sns.set_theme(style="whitegrid")
+        modes = sorted(table["mode"].unique())
+        fig, axes = plt.subplots(1, len(modes), figsize=(5.2 * len(modes), 4.2), squeeze=False, sharey=True)
+        for ax, mode in zip(axes[0], modes):
+            at = table[table["mode"] == mode]
+            slopes = fits[fits["mode"] == mode].set_index("variant")[exponent]
+            frame = at.assign(variant=at["variant"].map(lambda v: f"{v} (slope {slopes.get(v, float('nan')):.2f})"))
+            sns.lineplot(frame, x="seq_len", y=column, hue="variant", marker="o", ax=ax, palette="deep")
+            ax.set(xscale="log", yscale="log", xlabel="sequence length n", ylabel=label, title=mode)
+            if column == "time_s" and not crossovers.empty:
+                for row in crossovers[(crossovers["mode"] == mode) & crossovers["faster_from_seq_len"].notna()].itertuples():
+                    ax.axvline(row.faster_from_seq_len, color="grey", ls=":", lw=1)
+                    ax.annotate(f"{row.variant} < {row.versus}\nfrom n={row.faster_from_seq_len:.0f}", (row.faster_from_seq_len, 0.02),
+                                xycoords=("data", "axes fraction"), fontsize=7, rotation=90, ha="right", va="bottom")
+            ax.legend(fontsize=8, title=None)
+        paths += plots.save(fig, out_dir, name)
+    return paths

@@ -8,8 +8,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import seaborn as sns
 
 from harness import plots
 from harness.analysis import markdown_table
@@ -62,7 +64,7 @@ def kv_heads_section(table: pd.DataFrame, n_head: int, out: Path) -> tuple[list[
     """Multi-head, grouped-query and multi-query attention side by side: cache bytes, decode speed with the cache,
     and where the cache outgrows the weights, per key-value head count."""
     table = table.assign(attention=[attention_kind(kv, n_head) for kv in table["kv_heads"]])
-    plots.kv_heads_costs(table, out)
+    kv_heads_costs(table, out)
     largest = table["context"].max()
     at = table[table["context"] == largest]
     mha = at[at["kv_heads"] == n_head].set_index("batch")
@@ -121,7 +123,7 @@ def analyse(df: pd.DataFrame, out: Path) -> list[str]:
     if table.empty:
         return ["No inference measurement finished ok."]
     weights = weights_table(df)
-    plots.inference_costs(table, out)
+    inference_costs(table, out)
     ok = measured(df)
     first = ok.iloc[0]
     at_2k = table[table["context"] == 2048]
@@ -172,3 +174,53 @@ def analyse(df: pd.DataFrame, out: Path) -> list[str]:
         *[f"Weights {name} not measured here: {why}" for name, why in unmeasured_weights(ok).items()],
         "![latency vs context](inference_latency.png)\n\n![KV cache memory vs context](inference_memory.png)",
     ]
+
+
+def inference_costs(table: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """Decode time per token with and without the KV cache, and prefill time, against context (log-log); and the
+    cache's measured memory against its formula, with the weights' bytes for scale."""
+    sns.set_theme(style="whitegrid")
+    paths = []
+    keys = [key for key in ("kv_heads", "batch") if key in table.columns]   # a sweep over key-value heads: a line each
+
+    def lines():
+        for values, group in table.groupby(keys):
+            named = dict(zip(keys, values if isinstance(values, tuple) else (values,)))
+            yield (f"{named['kv_heads']} kv heads, " if "kv_heads" in named else "") + f"batch {named['batch']}", group
+
+    fig, ax = plt.subplots(figsize=(6.8, 4.4))
+    for (name, group), colour in zip(lines(), sns.color_palette("colorblind")):
+        ax.plot(group["context"], group["decode_ms_per_token"], "o-", color=colour, label=f"decode, KV cache ({name})")
+        ax.plot(group["context"], group["decode_ms_per_token_recompute"], "s--", color=colour, label=f"decode, recompute ({name})")
+        ax.plot(group["context"], group["prefill_s"] * 1e3, "^:", color=colour, alpha=0.7, label=f"prefill, whole prompt ({name})")
+    ax.set(xscale="log", yscale="log", xlabel="context (tokens)", ylabel="milliseconds", title="Latency against context")
+    ax.legend(fontsize=7)
+    paths += plots.save(fig, out_dir, "inference_latency")
+
+    fig, ax = plt.subplots(figsize=(6.8, 4.4))
+    for (name, group), colour in zip(lines(), sns.color_palette("colorblind")):
+        ax.plot(group["context"], group["kv_cache_formula_mb"], "-", color=colour, label=f"formula ({name})")
+        ax.plot(group["context"], group["kv_cache_mb"], "o", color=colour, label=f"measured ({name})")
+    ax.axhline(table["weights_mb"].max(), color="black", linestyle="--", label="weights")
+    ax.set(xscale="log", yscale="log", xlabel="context (tokens)", ylabel="MB", title="KV cache memory against context")
+    ax.legend(fontsize=7)
+    paths += plots.save(fig, out_dir, "inference_memory")
+    return paths
+
+
+def kv_heads_costs(table: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """The KV cache's measured bytes and decode speed with the cache against context, one line per attention kind
+    (multi-head, grouped-query, multi-query), one marker per batch; each model's weights for scale."""
+    sns.set_theme(style="whitegrid")
+    fig, (memory, speed) = plt.subplots(1, 2, figsize=(11, 4.4))
+    kinds = list(dict.fromkeys(table["attention"]))
+    for kind, colour in zip(kinds, sns.color_palette("colorblind")):
+        for (batch, group), marker in zip(table[table["attention"] == kind].groupby("batch"), "os^D"):
+            memory.plot(group["context"], group["kv_cache_mb"], marker + "-", color=colour, label=f"{kind}, batch {batch}")
+            speed.plot(group["context"], group["decode_tokens_per_s"], marker + "-", color=colour, label=f"{kind}, batch {batch}")
+        memory.axhline(table.loc[table["attention"] == kind, "weights_mb"].iloc[0], color=colour, linestyle=":", alpha=0.8)
+    memory.set(xscale="log", yscale="log", xlabel="context (tokens)", ylabel="MB",
+               title="KV cache (measured); dotted: each model's weights")
+    speed.set(xscale="log", yscale="log", xlabel="context (tokens)", ylabel="tokens / s", title="Decode with the KV cache")
+    memory.legend(fontsize=7)
+    return plots.save(fig, out_dir, "inference_kv_heads")

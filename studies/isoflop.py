@@ -15,9 +15,9 @@ import pandas as pd
 
 from harness import plots
 from models import families
-from harness.fit import (LOCAL_BANDWIDTH, RESAMPLE_STARTS, FitError, fit_envelope, fit_isoflop, fit_parametric,
-                         fit_power_law)
 from harness.analysis import curves_table, generic_analysis, markdown_table, runs_table
+from harness.fit import (LOCAL_BANDWIDTH, RESAMPLE_STARTS, FitError, IsoFlopFit, ParametricFit, fit_envelope,
+                         fit_isoflop, fit_parametric, fit_power_law)
 
 RESAMPLES = 1000
 MINIMUM_HOW = {
@@ -166,69 +166,94 @@ def analyse(df: pd.DataFrame, out: Path) -> list[str]:
     sections = [family_line(df), *generic_analysis(df, out), learning_rates_section(df)]
     runs = runs_of(df)
     fits: dict = {}
-    iso = None
+    iso, text = approach_2(df, runs, out, fits)
+    sections += text
+    sections += approach_1(df, fits)
+    law, text = approach_3(runs, out, fits)
+    sections += text
+    sections += checks(df, runs, iso, law, fits)
+    (out / "fits.json").write_text(json.dumps(fits, indent=1, default=float))
+    return sections
+
+
+def approach_2(df: pd.DataFrame, runs: pd.DataFrame, out: Path, fits: dict) -> tuple[IsoFlopFit | None, list[str]]:
+    """The IsoFLOP fit, its figures and section (fits["isoflop"])."""
     try:
         iso = fit_isoflop(runs["C"], runs["params"], runs["val_loss"], runs["tokens"], intervals=RESAMPLES)
-        iso_ci = iso.intervals
-        plots.isoflop_curves(runs, iso, out)
-        best = iso.minima[iso.minima["interior"]]
-        plots.loss_vs_compute(runs_table(df[df["status"] == "ok"]), out, frontier=(best["C"], best["loss_opt"]))
-        plots.optimal_size(iso, out)
-        minima = iso.minima[["C", "N_opt", "D_opt", "loss_opt", "interior", "why"]]
-        fits["isoflop"] = {"a": iso.a, "b": iso.b, "k": iso.k, "a_interval": iso_ci["a"], "b_interval": iso_ci["b"],
-                           "resamples_failed": iso_ci["_failed"], "minima": minima.to_dict(orient="records")}
-        sections += [
-            "## Approach 2: IsoFLOP profiles\n\n"
-            f"Each budget's minimum from a {MINIMUM_HOW[iso.minimum]}. "
-            f"N_opt = {iso.k:.3g} * C^a with a = {with_interval(iso.a, iso_ci['a'])}; D_opt, the tokens the budget's runs "
-            f"trained at N_opt, ~ C^b with b = {with_interval(iso.b, iso_ci['b'])} (95% intervals from {RESAMPLES} "
-            "bootstrap resamples of each budget's residuals about its fitted quadratic, "
-            f"{iso_ci['_failed']} without an interior minimum skipped). Chinchilla: a = 0.49, b = 0.51; Kaplan: a = 0.73.\n\n"
-            + markdown_table(minima),
-            "![IsoFLOP profiles](isoflop.png)\n\n![N_opt and D_opt vs compute](n_opt_vs_compute.png)",
-        ]
     except FitError as error:
-        sections.append(f"## Approach 2: IsoFLOP profiles\n\nNot available from these runs: {error}")
+        return None, [f"## Approach 2: IsoFLOP profiles\n\nNot available from these runs: {error}"]
+    iso_ci = iso.intervals
+    plots.isoflop_curves(runs, iso, out)
+    best = iso.minima[iso.minima["interior"]]
+    plots.loss_vs_compute(runs_table(df[df["status"] == "ok"]), out, frontier=(best["C"], best["loss_opt"]))
+    plots.optimal_size(iso, out)
+    minima = iso.minima[["C", "N_opt", "D_opt", "loss_opt", "interior", "why"]]
+    fits["isoflop"] = {"a": iso.a, "b": iso.b, "k": iso.k, "a_interval": iso_ci["a"], "b_interval": iso_ci["b"],
+                       "resamples_failed": iso_ci["_failed"], "minima": minima.to_dict(orient="records")}
+    return iso, [
+        "## Approach 2: IsoFLOP profiles\n\n"
+        f"Each budget's minimum from a {MINIMUM_HOW[iso.minimum]}. "
+        f"N_opt = {iso.k:.3g} * C^a with a = {with_interval(iso.a, iso_ci['a'])}; D_opt, the tokens the budget's runs "
+        f"trained at N_opt, ~ C^b with b = {with_interval(iso.b, iso_ci['b'])} (95% intervals from {RESAMPLES} "
+        "bootstrap resamples of each budget's residuals about its fitted quadratic, "
+        f"{iso_ci['_failed']} without an interior minimum skipped). Chinchilla: a = 0.49, b = 0.51; Kaplan: a = 0.73.\n\n"
+        + markdown_table(minima),
+        "![IsoFLOP profiles](isoflop.png)\n\n![N_opt and D_opt vs compute](n_opt_vs_compute.png)",
+    ]
+
+
+def approach_1(df: pd.DataFrame, fits: dict) -> list[str]:
+    """The lower envelope of the loss curves and its section (fits["envelope"])."""
     curves = curves_table(df).rename(columns={"params": "N", "val_loss": "loss"})
     try:
         envelope = fit_envelope(curves, intervals=200)
-        fits["envelope"] = {"a": envelope.a, "b": envelope.b, "k": envelope.k, "a_interval": envelope.intervals.get("a"),
-                            "b_interval": envelope.intervals.get("b")}
-        sections.append("## Approach 1: the lower envelope of the loss curves\n\n"
-                        f"N_opt ~ C^a with a = {with_interval(envelope.a, envelope.intervals.get('a'))}, D_opt ~ C^b with "
-                        f"b = {with_interval(envelope.b, envelope.intervals.get('b'))} (200 resamples of whole runs) over "
-                        f"{len(envelope.envelope)} FLOP values "
-                        f"({curves['run'].nunique()} runs, {len(curves)} evaluations; an evaluation before a run's "
-                        "learning rate has decayed sits above what a run of that length reaches, so with few evaluations "
-                        "per run this is the least reliable of the three approaches).")
     except FitError as error:
-        sections.append(f"## Approach 1: envelope\n\nNot available from these runs: {error}")
+        return [f"## Approach 1: envelope\n\nNot available from these runs: {error}"]
+    fits["envelope"] = {"a": envelope.a, "b": envelope.b, "k": envelope.k, "a_interval": envelope.intervals.get("a"),
+                        "b_interval": envelope.intervals.get("b")}
+    return ["## Approach 1: the lower envelope of the loss curves\n\n"
+            f"N_opt ~ C^a with a = {with_interval(envelope.a, envelope.intervals.get('a'))}, D_opt ~ C^b with "
+            f"b = {with_interval(envelope.b, envelope.intervals.get('b'))} (200 resamples of whole runs) over "
+            f"{len(envelope.envelope)} FLOP values "
+            f"({curves['run'].nunique()} runs, {len(curves)} evaluations; an evaluation before a run's "
+            "learning rate has decayed sits above what a run of that length reaches, so with few evaluations "
+            "per run this is the least reliable of the three approaches)."]
+
+
+def approach_3(runs: pd.DataFrame, out: Path, fits: dict) -> tuple[ParametricFit | None, list[str]]:
+    """The parametric fit, its figures and section (fits["parametric"])."""
     try:
         law = fit_parametric(runs["params"], runs["tokens"], runs["val_loss"], intervals=RESAMPLES_PARAMETRIC,
                              strata=runs["C"])
-        law_ci = law.intervals
-        per_token = flops_per_token_law(runs)
-        plots.parametric_contours(runs, law, out, flops_per_token=per_token)
-        plots.residuals(runs, law, out)
-        names = ("E", "A", "B", "alpha", "beta", "a", "b")
-        a_here, b_here = law.exponents_at(sorted(runs["C"].unique()), per_token)
-        fits["parametric"] = {name: getattr(law, name) for name in names} | {
-            f"{name}_interval": law_ci[name] for name in names} | {
-            "objective": law.objective, "resamples_failed": law_ci["_failed"], "a_at_budgets": a_here, "b_at_budgets": b_here,
-            "identified": law.identified, "why": law.unidentified}
-        table = pd.DataFrame({"parameter": names, "fit [95% interval]": [with_interval(getattr(law, n), law_ci[n]) for n in names]})
-        sections += [
-            "## Approach 3: L(N, D) = E + A / N^alpha + B / D^beta\n\n"
-            "Huber loss (delta 1e-3) on log L, summed; L-BFGS from Chinchilla's 4500 starts; 95% intervals from "
-            f"{RESAMPLES_PARAMETRIC} bootstrap resamples of each budget's log residuals about the fitted law, each refitted from "
-            f"the fit and the {RESAMPLE_STARTS - 1} grid starts whose fits ended lowest ({law_ci['_failed']} failed). a = beta / (alpha + beta) and b are the exponents under "
-            f"C = 6ND; with C counted as these runs counted it, the fitted law's optimum moves as N_opt ~ C^{a_here:.3f}, "
-            f"D_opt ~ C^{b_here:.3f} over these budgets. Chinchilla (Epoch's replication): alpha 0.35, beta 0.37, "
-            "a = 0.51.\n\n" + markdown_table(table) + identification_note(law, runs),
-            "![iso-loss contours](parametric_contours.png)\n\n![residuals](residuals.png)",
-        ]
     except FitError as error:
-        sections.append(f"## Approach 3: parametric fit\n\nNot available from these runs: {error}")
+        return None, [f"## Approach 3: parametric fit\n\nNot available from these runs: {error}"]
+    law_ci = law.intervals
+    per_token = flops_per_token_law(runs)
+    plots.parametric_contours(runs, law, out, flops_per_token=per_token)
+    plots.residuals(runs, law, out)
+    names = ("E", "A", "B", "alpha", "beta", "a", "b")
+    a_here, b_here = law.exponents_at(sorted(runs["C"].unique()), per_token)
+    fits["parametric"] = {name: getattr(law, name) for name in names} | {
+        f"{name}_interval": law_ci[name] for name in names} | {
+        "objective": law.objective, "resamples_failed": law_ci["_failed"], "a_at_budgets": a_here, "b_at_budgets": b_here,
+        "identified": law.identified, "why": law.unidentified}
+    table = pd.DataFrame({"parameter": names, "fit [95% interval]": [with_interval(getattr(law, n), law_ci[n]) for n in names]})
+    return law, [
+        "## Approach 3: L(N, D) = E + A / N^alpha + B / D^beta\n\n"
+        "Huber loss (delta 1e-3) on log L, summed; L-BFGS from Chinchilla's 4500 starts; 95% intervals from "
+        f"{RESAMPLES_PARAMETRIC} bootstrap resamples of each budget's log residuals about the fitted law, each refitted from "
+        f"the fit and the {RESAMPLE_STARTS - 1} grid starts whose fits ended lowest ({law_ci['_failed']} failed). a = beta / (alpha + beta) and b are the exponents under "
+        f"C = 6ND; with C counted as these runs counted it, the fitted law's optimum moves as N_opt ~ C^{a_here:.3f}, "
+        f"D_opt ~ C^{b_here:.3f} over these budgets. Chinchilla (Epoch's replication): alpha 0.35, beta 0.37, "
+        "a = 0.51.\n\n" + markdown_table(table) + identification_note(law, runs),
+        "![iso-loss contours](parametric_contours.png)\n\n![residuals](residuals.png)",
+    ]
+
+
+def checks(df: pd.DataFrame, runs: pd.DataFrame, iso: IsoFlopFit | None, law: ParametricFit | None,
+           fits: dict) -> list[str]:
+    """Whether approaches 2 and 3 agree, the seeds' spread, the FLOPs spent and the extrapolation check."""
+    sections = []
     spread = seed_spread(runs)
     if "isoflop" in fits and "parametric" in fits:
         fits["agreement"] = check = agreement(fits, runs, law, spread)
@@ -250,7 +275,6 @@ def analyse(df: pd.DataFrame, out: Path) -> list[str]:
         lines = extrapolation_lines(check)
         sections.append(f"## Extrapolation check\n\nFitted on every budget but the largest (C = {check['held_out_C']:.3g}), "
                         "then predicted it:\n\n" + "\n".join(lines))
-    (out / "fits.json").write_text(json.dumps(fits, indent=1, default=float))
     return sections
 
 

@@ -8,12 +8,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import seaborn as sns
 
 from harness import plots
-from harness.fit import FitError, fit_power_law
 from harness.analysis import generic_analysis, markdown_table
+from harness.fit import FitError, fit_power_law
 
 RESAMPLES = 1000
 
@@ -43,10 +45,23 @@ def analyse(df: pd.DataFrame, out: Path) -> list[str]:
         edge = runs[np.isclose(runs[other], runs[other].max(), rtol=0.01)].sort_values(name)
         try:
             text, fits[f"L({name})"] = law_section(edge[name], edge["loss"], name, f"{other} = {runs[other].max():.3g}")
-            plots.power_law(edge[name], edge["loss"], fit_power_law(edge[name], edge["loss"]), name, out, f"loss_vs_{name}")
+            power_law(edge[name], edge["loss"], fit_power_law(edge[name], edge["loss"]), name, out, f"loss_vs_{name}")
             sections += [f"## L({name})\n\n{text}\n\n" + markdown_table(edge.reset_index(drop=True)),
                          f"![loss vs {name}](loss_vs_{name}.png)"]
         except FitError as error:
             sections.append(f"## L({name})\n\nNot available from these runs: {error}")
     (out / "fits.json").write_text(json.dumps(fits, indent=1, default=float))
     return sections
+
+
+def power_law(x, loss, fit, name: str, out_dir: Path, file_name: str) -> list[Path]:
+    """Loss against one variable with its fitted E + A x^-alpha and the irreducible E."""
+    sns.set_theme(style="whitegrid")
+    fig, ax = plt.subplots(figsize=(6.0, 4.0))
+    grid = np.geomspace(min(x) / 2, max(x) * 4, 100)
+    ax.scatter(x, loss, color="C0", zorder=5, label="runs")
+    ax.plot(grid, fit.predict(grid), color="C0", lw=1, label=f"{fit.E:.3g} + {fit.A:.3g} {name}^-{fit.alpha:.3f}")
+    ax.axhline(fit.E, color="grey", lw=1, ls="--", label=f"E = {fit.E:.3g}")
+    ax.set(xscale="log", xlabel=name, ylabel="validation loss (nats/token)", title=f"L({name})")
+    ax.legend(fontsize=8)
+    return plots.save(fig, out_dir, file_name)

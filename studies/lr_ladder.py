@@ -10,7 +10,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
+import seaborn as sns
 
 from harness import plots
 from harness.analysis import generic_analysis, markdown_table
@@ -34,7 +37,7 @@ def analyse(df: pd.DataFrame, out: Path) -> list[str]:
         fit = fit_lr_law(points["N"], points["lr"], points["loss"], intervals=RESAMPLES)
     except FitError as error:
         return sections + [f"## Learning-rate law\n\nNot available from these runs: {error}"]
-    plots.lr_ladder(points, fit, out)
+    lr_ladder(points, fit, out)
     optima = fit.optima.merge(points.groupby("N", as_index=False)["d_model"].first(), on="N")
     (out / "fits.json").write_text(json.dumps({"lr_law": {
         "c": fit.c, "gamma": fit.gamma, "c_interval": fit.intervals["c"], "gamma_interval": fit.intervals["gamma"],
@@ -55,3 +58,23 @@ def analyse(df: pd.DataFrame, out: Path) -> list[str]:
           "c N^-gamma for its N (the record's hparams_info keeps the rule and the learning rate in effect).",
         "![loss against learning rate per size, and the law](lr_ladder.png)",
     ]
+
+
+def lr_ladder(points: pd.DataFrame, fit, out_dir: Path, name: str = "lr_ladder") -> list[Path]:
+    """Left: loss against peak learning rate (columns N, lr, loss), one curve per model size, each size's fitted
+    optimum starred; right: the optima with their 95% intervals against N and the law lr_opt = c N^-gamma (a
+    LrLawFit)."""
+    sns.set_theme(style="whitegrid")
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11.0, 4.2))
+    plots.loss_against_lr(left, points, "N", lambda n: f"N = {plots.label_params(n)}", fit)
+    left.set(title="Loss against learning rate (stars: fitted optima)")
+    optima = fit.optima[fit.optima["interior"]]
+    right.errorbar(optima["N"], optima["lr_opt"], yerr=[optima["lr_opt"] - optima["low"], optima["high"] - optima["lr_opt"]],
+                   fmt="o", color="black", capsize=3, label="optimum, 95% interval")
+    grid = np.geomspace(optima["N"].min() / 2, optima["N"].max() * 2, 50)
+    right.plot(grid, fit.predict(grid), color="crimson", lw=1.5, label=f"{fit.c:.3g} N^-{fit.gamma:.3f}")
+    right.set(xscale="log", yscale="log", xlabel="non-embedding parameters N", ylabel="optimal learning rate",
+              title="lr_opt = c N^-gamma")
+    right.legend(fontsize=8)
+    fig.tight_layout()
+    return plots.save(fig, out_dir, name)

@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import seaborn as sns
 
 from harness import plots
 from harness.analysis import generic_analysis, markdown_table
@@ -54,7 +56,7 @@ def analyse(df: pd.DataFrame, out: Path) -> list[str]:
                      f"{inside['width'].min()} to {inside['width'].max()}; as a law in N, lr_opt ~ N^-{fit.gamma:.3f} "
                      f"[{fit.intervals['gamma'][0]:.3f}, {fit.intervals['gamma'][1]:.3f}]")
     (out / "fits.json").write_text(json.dumps(fits, indent=1, default=float))
-    plots.mup_transfer(points, laws, out)
+    mup_transfer(points, laws, out)
     verdict = ""
     if {"sp", "mup"} <= fits.keys():
         held = fits["mup"]["spread_in_grid_steps"] <= 1
@@ -67,3 +69,19 @@ def analyse(df: pd.DataFrame, out: Path) -> list[str]:
         + "\n".join(lines) + verdict + "\n\n" + markdown_table(pd.DataFrame(rows)),
         "![loss against learning rate per width, sp and muP](mup_transfer.png)",
     ]
+
+
+def mup_transfer(points: pd.DataFrame, fits: dict, out_dir: Path, name: str = "mup_transfer") -> list[Path]:
+    """Loss against peak learning rate, one curve per width, sp and muP side by side (Yang et al. 2022, fig. 1);
+    each width's fitted optimum starred. `points`: parametrization, width, base_width, N, lr, loss; `fits`:
+    parametrisation -> its LrLawFit over the widths' N."""
+    sns.set_theme(style="whitegrid")
+    panels = [p for p in ("sp", "mup") if p in set(points["parametrization"])]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), sharey=True, squeeze=False)
+    for ax, parametrization in zip(axes[0], panels):
+        mine = points[points["parametrization"] == parametrization]
+        plots.loss_against_lr(ax, mine, "width", lambda width: f"width {width}", fits.get(parametrization))
+        bases = ", ".join(str(int(b)) for b in sorted(mine["base_width"].dropna().unique()))
+        ax.set(title="standard parametrisation" if parametrization == "sp" else f"muP (base width {bases})")
+    fig.tight_layout()
+    return plots.save(fig, out_dir, name)

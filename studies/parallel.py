@@ -9,11 +9,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import pandas as pd
+import seaborn as sns
 
 from harness import plots
-from harness.parallel import STRATEGIES
 from harness.analysis import in_order, markdown_table, per_run, versus
+from harness.parallel import STRATEGIES
 
 REFERENCE = "single"
 COMPONENTS = (("param_bytes_in_step", "predicted_param_bytes", "params"),
@@ -60,7 +62,7 @@ def analyse(df: pd.DataFrame, out: Path) -> list[str]:
         return ["No strategy finished ok."]
     table, held = strategies(df), memory(df)
     curves = pd.DataFrame([{"strategy": run["parallel.name"], **point} for _, run in ok.iterrows() for point in run["curve"]])
-    plots.parallel_comparison(table[table["status"] == "ok"], held, curves, out)
+    parallel_comparison(table[table["status"] == "ok"], held, curves, out)
     (out / "fits.json").write_text(json.dumps({"strategies": table.to_dict(orient="records"),
                                                "memory_per_rank": held.to_dict(orient="records")}, indent=1, default=float))
     first = ok.iloc[0]
@@ -90,3 +92,30 @@ def analyse(df: pd.DataFrame, out: Path) -> list[str]:
         "data-parallel sharding). See harness/parallel.py for the model.\n\n" + markdown_table(wide),
         "![throughput, memory per rank and loss per strategy](parallel.png)",
     ]
+
+
+def parallel_comparison(strategies: pd.DataFrame, memory: pd.DataFrame, curves: pd.DataFrame, out_dir: Path,
+                        name: str = "parallel") -> list[Path]:
+    """Tokens/s per strategy; rank 0's model-state bytes measured (bars) against the ZeRO model (markers); losses."""
+    sns.set_theme(style="whitegrid")
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.4))
+    order = list(strategies["strategy"])
+    sns.barplot(strategies, x="strategy", y="tokens_per_s", hue="strategy", order=order, palette="colorblind",
+                legend=False, ax=axes[0])
+    axes[0].set(xlabel="", ylabel="tokens/s (global batch)", title="Throughput")
+    axes[0].tick_params(axis="x", rotation=45)
+    rank0 = memory[memory["rank"] == 0]
+    sns.barplot(rank0, x="strategy", y="measured_mb", hue="component", order=order, ax=axes[1], palette="muted")
+    for i, component in enumerate(rank0["component"].unique()):  # the model's prediction on each bar
+        part = rank0[rank0["component"] == component].set_index("strategy").reindex(order)
+        offsets = [j + (i - 1) * 0.8 / 3 for j in range(len(order))]
+        axes[1].scatter(offsets, part["predicted_mb"], color="black", marker="_", s=200, zorder=3,
+                        label="ZeRO model" if i == 0 else None)
+    axes[1].set(xlabel="", ylabel="MB on rank 0", title="Model states per rank: measured vs ZeRO model")
+    axes[1].tick_params(axis="x", rotation=45)
+    axes[1].legend(fontsize=8)
+    sns.lineplot(curves, x="tokens", y="val_loss", hue="strategy", hue_order=order, palette="colorblind",
+                 marker="o", markersize=3, ax=axes[2])
+    axes[2].set(xlabel="training tokens", ylabel="validation loss (nats/token)", title="Loss curves (overlap)")
+    fig.tight_layout()
+    return plots.save(fig, out_dir, name)

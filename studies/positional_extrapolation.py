@@ -8,7 +8,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import pandas as pd
+import seaborn as sns
 
 from harness import plots
 from harness.analysis import in_order, markdown_table, text
@@ -34,7 +36,7 @@ def analyse(df: pd.DataFrame, out: Path) -> list[str]:
         return ["No run with task.eval_lengths finished ok."]
     table = losses(df)
     measured = table.dropna(subset=["val_loss"])
-    plots.length_extrapolation(measured, out)
+    length_extrapolation(measured, out)
     (out / "fits.json").write_text(json.dumps({"losses": table.to_dict(orient="records")}, indent=1, default=float))
     wide = measured.pivot_table(index="positions", columns="multiple", values="val_loss", sort=False)
     wide.columns = [f"loss at {m:g}x" for m in wide.columns]
@@ -54,3 +56,16 @@ def analyse(df: pd.DataFrame, out: Path) -> list[str]:
         "## Every evaluation\n\n" + markdown_table(table.fillna("")),
         "![loss against evaluation length](length_extrapolation.png)",
     ]
+
+
+def length_extrapolation(table: pd.DataFrame, out_dir: Path, name: str = "length_extrapolation") -> list[Path]:
+    """Validation loss against evaluation length (log2 x), one line per positional encoding; the training length marked."""
+    sns.set_theme(style="whitegrid")
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    sns.lineplot(table, x="eval_len", y="val_loss", hue="positions", marker="o", ax=ax, palette="colorblind")
+    ax.axvline(table["train_len"].iloc[0], color="grey", linestyle=":", label="training length")
+    ax.set_xscale("log", base=2)
+    ax.set(xlabel="evaluation length (tokens)", ylabel="validation loss (nats/token)",
+           title="Loss beyond the training length")
+    ax.legend(fontsize=8)
+    return plots.save(fig, out_dir, name)

@@ -8,7 +8,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import pandas as pd
+import seaborn as sns
 
 from harness import plots
 from harness.analysis import markdown_table, per_run, text, versus
@@ -70,7 +72,7 @@ def analyse(df: pd.DataFrame, out: Path) -> list[str]:
     if ok.empty:
         return ["No precision mode finished ok."]
     curves = pd.DataFrame([{"mode": run["precision.name"], **point} for _, run in ok.iterrows() for point in run["curve"]])
-    plots.precision_comparison(table[table["status"] == "ok"], curves, out)
+    precision_comparison(table[table["status"] == "ok"], curves, out)
     q = quantized(df)
     (out / "fits.json").write_text(json.dumps({"modes": table.to_dict(orient="records"),
                                                "quantized": q.to_dict(orient="records")}, indent=1, default=float))
@@ -88,3 +90,20 @@ def analyse(df: pd.DataFrame, out: Path) -> list[str]:
                         "buffer; the output head tied to the embedding stays in full precision.\n\n" + markdown_table(q.fillna("")))
     sections.append("![speed, memory and loss per precision mode](precision.png)")
     return sections
+
+
+def precision_comparison(modes: pd.DataFrame, curves: pd.DataFrame, out_dir: Path, name: str = "precision") -> list[Path]:
+    """Bars of tokens/s and model-state memory per precision mode, and their validation-loss curves overlaid."""
+    sns.set_theme(style="whitegrid")
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
+    order = list(modes["mode"])
+    palette = dict(zip(order, sns.color_palette("colorblind", len(order))))
+    sns.barplot(modes, x="mode", y="tokens_per_s", hue="mode", order=order, palette=palette, legend=False, ax=axes[0])
+    axes[0].set(xlabel="", ylabel="tokens/s", title="Training throughput")
+    sns.barplot(modes, x="mode", y="model_state_mb", hue="mode", order=order, palette=palette, legend=False, ax=axes[1])
+    axes[1].set(xlabel="", ylabel="MB", title="Parameters + gradients + optimizer state")
+    sns.lineplot(curves, x="tokens", y="val_loss", hue="mode", hue_order=order, palette=palette, marker="o",
+                 markersize=3, ax=axes[2])
+    axes[2].set(xlabel="training tokens", ylabel="validation loss (nats/token)", title="Loss curves")
+    fig.tight_layout()
+    return plots.save(fig, out_dir, name)

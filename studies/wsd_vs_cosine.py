@@ -9,8 +9,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import seaborn as sns
 
 from harness import plots
 from harness.analysis import markdown_table
@@ -45,7 +47,7 @@ def analyse(df: pd.DataFrame, out: Path) -> list[str]:
         return ["Both designs need runs that finished ok: the cosine grid and the wsd runs with cooldowns."]
     compared = comparison(table).dropna(subset=["difference"])
     spent = table.groupby("design")["flops_spent"].sum()
-    plots.schedule_comparison(table, out)
+    schedule_comparison(table, out)
     within = int((compared["difference"].abs() <= compared["seed_std"]).sum())
     fits = {"points": table.to_dict(orient="records"), "comparison": compared.to_dict(orient="records"),
             "flops_spent": spent.to_dict(), "flops_ratio_wsd_to_cosine": spent["wsd"] / spent["cosine"],
@@ -64,3 +66,19 @@ def analyse(df: pd.DataFrame, out: Path) -> list[str]:
         f"the grid of separate cosine runs: {spent['wsd'] / spent['cosine']:.3f}x.\n\n" + markdown_table(table),
         "![validation loss against tokens per design](wsd_vs_cosine.png)",
     ]
+
+
+def schedule_comparison(points: pd.DataFrame, out_dir: Path, name: str = "wsd_vs_cosine") -> list[Path]:
+    """Validation loss against tokens for each schedule design, one panel per model size; bars: the seeds' spread."""
+    sns.set_theme(style="whitegrid")
+    sizes = sorted(points["params"].unique())
+    fig, axes = plt.subplots(1, len(sizes), figsize=(4.6 * len(sizes), 4.0), squeeze=False)
+    for ax, size in zip(axes[0], sizes):
+        for design, rows in points[points["params"] == size].groupby("design", sort=True):
+            rows = rows.sort_values("tokens")
+            ax.errorbar(rows["tokens"], rows["val_loss"], yerr=rows["seed_std"], marker="o", capsize=3, label=design)
+        ax.set_xscale("log")
+        ax.set(xlabel="tokens D", ylabel="validation loss (nats/token)", title=f"N = {plots.label_params(size)}")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return plots.save(fig, out_dir, name)

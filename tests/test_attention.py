@@ -96,7 +96,7 @@ def test_registry_covers_every_variant_with_a_config_and_reasons():
 # attention, the mean of v up to each row), which is exact for uniform attention. On q, k ~ N(0, 0.5^2),
 # v ~ N(0, 1), n = 512, d = 64 (measured, 3 seeds): the trivial estimator scores 0.25 (non-causal) and 0.21 (causal);
 # FAVOR+ scores 0.38 / 0.28 at the default round(d ln d) = 266 features, 0.22 / 0.17 at 1024 and 0.12 / 0.09 at
-# 4096. So at the default feature count FAVOR+ is worse than ignoring q and k here (a finding, said in README);
+# 4096. So at the default feature count FAVOR+ is worse than ignoring q and k here (a finding, said in docs/attention.md);
 # it beats the trivial estimator only with many features, and with larger q.k (variance ~ exp(|q|^2 + |k|^2))
 # its features fall under eps and it becomes the trivial estimator. The bound: with 4096 features, under
 # PERFORMER_BOUND x the trivial estimator's error on the same inputs.

@@ -385,9 +385,9 @@ def test_harness_report_takes_globs_and_a_study(tmp_path):
     assert (tmp_path / "both" / "report.md").read_text().startswith("# Report: inference")
 
 
-def test_the_readme_error_lines_are_what_the_harness_says(tmp_path):
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    block = readme.split("**Bad input**")[1].split("```text")[1].split("```")[0]
+def test_the_documented_error_lines_are_what_the_harness_says(tmp_path):
+    page = (Path(__file__).resolve().parent.parent / "docs" / "config.md").read_text()
+    block = page.split("**Bad input**")[1].split("```text")[1].split("```")[0]
     shown = re.findall(r"\$ \.venv/bin/harness (.*)\n(error: .*)", block)
     assert len(shown) >= 2
     for args, said in shown:

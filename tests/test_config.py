@@ -2,6 +2,7 @@
 value and what would be valid). In-process through Hydra's compose: tests/test_cli.py runs a few through the CLI."""
 import numpy as np
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 
 from harness import data
@@ -9,6 +10,10 @@ from harness.config import CONF_DIR, check_data, check_group_overrides, validate
 from harness.errors import ConfigError, Unsupported
 
 CHECKS = [
+    (['+model.d_modle=64'],
+     "model.d_modle: did you mean model.d_model? (model.family=gpt takes no 'd_modle')"),
+    (['model=llama', '+model.mlp_ratio=4'],
+     "model.mlp_ratio: did you mean model.aspect_ratio? (model.family=llama takes no 'mlp_ratio')"),
     (['threads=0'],
      'threads=0 must be a positive integer'),
     (['task.name=fly'],
@@ -232,6 +237,44 @@ def test_an_unknown_group_option_is_one_line(arg, message):
     with pytest.raises(ConfigError) as raised:
         check_group_overrides([arg])
     assert str(raised.value) == message
+
+
+@pytest.mark.parametrize("args,message", [
+    (["model.d_modle=64"], "model.d_modle: did you mean model.d_model? (model=gpt takes no 'd_modle')"),
+    (["model=llama", "model.mlp_ratio=2"], "model.mlp_ratio: did you mean model.aspect_ratio? (model=llama takes no 'mlp_ratio')"),
+    (["model.n_kv_head=2"], "model.n_kv_head: did you mean model.n_head? (model=gpt takes no 'n_kv_head')"),
+    (["task.lrr=1e-3"], "task.lrr: did you mean task.lr? (task=train takes no 'lrr')"),
+    (["study=demo", "model.d_modle=64"], "model.d_modle: did you mean model.d_model?"),
+    (["model=llama", "model.n_kv_head=2"], None),
+    (["study=inference_llama", "model.n_kv_head=2"], None),   # the study selects llama
+    (["+model.anything=1"], None),                            # added keys are the family's check (validate)
+])
+def test_a_key_no_option_takes_is_named_before_hydra_runs(args, message):
+    if message is None:
+        check_group_overrides(args)
+        return
+    with pytest.raises(ConfigError) as raised:
+        check_group_overrides(args)
+    assert str(raised.value) == message
+
+
+class FixedArguments(torch.nn.Module):
+    def __init__(self, vocab_size: int, seq_len: int, d_model: int = 16):
+        super().__init__()
+
+
+class AnyArguments(torch.nn.Module):
+    def __init__(self, vocab_size: int, seq_len: int, **options):
+        super().__init__()
+
+
+def test_a_custom_module_takes_the_keys_its_constructor_takes():
+    custom = ["model=custom", "data.tokens=1e6"]
+    validate(config([*custom, "model._target_=tests.test_config.FixedArguments", "+model.d_model=32"]))
+    with pytest.raises(ConfigError) as raised:
+        validate(config([*custom, "model._target_=tests.test_config.FixedArguments", "+model.d_modle=32"]))
+    assert str(raised.value) == "model.d_modle: did you mean model.d_model? (model.family=custom takes no 'd_modle')"
+    validate(config([*custom, "model._target_=tests.test_config.AnyArguments", "+model.d_modle=32"]))  # **options
 
 
 def test_the_demo_grows_width_alone_and_its_branches_land_on_its_budgets():

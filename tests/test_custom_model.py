@@ -1,4 +1,4 @@
-"""A module the harness has never seen: the README's TinyLM, defined outside the package, through the console
+"""A module the harness has never seen: docs/custom-model.md's TinyLM, defined outside the package, through the console
 scripts a user runs (a sweep with a compute budget, the report), its FLOPs and parameters against closed forms."""
 import json
 import re
@@ -18,8 +18,8 @@ SETTINGS = [arg for arg in TINY if not arg.startswith("model.")] + ["model.seq_l
 
 
 def readme_module() -> str:
-    """The custom module README shows, as a user would copy it."""
-    section = (ROOT / "README.md").read_text().split("## Your own model", 1)[1]
+    """The custom module docs/custom-model.md shows, as a user would copy it."""
+    section = (ROOT / "docs" / "custom-model.md").read_text()
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 

@@ -5,7 +5,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from harness.config import CONF_DIR, model_config, model_spec
-from harness.tasks.train import make_optimizer, parametrize, set_lr
+from harness.optimizer import make_optimizer, parametrize, set_lr
 from models import mup
 from models.spec import token_loss
 

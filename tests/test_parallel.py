@@ -202,7 +202,7 @@ def _data_parallel_gradient_errors(names: list[str]) -> dict:
     the unsharded model: a wrong average (a sum, a missing all-reduce, one rank's rows counted twice) shows at once."""
     from omegaconf import OmegaConf
 
-    from harness.tasks.train import make_optimizer
+    from harness.optimizer import make_optimizer
     reference = tiny_model()
     x = torch.randint(0, 64, (8, 16), generator=torch.Generator().manual_seed(1))
     y = torch.randint(0, 64, (8, 16), generator=torch.Generator().manual_seed(2))

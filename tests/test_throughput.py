@@ -10,7 +10,7 @@ import torch
 
 from harness.records import load_results
 from harness.report import build_report
-from harness.tasks.train import optimizer_kernel
+from harness.optimizer import optimizer_kernel
 from models.attention import sdpa
 
 ROOT = Path(__file__).resolve().parent.parent

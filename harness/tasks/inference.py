@@ -12,28 +12,24 @@ output is kept, as transformers' generate does). Either way the cache holds cont
 from __future__ import annotations
 
 import copy
-import logging
-import os
 import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from harness import data as data_sources
-from harness import compiling, flops, measure, quantize, records
-from harness.config import CONF_DIR, attention_options, model_config, model_spec
+from harness import compiling, flops, measure, quantize
+from harness.config import attention_options, model_config, model_spec
 from harness.parallel import local
 from harness.precision import cast_weights
 from harness.errors import Unsupported
-from harness.tasks.train import evaluate
+from harness.tasks.evaluation import evaluate
 from models import attention as attention_registry
 from models.spec import Examples, ModelSpec
-
-log = logging.getLogger("harness")
-
 
 
 def weights_copy(model: torch.nn.Module, name: str) -> torch.nn.Module:
@@ -104,25 +100,6 @@ def cached_logits_error(model: torch.nn.Module, spec: ModelSpec, prompt: torch.T
     return float((generation.logits - full).abs().max() / full.abs().max())
 
 
-def trained_weights(cfg: DictConfig) -> Path:
-    """Weights trained by task=train (its defaults) on task.train_tokens of this data, cached by everything that
-    determines them, so the points of a sweep train once."""
-    from harness.tasks import train
-    settings = OmegaConf.to_container(cfg, resolve=True)
-    settings.update(task={**OmegaConf.to_container(OmegaConf.load(CONF_DIR / "task" / "train.yaml")), "save_model": True},
-                    compute=None, parallel={"name": "single", "world_size": 1}, precision={"name": "fp32"}, progress="off")
-    settings["data"]["tokens"] = float(cfg.task.train_tokens)
-    train_cfg = OmegaConf.create(settings)
-    key = records.config_hash(OmegaConf.to_container(OmegaConf.masked_copy(train_cfg, ["model", "data", "attention", "task", "seed"]),
-                                                     resolve=True))
-    directory = Path(os.path.expanduser(cfg.data.get("cache_dir") or "~/.cache/scaling-harness")) / "models" / key
-    if not (directory / records.MODEL_NAME).exists():
-        log.info("training the model to measure (%s tokens, cached in %s)", cfg.task.train_tokens, directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        records.write_model(directory, train.train(train_cfg)["model_state"])
-    return directory / records.MODEL_NAME
-
-
 def generation_memory(model: torch.nn.Module, spec: ModelSpec, prompt: torch.Tensor, new_tokens: int) -> measure.TensorBytes:
     """What the allocator holds for one whole cached generation (CUDA allocator statistics, or the CPU profiler's
     record of every allocation): its peak beyond what was allocated before, and what is still allocated at its end
@@ -134,18 +111,13 @@ def generation_memory(model: torch.nn.Module, spec: ModelSpec, prompt: torch.Ten
     return held
 
 
-def run(cfg: DictConfig) -> dict:
+def run(cfg: DictConfig, trained_weights: Callable[[DictConfig], Path]) -> dict:
+    """Prefill and decode of the model (its weights random, loaded from task.checkpoint, or trained_weights(cfg) when
+    task.train_tokens asks for a trained model), with and without the cache, and each of task.compare_weights."""
     wall_start = time.perf_counter()
     device = measure.resolve_device(cfg.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise Unsupported(f"device={cfg.device!r} but CUDA is not available")
+    check_runnable(cfg, device)
     t = cfg.task
-    if t.weights in quantize.METHODS and quantize.unavailable(t.weights):  # the point's own weights: nothing to measure
-        raise Unsupported(f"task.weights={t.weights}: {quantize.unavailable(t.weights)}")
-    availability = attention_registry.available(cfg.attention.name, device, torch.float32, **attention_options(cfg))
-    if not availability:
-        raise Unsupported(f"attention={cfg.attention.name}: {availability.reason}")
-
     dataset = data_sources.load(cfg.data)
     spec = model_spec(cfg.model)
     model_cfg = model_config(cfg, dataset.vocab_size)
@@ -153,51 +125,106 @@ def run(cfg: DictConfig) -> dict:
     if len(dataset.val) < batch * context + 1:
         raise Unsupported(f"the validation split ({len(dataset.val)} tokens) is too short for "
                           f"task.batch_size={batch} prompts of task.context={context} tokens")
-    torch.manual_seed(int(cfg.seed))
-    model = spec.build(model_cfg).to(device).eval()
-    weights_source = "random (seeded)"
-    if t.checkpoint:
-        model.load_state_dict(torch.load(t.checkpoint, map_location=device, weights_only=True))
-        weights_source = str(t.checkpoint)
-    elif t.train_tokens:
-        path = trained_weights(cfg)
-        model.load_state_dict(torch.load(path, map_location=device, weights_only=True))
-        weights_source = f"trained here on {float(t.train_tokens):.3g} tokens (task=train defaults; cached at {path})"
+    model, weights_source = load_model(cfg, spec, model_cfg, device, trained_weights)
     prompt = torch.from_numpy(dataset.val[: batch * context].astype("int64").reshape(batch, context)).to(device)
     val_windows = data_sources.validation_windows(dataset.val, int(cfg.model.seq_len), int(t.eval_tokens))
     examples = Examples(spec, dataset.vocab_size, int(cfg.seed))
-    repeats = int(t.repeats)
 
     def loss_of(m: torch.nn.Module) -> float:
         return evaluate(local(m, device), val_windows, batch_size=8, examples=examples)
 
-    def timed(m: torch.nn.Module, cache: bool) -> dict:
-        generate(m, spec, prompt, new_tokens, cache=cache)  # warm-up at the measured shape: first-call allocations, dispatch
-        runs = [generate(m, spec, prompt, new_tokens, cache=cache) for _ in range(repeats)]
-        prefill = statistics.median(r.prefill_s for r in runs)
-        decode = statistics.median(r.decode_s for r in runs)
-        steps = max(1, new_tokens - 1) * batch
-        return {"tokens": runs[0].tokens, "prefill_s": prefill, "prefill_tokens_per_s": batch * context / prefill,
-                "decode_s": decode, "decode_tokens_per_s": steps / decode, "decode_ms_per_token": 1e3 * decode / max(1, new_tokens - 1)}
-
     main = weights_copy(model, t.weights)
     compile_info = compiling.prepare(main, bool(cfg.get("compile", False)), device)
-    with_cache = timed(main, cache=True)
-    recompute = timed(main, cache=False) if t.recompute else None
-    dtype = compute_dtype(main)
+    with_cache = timed_generations(main, spec, prompt, new_tokens, int(t.repeats), cache=True)
+    recompute = timed_generations(main, spec, prompt, new_tokens, int(t.repeats), cache=False) if t.recompute else None
+    metrics = cache_metrics(main, spec, model_cfg, prompt, new_tokens, with_cache, recompute)
+    reference_loss = loss_of(model)
+    loss = reference_loss if main is model else loss_of(main)
+    metrics.update(val_loss=loss, val_loss_change=loss - reference_loss, peak_memory_bytes=metrics.pop("peak_memory_bytes"))
+    reference_tokens = with_cache["tokens"] if main is model else generate(model, spec, prompt, new_tokens, cache=True).tokens
+    compared = {}
+    for name in t.compare_weights or []:
+        if name in quantize.METHODS and quantize.unavailable(name):  # that entry says why; the rest is measured
+            compared[name] = {"unsupported": quantize.unavailable(name)}
+            continue
+        other = weights_copy(model, name)
+        result = timed_generations(other, spec, prompt, new_tokens, int(t.repeats), cache=True)
+        other_loss = reference_loss if other is model else loss_of(other)
+        compared[name] = {"weights_bytes": quantize.model_bytes(other), "decode_tokens_per_s": result["decode_tokens_per_s"],
+                          "prefill_s": result["prefill_s"], "val_loss": other_loss, "val_loss_change": other_loss - reference_loss,
+                          "same_tokens_as_fp32": bool(torch.equal(result["tokens"], reference_tokens))}
+    metrics["wall_time_s"] = time.perf_counter() - wall_start
+    counts = spec.param_counts(model)
+    model_info = {"family": spec.name, **spec.describe(model_cfg), "seq_len": int(cfg.model.seq_len),
+                  "params_total": counts["total"], "params_non_embedding": counts["non_embedding"],
+                  **{f"params_{side}": counts[side] for side in ("encoder", "decoder")},
+                  "weights": t.weights, "cache_dtype": str(compute_dtype(main)).removeprefix("torch."),
+                  "weights_source": weights_source}
+    if compile_info["compiled"]:
+        compile_info["graph_breaks"] = compiling.graph_breaks() - compile_info.pop("graph_breaks_before")
+    return {"metrics": metrics, "model_info": model_info, "weights": compared, "compile_info": compile_info,
+            "data_info": {"val_tokens": len(dataset.val), **dataset.info}}
+
+
+def check_runnable(cfg: DictConfig, device: torch.device) -> None:
+    """What this machine cannot run of the point: an `unsupported` record before any work."""
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise Unsupported(f"device={cfg.device!r} but CUDA is not available")
+    weights = cfg.task.weights
+    if weights in quantize.METHODS and quantize.unavailable(weights):  # the point's own weights: nothing to measure
+        raise Unsupported(f"task.weights={weights}: {quantize.unavailable(weights)}")
+    availability = attention_registry.available(cfg.attention.name, device, torch.float32, **attention_options(cfg))
+    if not availability:
+        raise Unsupported(f"attention={cfg.attention.name}: {availability.reason}")
+
+
+def load_model(cfg: DictConfig, spec: ModelSpec, model_cfg, device: torch.device,
+               trained_weights: Callable[[DictConfig], Path]) -> tuple[torch.nn.Module, str]:
+    """The model in eval mode and where its weights came from: random (seeded), task.checkpoint, or trained here."""
+    t = cfg.task
+    torch.manual_seed(int(cfg.seed))
+    model = spec.build(model_cfg).to(device).eval()
+    if t.checkpoint:
+        model.load_state_dict(torch.load(t.checkpoint, map_location=device, weights_only=True))
+        return model, str(t.checkpoint)
+    if t.train_tokens:
+        path = trained_weights(cfg)
+        model.load_state_dict(torch.load(path, map_location=device, weights_only=True))
+        return model, f"trained here on {float(t.train_tokens):.3g} tokens (task=train defaults; cached at {path})"
+    return model, "random (seeded)"
+
+
+def timed_generations(model: torch.nn.Module, spec: ModelSpec, prompt: torch.Tensor, new_tokens: int, repeats: int, *,
+                      cache: bool) -> dict:
+    """Medians over `repeats` generations after a warm-up at the measured shape (first-call allocations, dispatch)."""
+    generate(model, spec, prompt, new_tokens, cache=cache)
+    runs = [generate(model, spec, prompt, new_tokens, cache=cache) for _ in range(repeats)]
+    prefill = statistics.median(r.prefill_s for r in runs)
+    decode = statistics.median(r.decode_s for r in runs)
+    batch, context = prompt.shape
+    steps = max(1, new_tokens - 1) * batch
+    return {"tokens": runs[0].tokens, "prefill_s": prefill, "prefill_tokens_per_s": batch * context / prefill,
+            "decode_s": decode, "decode_tokens_per_s": steps / decode, "decode_ms_per_token": 1e3 * decode / max(1, new_tokens - 1)}
+
+
+def cache_metrics(model: torch.nn.Module, spec: ModelSpec, model_cfg, prompt: torch.Tensor, new_tokens: int,
+                  with_cache: dict, recompute: dict | None) -> dict:
+    """The speeds with and without the cache, whether the cached logits are the full forward's, and the cache's bytes
+    as measured against the family's formula."""
+    batch, context = prompt.shape
+    device = prompt.device
+    dtype = compute_dtype(model)
     element = torch.finfo(dtype).bits // 8
     # the family's cache formula; a custom module's cache is known only as measured
     shape = {**spec.cache_shape(model_cfg), "batch": batch, "bytes_per_element": element} if spec.cache_shape else None
-    weights_bytes = quantize.model_bytes(main)
+    weights_bytes = quantize.model_bytes(model)
     cache_formula = flops.kv_cache_bytes(context=context + new_tokens, **shape) if shape else None  # encdec: cross + self
-    logits_error = cached_logits_error(main, spec, prompt, new_tokens)
+    logits_error = cached_logits_error(model, spec, prompt, new_tokens)
     # One whole cached generation under the allocator's eye; the device's peak counter covers exactly it.
     measure.reset_peak_memory(device)
-    memory = generation_memory(main, spec, prompt, new_tokens)
+    memory = generation_memory(model, spec, prompt, new_tokens)
     peak_memory = measure.peak_memory_bytes(device)
-    reference_loss = loss_of(model)
-    loss = reference_loss if main is model else loss_of(main)
-    metrics = {
+    return {
         "prefill_s": with_cache["prefill_s"], "prefill_tokens_per_s": with_cache["prefill_tokens_per_s"],
         "decode_tokens_per_s": with_cache["decode_tokens_per_s"], "decode_ms_per_token": with_cache["decode_ms_per_token"],
         "decode_tokens_per_s_recompute": recompute["decode_tokens_per_s"] if recompute else None,
@@ -213,31 +240,5 @@ def run(cfg: DictConfig) -> dict:
         "weights_bytes": weights_bytes,
         "cache_exceeds_weights_at_context": (flops.context_where_cache_exceeds(weights_bytes, **shape) if shape else
                                              weights_bytes / (memory.held / (context + new_tokens))),
-        "val_loss": loss, "val_loss_change": loss - reference_loss,
         "peak_memory_bytes": peak_memory,
-        "wall_time_s": 0.0,
     }
-    reference_tokens = with_cache["tokens"] if main is model else generate(model, spec, prompt, new_tokens, cache=True).tokens
-    compared = {}
-    for name in t.compare_weights or []:
-        if name in quantize.METHODS and quantize.unavailable(name):  # that entry says why; the rest is measured
-            compared[name] = {"unsupported": quantize.unavailable(name)}
-            continue
-        other = weights_copy(model, name)
-        result = timed(other, cache=True)
-        other_loss = reference_loss if other is model else loss_of(other)
-        compared[name] = {"weights_bytes": quantize.model_bytes(other), "decode_tokens_per_s": result["decode_tokens_per_s"],
-                          "prefill_s": result["prefill_s"], "val_loss": other_loss, "val_loss_change": other_loss - reference_loss,
-                          "same_tokens_as_fp32": bool(torch.equal(result["tokens"], reference_tokens))}
-    metrics["wall_time_s"] = time.perf_counter() - wall_start
-    counts = spec.param_counts(model)
-    model_info = {"family": spec.name, **spec.describe(model_cfg), "seq_len": int(cfg.model.seq_len),
-                  "params_total": counts["total"], "params_non_embedding": counts["non_embedding"],
-                  **{f"params_{side}": counts[side] for side in ("encoder", "decoder")},
-                  "weights": t.weights, "cache_dtype": str(dtype).removeprefix("torch."),
-                  "weights_source": weights_source}
-    if compile_info["compiled"]:
-        compile_info["graph_breaks"] = compiling.graph_breaks() - compile_info.pop("graph_breaks_before")
-    return {"metrics": metrics, "model_info": model_info, "weights": compared, "compile_info": compile_info,
-            "data_info": {"val_tokens": len(dataset.val), **dataset.info}}
-

@@ -12,67 +12,28 @@ import os
 import statistics
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from harness import checkpoint, compiling, distributed, flops, measure, parallel, precision, profiling, records
 from harness import data as data_sources
-from harness import checkpoint, compiling, distributed, flops, measure, parallel, precision, profiling, quantize, records
 from harness import schedules
-from harness.config import (attention_options, check_data_fits, model_config, model_spec, mup_widths, parametrization,
-                            requested_tokens, run_hyperparameters)
+from harness.config import (CONF_DIR, attention_options, check_data_fits, model_config, model_spec, requested_tokens,
+                            run_hyperparameters)
+from harness.errors import Diverged, Unsupported
+from harness.hparams import Hyperparameters
 from harness.progress import Progress
-from harness.errors import Diverged, Unsupported, first_line
+from harness.optimizer import make_optimizer, parametrize, set_lr
+from harness.tasks.evaluation import evaluate, length_extrapolation, quantized_evaluation
+from harness.tasks.state import TrainingState
 from models import attention as attention_registry
-from models import mup
-from models.spec import IGNORE, Examples
-from models.positions import TABLE_KINDS
+from models.spec import Examples, FlopsPerToken, ModelSpec
 
 log = logging.getLogger("harness")
-
-
-def parametrize(model: torch.nn.Module, m: DictConfig):
-    """Under model.parametrization=mup: the built model's hidden weights re-initialised (models/mup.py), and the
-    function make_optimizer takes for their learning-rate multipliers; None under sp."""
-    if parametrization(m) != "mup":
-        return None
-    width, base_width, _, _ = mup_widths(m)
-    mup.rescale_init(model, width, base_width)
-    return functools.partial(mup.lr_multipliers, width=width, base_width=base_width)
-
-
-def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    """The schedule's learning rate on every param group, times the group's `lr_scale` (muP's hidden weights)."""
-    for group in optimizer.param_groups:
-        group["lr"] = lr * group.get("lr_scale", 1.0)
-
-
-def make_optimizer(model: torch.nn.Module, t: DictConfig, zero: bool = False, lr_scales=None) -> torch.optim.Optimizer:
-    """AdamW; with zero=True each data-parallel rank keeps the state of its share only (ZeroRedundancyOptimizer).
-    `lr_scales(model)`: {id(parameter): multiplier of its learning rate} (muP's hidden weights), kept per param
-    group as `lr_scale`, which the schedule's learning rate is multiplied by."""
-    # Decay matrices only, not biases, norms or (as in GPT-2) nothing 1-D (nanoGPT's configure_optimizers).
-    params = [p for p in model.parameters() if p.requires_grad]
-    scales = lr_scales(model) if lr_scales is not None else {}
-    groups = []
-    for scale in sorted({scales.get(id(p), 1.0) for p in params}):
-        mine = [p for p in params if scales.get(id(p), 1.0) == scale]
-        groups += [{"params": [p for p in mine if p.dim() >= 2], "weight_decay": float(t.weight_decay), "lr_scale": scale},
-                   {"params": [p for p in mine if p.dim() < 2], "weight_decay": 0.0, "lr_scale": scale}]
-    groups = [group for group in groups if group["params"]] or [{"params": params, "lr_scale": 1.0}]
-    settings = {"lr": float(t.lr), "betas": (float(t.beta1), float(t.beta2)), **optimizer_kernel(params)}
-    if zero:
-        from torch.distributed.optim import ZeroRedundancyOptimizer
-        return ZeroRedundancyOptimizer(groups, optimizer_class=torch.optim.AdamW, **settings)
-    return torch.optim.AdamW(groups, **settings)
-
-
-def optimizer_kernel(params: list[torch.Tensor]) -> dict:
-    """AdamW's fused kernel where every parameter is on a GPU: one launch updates them all, where the default
-    (foreach) launches several kernels per group of tensors. On a CPU the default, as every CPU run has used."""
-    return {"fused": True} if params and all(p.device.type == "cuda" for p in params) else {}
 
 
 def train_step(layout: parallel.Layout, x: torch.Tensor, y: torch.Tensor, grad_clip: float,
@@ -94,23 +55,6 @@ def train_step(layout: parallel.Layout, x: torch.Tensor, y: torch.Tensor, grad_c
     scaler.step(optimizer)      # skipped when the gradients hold inf/NaN; update() then lowers the scale
     scaler.update()
     return loss, precision.scale_tensor(scaler) < scale
-
-
-@torch.no_grad()
-def evaluate(layout: parallel.Layout, windows: np.ndarray, batch_size: int, cast=contextlib.nullcontext,
-             examples: Examples | None = None) -> float:
-    """Mean loss per predicted token over the windows (for an encoder, over the masked tokens)."""
-    layout.model.eval()
-    total, count = 0.0, 0
-    for index, i in enumerate(range(0, len(windows), batch_size)):
-        chunk = torch.from_numpy(windows[i:i + batch_size])
-        x, y = examples.for_evaluation(index)(chunk) if examples else (chunk[:, :-1], chunk[:, 1:])
-        predicted = int((y != IGNORE).sum())
-        if predicted:
-            total += parallel.eval_loss(layout, x.to(layout.device), y.to(layout.device), cast) * predicted
-            count += predicted
-    layout.model.train()
-    return total / count
 
 
 def run(cfg: DictConfig, out_dir: Path | None = None, write_branch=None) -> dict:
@@ -188,24 +132,95 @@ def cooldown_config(config: dict, branch: schedules.Cooldown, tokens_per_step: i
     return branched, records.config_hash(branched)
 
 
+def trained_weights(cfg: DictConfig) -> Path:
+    """Weights trained by task=train (its defaults) on task.train_tokens of this data, cached by everything that
+    determines them, so the points of an inference sweep train once."""
+    settings = OmegaConf.to_container(cfg, resolve=True)
+    settings.update(task={**OmegaConf.to_container(OmegaConf.load(CONF_DIR / "task" / "train.yaml")), "save_model": True},
+                    compute=None, parallel={"name": "single", "world_size": 1}, precision={"name": "fp32"}, progress="off")
+    settings["data"]["tokens"] = float(cfg.task.train_tokens)
+    train_cfg = OmegaConf.create(settings)
+    key = records.config_hash(OmegaConf.to_container(OmegaConf.masked_copy(train_cfg, ["model", "data", "attention", "task", "seed"]),
+                                                     resolve=True))
+    directory = Path(os.path.expanduser(cfg.data.get("cache_dir") or "~/.cache/scaling-harness")) / "models" / key
+    if not (directory / records.MODEL_NAME).exists():
+        log.info("training the model to measure (%s tokens, cached in %s)", cfg.task.train_tokens, directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        records.write_model(directory, train(train_cfg)["model_state"])
+    return directory / records.MODEL_NAME
+
+
+@dataclass
+class Setup:
+    """What a training job fixes before its first step: the config resolved against the data and this rank."""
+    cfg: DictConfig
+    t: DictConfig                 # the task with its rules (task.lr=law, porian, ...) resolved to numbers
+    device: torch.device
+    multi_rank: bool
+    mode: precision.Mode
+    dataset: data_sources.TokenData
+    spec: ModelSpec
+    model_cfg: object
+    per_token: FlopsPerToken
+    tokens_requested: float
+    chosen: Hyperparameters       # the learning rate and batch size, and how they were chosen
+    seq_len: int
+    batch_size: int
+    total_steps: int
+    schedule: schedules.Schedule
+    digest: str                   # the config hash the checkpoints belong to
+    branch_starts: dict           # step -> (cooldown branch, its config, its config hash)
+    eval_steps: set
+    cooldown: schedules.Cooldown | None
+    layout: parallel.Layout
+    scaler: torch.amp.GradScaler | None
+    batches: data_sources.Batches
+    val_windows: np.ndarray
+    examples: Examples
+    counts: dict                  # the parameter counts of the model as built
+    param_dtype: torch.dtype
+    cast: object                  # the autocast context of the precision mode
+    compile_info: dict
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.batch_size * self.seq_len
+
+
 def train(cfg: DictConfig, checkpoint_dir: Path | None = None, cooldown: schedules.Cooldown | None = None) -> dict:
     """Train on this process's rank (the only one for parallel=single); with task.checkpoint_every, save the full
     training state to checkpoint_dir every that many steps, and continue from a checkpoint of this config there.
 
     With task.cooldowns (a wsd run), save the state where each branch starts decaying into its directory; with
     `cooldown`, train that branch from the state saved there to its own end."""
+    run = setup(cfg, cooldown)
+    state = TrainingState(run.layout, run.scaler, run.batches, run.examples, run.device, run.multi_rank)
+    start(run, state, checkpoint_dir)
+    started_at = state.step
+    profiler = loop(run, state, checkpoint_dir)
+    return record(run, state, profiler, started_at)
+
+
+def rank_device(cfg: DictConfig) -> torch.device:
+    """This rank's device; on a CPU the ranks share the cores instead of each starting a thread per core."""
     device = measure.resolve_device(cfg.device)
-    multi_rank = cfg.parallel.name != "single"
-    if multi_rank:
-        local_rank, local_world = int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("LOCAL_WORLD_SIZE", 1))
-        if device.type == "cuda":
-            device = torch.device("cuda", local_rank)
-        else:  # ranks share the cores instead of each starting a thread per core
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
-        # Advice that does not apply here: the GPT's logits are never modified in place, and a 2-D mesh's
-        # gradient-norm reduction over two dimensions is two small all-reduces once per step.
-        warnings.filterwarnings("ignore", message="FSDP2-wrapped module")
-        logging.getLogger("torch.distributed.tensor._redistribute").setLevel(logging.ERROR)
+    if cfg.parallel.name == "single":
+        return device
+    local_rank, local_world = int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+    else:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
+    # Advice that does not apply here: the GPT's logits are never modified in place, and a 2-D mesh's
+    # gradient-norm reduction over two dimensions is two small all-reduces once per step.
+    warnings.filterwarnings("ignore", message="FSDP2-wrapped module")
+    logging.getLogger("torch.distributed.tensor._redistribute").setLevel(logging.ERROR)
+    return device
+
+
+def setup(cfg: DictConfig, cooldown: schedules.Cooldown | None) -> Setup:
+    """The data, the model laid out on this rank, its optimizer and schedule, and every number the run needs."""
+    device = rank_device(cfg)
     mode = precision.MODES[cfg.precision.name]
     dataset = data_sources.load(cfg.data)
     model_cfg = model_config(cfg, dataset.vocab_size)
@@ -214,8 +229,6 @@ def train(cfg: DictConfig, checkpoint_dir: Path | None = None, cooldown: schedul
     tokens_requested = requested_tokens(cfg, per_token.causal)
     chosen = run_hyperparameters(cfg, model_cfg)
     check_data_fits(cfg, len(dataset.train), len(dataset.val), tokens_requested, chosen.batch_size)
-
-    # The task with its rules (task.lr=law, porian, ...) resolved to the numbers this run trains with.
     t = OmegaConf.merge(cfg.task, {"lr": chosen.lr, "batch_size": chosen.batch_size,
                                    "warmup_fraction": chosen.warmup_fraction, "beta2": chosen.beta2})
     seq_len, batch_size = int(cfg.model.seq_len), int(t.batch_size)
@@ -226,14 +239,11 @@ def train(cfg: DictConfig, checkpoint_dir: Path | None = None, cooldown: schedul
                 if t.get("cooldowns") and cooldown is None else [])
     config = OmegaConf.to_container(cfg, resolve=True)
     digest = records.config_hash(config)
-    branch_starts = {}   # step -> (branch, its config, its config hash)
-    for branch in branches:
-        branch_starts[branch.start] = (branch, *cooldown_config(config, branch, tokens_per_step))
+    branch_starts = {branch.start: (branch, *cooldown_config(config, branch, tokens_per_step)) for branch in branches}
     if cooldown is not None:
         schedule, total_steps = cooldown.schedule, cooldown.schedule.total_steps
         digest = cooldown_config(config, cooldown, tokens_per_step)[1]
     eval_steps = {max(1, round(total_steps * (i + 1) / int(t.eval_points))) for i in range(int(t.eval_points))}
-    grad_clip = float(t.grad_clip)
 
     torch.manual_seed(int(cfg.seed))
     if device.type == "cpu":
@@ -250,147 +260,159 @@ def train(cfg: DictConfig, checkpoint_dir: Path | None = None, cooldown: schedul
                             batch_size, tp_degree=p.get("tp_degree"), schedule=p.get("schedule", "1f1b"),
                             microbatches=int(p.get("microbatches", 1)), cast=cast)
     del model  # a pipeline stage keeps only its own blocks
-    scaler = precision.grad_scaler(mode.name, device, float(cfg.precision.get("init_scale", 2.0**16)))
-    skipped_steps = torch.zeros((), dtype=torch.int64, device=device)
-    batches = data_sources.Batches(dataset.train, seq_len, batch_size, seed=int(cfg.seed))
-    val_windows = data_sources.validation_windows(dataset.val, seq_len, int(t.eval_tokens))
+    return Setup(
+        cfg=cfg, t=t, device=device, multi_rank=p.name != "single", mode=mode, dataset=dataset, spec=spec,
+        model_cfg=model_cfg, per_token=per_token, tokens_requested=tokens_requested, chosen=chosen, seq_len=seq_len,
+        batch_size=batch_size, total_steps=total_steps, schedule=schedule, digest=digest, branch_starts=branch_starts,
+        eval_steps=eval_steps, cooldown=cooldown, layout=layout,
+        scaler=precision.grad_scaler(mode.name, device, float(cfg.precision.get("init_scale", 2.0**16))),
+        batches=data_sources.Batches(dataset.train, seq_len, batch_size, seed=int(cfg.seed)),
+        val_windows=data_sources.validation_windows(dataset.val, seq_len, int(t.eval_tokens)), examples=examples,
+        counts=counts, param_dtype=param_dtype, cast=cast, compile_info=compile_info)
 
-    def next_examples():
-        """The next batch as the family's (inputs, targets), made on the host (masking, span corruption) outside the
-        timed step; pinned on a GPU so the step's copy is asynchronous."""
-        x, y = examples(torch.from_numpy(batches.next()))
-        return (x.pin_memory(), y.pin_memory()) if device.type == "cuda" else (x, y)
 
-    check_every, checkpoint_every = int(t.check_every), int(t.get("checkpoint_every", 0))
-    curve: list[dict] = []
-    pending: list[torch.Tensor] = []   # the losses of steps not read back to the host yet
-    interval_losses: list[float] = []
-    earlier_seconds: list[float] = []  # step times of the process(es) before a resume
-    start_step = 0
-    # A branch always starts from a saved state: the one the run saved where it starts decaying, or a later one.
-    resumable = cooldown is not None or (checkpoint_every and checkpoint_dir and cfg.resume)
-    resumed = None
-    if resumable:
-        resumed = checkpoint.load_sharded(checkpoint_dir, digest) if multi_rank else checkpoint.load(checkpoint_dir, digest)
-    if cooldown is not None and resumed is None:
+def next_examples(run: Setup) -> tuple[torch.Tensor, torch.Tensor]:
+    """The next batch as the family's (inputs, targets), made on the host (masking, span corruption) outside the
+    timed step; pinned on a GPU so the step's copy is asynchronous."""
+    x, y = run.examples(torch.from_numpy(run.batches.next()))
+    return (x.pin_memory(), y.pin_memory()) if run.device.type == "cuda" else (x, y)
+
+
+def start(run: Setup, state: TrainingState, checkpoint_dir: Path | None) -> None:
+    """Continue from this config's checkpoint in checkpoint_dir where there is one to continue from (a cooldown
+    branch always starts from one: the state the run saved where the branch starts decaying), else from step 0."""
+    cooldown = run.cooldown
+    resumable = cooldown is not None or (run.t.get("checkpoint_every", 0) and checkpoint_dir and run.cfg.resume)
+    if resumable and checkpoint.restore_state(checkpoint_dir, run.digest, state):
+        log.info("%s from step %d of %d (%s)", cooldown.name if cooldown is not None else "resuming", state.step,
+                 run.total_steps, checkpoint.path(checkpoint_dir))
+    elif cooldown is not None:
         raise RuntimeError(f"cooldown branch {cooldown.fraction:g} has no saved state to start from in {checkpoint_dir}")
-    if resumed is not None:
-        start_step, curve, interval_losses = resumed["step"], resumed["curve"], resumed["interval_losses"]
-        earlier_seconds, batch = resumed["step_seconds"], resumed["next_batch"]
-        if multi_rank:
-            checkpoint.restore_rank_state(layout.model, layout.optimizer, resumed)
-        else:
-            layout.model.load_state_dict(resumed["model"])
-            layout.optimizer.load_state_dict(resumed["optimizer"])
-        if scaler is not None:
-            scaler.load_state_dict(resumed["scaler"])
-        skipped_steps += resumed["skipped_steps"]
-        batches.restore(resumed["batches"])
-        examples.restore(resumed["examples"])
-        torch.set_rng_state(resumed["torch_rng"])
-        if device.type == "cuda":
-            torch.cuda.set_rng_state(resumed["cuda_rng"], device)
-        log.info("%s from step %d of %d (%s)", cooldown.name if cooldown is not None else "resuming", start_step,
-                 total_steps, checkpoint.path(checkpoint_dir))
     else:
-        batch = next_examples()
+        state.batch = next_examples(run)
 
-    def save_checkpoint(next_step: int, directory: Path | None = None, owner: str | None = None) -> None:
-        model_and_optimizer = (checkpoint.rank_state(layout.model, layout.optimizer) if multi_rank else
-                               {"model": layout.model.state_dict(), "optimizer": layout.optimizer.state_dict()})
-        save = checkpoint.save_sharded if multi_rank else checkpoint.save
-        save(directory or checkpoint_dir, owner or digest, {
-            "step": next_step, **model_and_optimizer,
-            "scaler": scaler.state_dict() if scaler is not None else None, "skipped_steps": int(skipped_steps),
-            "batches": batches.state(), "examples": examples.state(), "next_batch": batch,
-            "torch_rng": torch.get_rng_state(), "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-            "curve": curve, "interval_losses": interval_losses, "step_seconds": earlier_seconds + clock.seconds()})
 
+def loop(run: Setup, state: TrainingState, checkpoint_dir: Path | None) -> profiling.StepProfiler:
+    """The steps from state.step to the end: each timed without waiting for the device, the losses read back every
+    task.check_every steps (a diverged loss stops the run), evaluations, checkpoints and the branches' starts."""
+    t, device, layout, tokens_per_step = run.t, run.device, run.layout, run.tokens_per_step
+    check_every, checkpoint_every, grad_clip = int(t.check_every), int(t.get("checkpoint_every", 0)), float(t.grad_clip)
+    pending: list[torch.Tensor] = []   # the losses of steps not read back to the host yet
+    first = state.step
     measure.reset_peak_memory(device)
-    is_rank0 = layout.rank == 0
-    progress = Progress(total_steps * tokens_per_step, cfg.progress if is_rank0 else "off", done=start_step * tokens_per_step,
-                        label=cooldown.name if cooldown is not None else "train")
-    clock = measure.StepClock(device)
-    profiler = profiling.StepProfiler(device, skip=int(t.timing_warmup_steps), steps=int(cfg.get("profile", 0)))
+    progress = Progress(run.total_steps * tokens_per_step, run.cfg.progress if layout.rank == 0 else "off",
+                        done=first * tokens_per_step, label=run.cooldown.name if run.cooldown is not None else "train")
+    clock = state.clock
+    profiler = profiling.StepProfiler(device, skip=int(t.timing_warmup_steps), steps=int(run.cfg.get("profile", 0)))
     try:
-        for step in range(start_step, total_steps):
-            lr = schedule.lr(step)
+        for step in range(first, run.total_steps):
+            lr = run.schedule.lr(step)
             set_lr(layout.optimizer, lr)
             clock.start()
-            x, y = (part.to(device, non_blocking=True) for part in batch)
+            x, y = (part.to(device, non_blocking=True) for part in state.batch)
             # Mid-step parameter bytes are read on the first step, which step-time statistics leave out.
-            loss, skipped = train_step(layout, x, y, grad_clip, cast, scaler, measure_params=step == start_step)
+            loss, skipped = train_step(layout, x, y, grad_clip, run.cast, run.scaler, measure_params=step == first)
             clock.stop()
-            if step + 1 < total_steps:
-                batch = next_examples()  # on a GPU the host makes it while the device still runs the step
+            if step + 1 < run.total_steps:
+                state.batch = next_examples(run)  # on a GPU the host makes it while the device still runs the step
             profiler.step()
             pending.append(loss.detach())
             if skipped is not None:
-                skipped_steps += skipped
-            evaluating = step + 1 in eval_steps
-            saving = checkpoint_every and checkpoint_dir and (step + 1) % checkpoint_every == 0 and step + 1 < total_steps
-            branching = step + 1 in branch_starts
-            if evaluating or saving or branching or (step + 1) % check_every == 0 or step + 1 == total_steps:
+                state.skipped_steps += skipped
+            state.step = step + 1
+            evaluating = step + 1 in run.eval_steps
+            saving = checkpoint_every and checkpoint_dir and (step + 1) % checkpoint_every == 0 and step + 1 < run.total_steps
+            branching = step + 1 in run.branch_starts
+            if evaluating or saving or branching or (step + 1) % check_every == 0 or step + 1 == run.total_steps:
                 # One read of the losses every check_every steps: the only host sync of the steps between evaluations.
                 losses = torch.stack(pending).float().tolist()
                 bad = next((i for i, value in enumerate(losses) if not math.isfinite(value)), None)
                 if bad is not None:
                     at = step + 1 - len(losses) + bad
-                    raise Diverged(f"training loss became {losses[bad]} at step {at + 1} of {total_steps} "
-                                   f"(lr {schedule.lr(at):.3g})")
-                interval_losses += losses
+                    raise Diverged(f"training loss became {losses[bad]} at step {at + 1} of {run.total_steps} "
+                                   f"(lr {run.schedule.lr(at):.3g})")
+                state.interval_losses += losses
                 progress.update(tokens_per_step * len(losses), losses[-1], tokens_per_step * clock.steps / clock.total_seconds())
                 pending = []
             if evaluating:
                 tokens_done = (step + 1) * tokens_per_step
-                curve.append({"step": step + 1, "tokens": tokens_done, "flops": tokens_done * per_token.causal,
-                              "train_loss": statistics.fmean(interval_losses),
-                              "val_loss": evaluate(layout, val_windows, batch_size, cast, examples), "lr": lr})
-                interval_losses = []
+                state.curve.append({"step": step + 1, "tokens": tokens_done, "flops": tokens_done * run.per_token.causal,
+                                    "train_loss": statistics.fmean(state.interval_losses),
+                                    "val_loss": evaluate(layout, run.val_windows, run.batch_size, run.cast, run.examples),
+                                    "lr": lr})
+                state.interval_losses = []
             if saving:
-                save_checkpoint(step + 1)
+                checkpoint.save_state(checkpoint_dir, run.digest, state)
             if branching:
-                branch_digest = branch_starts[step + 1][2]
-                save_checkpoint(step + 1, checkpoint_dir / branch_digest, branch_digest)
+                branch_digest = run.branch_starts[step + 1][2]
+                checkpoint.save_state(checkpoint_dir / branch_digest, branch_digest, state)
     finally:
         profiler.stop()
         progress.close()
-    step_times = earlier_seconds + clock.seconds()
-    skipped_steps = int(skipped_steps)
+    return profiler
 
-    unprofiled = [s for i, s in enumerate(step_times) if not profiler.touched(i - len(earlier_seconds))]
+
+def record(run: Setup, state: TrainingState, profiler: profiling.StepProfiler, started_at: int) -> dict:
+    """The record's sections from what the run did: metrics, the model, data, precision and layout in effect."""
+    t, layout = run.t, run.layout
+    step_times, earlier = state.seconds(), len(state.earlier_seconds)
+    unprofiled = [s for i, s in enumerate(step_times) if not profiler.touched(i - earlier)]
     timed = unprofiled[int(t.timing_warmup_steps):] or unprofiled or step_times
+    compile_info = run.compile_info
     if compile_info["compiled"]:  # the first step of this process traced and compiled the blocks
-        first = step_times[len(earlier_seconds)] if len(step_times) > len(earlier_seconds) else float("nan")
+        first = step_times[earlier] if len(step_times) > earlier else float("nan")
         compile_info.update(first_step_s=first, compile_s=first - float(np.median(timed)),
                             graph_breaks=compiling.graph_breaks() - compile_info.pop("graph_breaks_before"))
-    tokens = total_steps * tokens_per_step
-    rank_info = _rank_info(layout, mode, param_dtype, timed, tokens_per_step, device)
-    per_rank = [rank_info]
-    if multi_rank:
-        per_rank = [None] * torch.distributed.get_world_size()
-        torch.distributed.all_gather_object(per_rank, rank_info)
+    per_rank = [_rank_info(layout, run.mode, run.param_dtype, timed, run.tokens_per_step, run.device)]
+    if run.multi_rank:
+        mine, per_rank = per_rank[0], [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(per_rank, mine)
+    metrics = _metrics(run, state, timed, per_rank, started_at)
+    for r in per_rank:
+        del r["step_times_s"]
+    val_loss = metrics["val_loss"]
+    extrapolation = (length_extrapolation(layout, run.seq_len, run.cfg.model.get("positions"), run.dataset.val, t,
+                                          run.cast, run.examples) if t.get("eval_lengths") else {})
+    quantized = (quantized_evaluation(layout.model, t, run.val_windows, run.batch_size, run.device, val_loss, run.examples)
+                 if t.get("eval_quantized") else {})
+    saved = {"model_state": {k: v.detach().cpu() for k, v in layout.model.state_dict().items()}} if t.get("save_model") else {}
+    return {**saved, "metrics": metrics, "model_info": _model_info(run), "data_info": _data_info(run),
+            "precision_info": _precision_info(run, int(state.skipped_steps)),
+            "parallel_info": _parallel_info(run, per_rank), "schedule_info": run.schedule.info(),
+            "hparams_info": {**run.chosen.info, "optimizer_fused": bool(layout.optimizer.defaults.get("fused"))},
+            "compile_info": compile_info, "quantized": quantized,
+            **({"profile_info": profiler.info(run.total_steps - started_at)} if profiler.steps else {}),
+            "length_extrapolation": extrapolation, "curve": state.curve,
+            **({"cooldowns": list(run.branch_starts.values())} if run.branch_starts else {})}
+
+
+def _metrics(run: Setup, state: TrainingState, timed: list[float], per_rank: list[dict], started_at: int) -> dict:
+    per_token, tokens_per_step, cooldown = run.per_token, run.tokens_per_step, run.cooldown
+    tokens = run.total_steps * tokens_per_step
     # The step is as slow as the slowest rank's.
     step_time_total = max(sum(r["step_times_s"]) for r in per_rank)
     tokens_per_s = tokens_per_step * len(timed) / step_time_total
     quantiles = np.quantile(timed, [0.1, 0.5, 0.9])
-    device_name = measure.device_name(device)
-    peak = flops.peak_flops(device_name, mode.mfu_peak) if mode.mfu_peak else None
-    val_loss = curve[-1]["val_loss"]
-    metrics = {
+    device_name = measure.device_name(run.device)
+    mfu_peak = run.mode.mfu_peak
+    peak = flops.peak_flops(device_name, mfu_peak) if mfu_peak else None
+    val_loss = state.curve[-1]["val_loss"]
+    branched_at = cooldown.start if cooldown is not None else 0
+    epoch_tokens = run.batches.windows_per_epoch_tokens()
+    return {
         "val_loss": val_loss,
-        "val_bpb": val_loss / math.log(2) / dataset.bytes_per_token if dataset.bytes_per_token else None,
-        "train_loss": curve[-1]["train_loss"],
+        "val_bpb": val_loss / math.log(2) / run.dataset.bytes_per_token if run.dataset.bytes_per_token else None,
+        "train_loss": state.curve[-1]["train_loss"],
         "tokens": tokens,
-        "tokens_requested": tokens_requested,
-        "steps": total_steps,
+        "tokens_requested": run.tokens_requested,
+        "steps": run.total_steps,
         # what this job computed: a branch only from where it left the run
-        "flops_spent": (total_steps - (cooldown.start if cooldown is not None else 0)) * tokens_per_step * per_token.causal,
+        "flops_spent": (run.total_steps - branched_at) * tokens_per_step * per_token.causal,
         # the checkpoint's step when a killed run (or branch) was continued
-        "resumed_from_step": start_step if start_step != (cooldown.start if cooldown is not None else 0) else None,
-        "epochs": tokens / batches.windows_per_epoch_tokens(),
+        "resumed_from_step": started_at if started_at != branched_at else None,
+        "epochs": tokens / epoch_tokens,
         # U of a data-constrained law (Muennighoff et al. 2023): the distinct training tokens the run read
-        "unique_tokens": min(tokens, batches.windows_per_epoch_tokens()),
+        "unique_tokens": min(tokens, epoch_tokens),
         "flops": tokens * per_token.causal,
         "flops_dense": tokens * per_token.dense,
         "flops_6nd": tokens * per_token.six_n,
@@ -407,50 +429,54 @@ def train(cfg: DictConfig, checkpoint_dir: Path | None = None, cooldown: schedul
         # query against every key, the masked half included
         "mfu_dense": tokens_per_s * per_token.dense / (peak * len(per_rank)) if peak else None,
         "mfu_peak_flops": peak,                       # per device, dense, from harness.flops.PEAK_FLOPS
-        "mfu_peak": (f"{flops.device_product(device_name)} {mode.mfu_peak}" if peak else
-                     "none: fp8 mixes fp8 and bf16 matmuls" if mode.mfu_peak is None else
-                     f"none: no data-sheet peak for {device_name!r} in {mode.mfu_peak}"),
+        "mfu_peak": (f"{flops.device_product(device_name)} {mfu_peak}" if peak else
+                     "none: fp8 mixes fp8 and bf16 matmuls" if mfu_peak is None else
+                     f"none: no data-sheet peak for {device_name!r} in {mfu_peak}"),
     }
-    for r in per_rank:
-        del r["step_times_s"]
-    model_info = {
-        "family": spec.name, **spec.describe(model_cfg), "vocab_size": spec.model_vocab(dataset.vocab_size, seq_len),
-        "seq_len": seq_len, "params_total": counts["total"], "params_non_embedding": counts["non_embedding"],
+
+
+def _model_info(run: Setup) -> dict:
+    spec, counts, per_token = run.spec, run.counts, run.per_token
+    return {
+        "family": spec.name, **spec.describe(run.model_cfg),
+        "vocab_size": spec.model_vocab(run.dataset.vocab_size, run.seq_len), "seq_len": run.seq_len,
+        "params_total": counts["total"], "params_non_embedding": counts["non_embedding"],
         "params_embedding": counts["embedding"], "params_encoder": counts["encoder"], "params_decoder": counts["decoder"],
         "flops_per_token_dense": per_token.dense, "flops_per_token_causal": per_token.causal, "flops_per_token_6n": per_token.six_n,
-        "flops_counted": spec.flops_counted, "param_dtype": str(param_dtype).removeprefix("torch."),
+        "flops_counted": spec.flops_counted, "param_dtype": str(run.param_dtype).removeprefix("torch."),
     }
-    data_info = {"train_tokens": len(dataset.train), "val_tokens": len(dataset.val), "vocab_size": dataset.vocab_size,
-                 "val_eval_tokens": int(val_windows[:, 1:].size), **dataset.info}
-    extrapolation = (_length_extrapolation(layout, seq_len, cfg.model.get("positions"), dataset.val, t, cast, examples)
-                     if t.get("eval_lengths") else {})
-    quantized = (_quantized_evaluation(layout.model, t, val_windows, batch_size, device, val_loss, examples)
-                 if t.get("eval_quantized") else {})
-    precision_info = {  # what was in effect, read off the model and the scaler, not the config
-        "mode": mode.name, "param_dtype": str(param_dtype).removeprefix("torch."),
+
+
+def _data_info(run: Setup) -> dict:
+    dataset = run.dataset
+    return {"train_tokens": len(dataset.train), "val_tokens": len(dataset.val), "vocab_size": dataset.vocab_size,
+            "val_eval_tokens": int(run.val_windows[:, 1:].size), **dataset.info}
+
+
+def _precision_info(run: Setup, skipped_steps: int) -> dict:
+    """What was in effect, read off the model and the scaler, not the config."""
+    mode, scaler = run.mode, run.scaler
+    return {
+        "mode": mode.name, "param_dtype": str(run.param_dtype).removeprefix("torch."),
         "autocast_dtype": str(mode.autocast).removeprefix("torch.") if mode.autocast else None,
         "matmul_precision": torch.get_float32_matmul_precision(), "grad_scaling": scaler is not None,
         "final_scale": scaler.get_scale() if scaler else None, "skipped_steps": skipped_steps,
-        "slow_here": precision.slow_here(mode.name, device),
+        "slow_here": precision.slow_here(mode.name, run.device),
     }
+
+
+def _parallel_info(run: Setup, per_rank: list[dict]) -> dict:
+    layout, p = run.layout, run.cfg.parallel
     deg = layout.degrees
-    parallel_info = {
+    return {
         "strategy": layout.name, "world_size": len(per_rank), "dp": deg.dp, "tp": deg.tp, "pp": deg.pp,
-        "backend": torch.distributed.get_backend() if multi_rank else None,
+        "backend": torch.distributed.get_backend() if run.multi_rank else None,
         "zero_stage": parallel.ZERO_STAGE[layout.name],
-        "schedule": cfg.parallel.get("schedule") if layout.name == "pp" else None,
-        "microbatches": int(cfg.parallel.microbatches) if layout.name == "pp" else None,
+        "schedule": p.get("schedule") if layout.name == "pp" else None,
+        "microbatches": int(p.microbatches) if layout.name == "pp" else None,
         "bytes_per_param": per_rank[0]["bytes_per_param"],
         "per_rank": per_rank,
     }
-    saved = {"model_state": {k: v.detach().cpu() for k, v in layout.model.state_dict().items()}} if t.get("save_model") else {}
-    return {**saved, "metrics": metrics, "model_info": model_info, "data_info": data_info, "precision_info": precision_info,
-            "parallel_info": parallel_info, "schedule_info": schedule.info(),
-            "hparams_info": {**chosen.info, "optimizer_fused": bool(layout.optimizer.defaults.get("fused"))},
-            "compile_info": compile_info, "quantized": quantized,
-            **({"profile_info": profiler.info(total_steps - start_step)} if profiler.steps else {}),
-            "length_extrapolation": extrapolation, "curve": curve,
-            **({"cooldowns": list(branch_starts.values())} if branch_starts else {})}
 
 
 def _rank_info(layout: parallel.Layout, mode, param_dtype: torch.dtype, timed: list[float], tokens_per_step: int,
@@ -467,43 +493,3 @@ def _rank_info(layout: parallel.Layout, mode, param_dtype: torch.dtype, timed: l
             "psi": psi, **{f"predicted_{k}": v for k, v in predicted.items()}, "bytes_per_param": bytes_per_param,
             "tokens_per_s": rank_tokens * len(timed) / sum(timed), "step_time_median_s": float(np.median(timed)),
             "torch_threads": torch.get_num_threads(), "step_times_s": timed}
-
-
-def _length_extrapolation(layout: parallel.Layout, seq_len: int, positions: str | None, val_tokens: np.ndarray,
-                          t: DictConfig, cast, examples: Examples) -> dict:
-    """Validation loss on windows of `multiple` x model.seq_len tokens, the loss averaged over every position.
-
-    A learned position table has no entry past model.seq_len, so longer windows are recorded as unsupported."""
-    results = {}
-    for multiple in t.eval_lengths:
-        length = int(round(float(multiple) * seq_len))
-        key = f"x{multiple:g}"
-        if positions in TABLE_KINDS and length > seq_len:
-            results[key] = {"seq_len": length, "val_loss": None,
-                            "unsupported": f"{positions} positions stop at model.seq_len={seq_len}"}
-            continue
-        if len(val_tokens) < length + 1:
-            results[key] = {"seq_len": length, "val_loss": None,
-                            "unsupported": f"the validation split ({len(val_tokens)} tokens) is shorter than {length + 1}"}
-            continue
-        windows = data_sources.validation_windows(val_tokens, length, int(t.eval_tokens))
-        results[key] = {"seq_len": length, "val_loss": evaluate(layout, windows, max(1, int(t.batch_size) * seq_len // length), cast, examples),
-                        "windows": len(windows)}
-    return results
-
-
-def _quantized_evaluation(model: torch.nn.Module, t: DictConfig, val_windows: np.ndarray, batch_size: int,
-                          device: torch.device, val_loss: float, examples: Examples) -> dict:
-    quantized = {"full_bytes": quantize.model_bytes(model)}
-    for method in t.eval_quantized:
-        if quantize.unavailable(method):
-            quantized[method] = {"unsupported": quantize.unavailable(method)}
-            continue
-        try:  # a quantization that fails costs its own entry, never the training result
-            copy, kept = quantize.quantized_copy(model, method)
-            loss = evaluate(parallel.local(copy, device), val_windows, batch_size, examples=examples)
-            quantized[method] = {"model_bytes": quantize.model_bytes(copy), "val_loss": loss,
-                                 "val_loss_change": loss - val_loss, "layers_left_full_precision": kept}
-        except Exception as error:
-            quantized[method] = {"error": f"{type(error).__name__}: {first_line(error)}"}
-    return quantized
