@@ -4,7 +4,6 @@ Every error is one line that names the bad key, its value, and what would be val
 """
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import importlib.util
 from pathlib import Path
@@ -14,11 +13,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from harness import distributed, hparams, parallel, precision, quantize, schedules, tracking
 from harness.errors import ConfigError, Unsupported
+from harness.plan import ModelPlan, attention_options, model_spec, parametrization, resolve, resolve_model
 
 from models import attention as attention_registry
-from models import families, mup
+from models import mup
 from models.positions import KINDS as POSITION_KINDS
-from models.sizing import shape_for_params
 from models.spec import ModelSpec
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -107,14 +106,14 @@ def validate(cfg: DictConfig, machine: distributed.Machine | None = None) -> Non
         _validate_attention_task(cfg.task)
         return
     spec = model_spec(cfg.model)
-    _check_model(cfg, spec)
+    model = _check_model(cfg, spec)
     if cfg.precision.name not in precision.MODES:
         raise ConfigError(f"precision.name={cfg.precision.name!r}; known: {', '.join(precision.MODES)}")
     if cfg.task.name == "inference":
         _validate_inference_task(cfg)
     else:
         _check_training(cfg, spec)
-        _check_parallel(cfg, machine, spec)
+        _check_parallel(cfg, machine, model)
         if cfg.study.name != "none" and importlib.util.find_spec(f"studies.{cfg.study.name}") is None:
             raise ConfigError(f"study.name={cfg.study.name!r} has no module studies/{cfg.study.name}.py")
     _check_capabilities(cfg, spec)
@@ -138,8 +137,9 @@ def _check_job(cfg: DictConfig) -> None:
         _positive(cfg.threads, "threads", integer=True)
 
 
-def _check_model(cfg: DictConfig, spec: ModelSpec) -> None:
-    """The model section: only keys the family takes, its shape, and what the family says is impossible."""
+def _check_model(cfg: DictConfig, spec: ModelSpec) -> ModelPlan:
+    """The model section: only keys the family takes, its shape, and what the family says is impossible; the model
+    it resolves to."""
     m = cfg.model
     _check_model_keys(m, spec)
     if spec.unsupported("sizing") is None:
@@ -171,9 +171,15 @@ def _check_model(cfg: DictConfig, spec: ModelSpec) -> None:
                           f"{' or '.join(spec.attentions)}, got attention={cfg.attention.name}")
     if cfg.task.get("eval_lengths") and not spec.any_length:
         raise ConfigError(f"task.eval_lengths needs a family that reads windows of any length; model.family={spec.name} does not")
-    problem = spec.problems(shaped(m), OmegaConf.to_container(cfg.task, resolve=True))
+    model = resolve_model(cfg, spec)
+    section = model.section
+    if positions == "rope" and spec.unsupported("sizing") is None and (section["d_model"] // section["n_head"]) % 2:
+        raise ConfigError(f"model.positions=rope needs an even head size, got d_model/n_head="
+                          f"{section['d_model'] // section['n_head']}")
+    problem = spec.problems(section, OmegaConf.to_container(cfg.task, resolve=True))
     if problem:
         raise ConfigError(problem)
+    return model
 
 
 def _check_training(cfg: DictConfig, spec: ModelSpec) -> None:
@@ -250,7 +256,7 @@ def _check_schedule(t: DictConfig) -> None:
         raise ConfigError(f"task.cooldowns={list(t.cooldowns)} names a fraction twice")
 
 
-def _check_parallel(cfg: DictConfig, machine: distributed.Machine | None, spec: ModelSpec) -> None:
+def _check_parallel(cfg: DictConfig, machine: distributed.Machine | None, model: ModelPlan) -> None:
     """Shape and batch checks of the layout on the ranks `machine` gives; whether it really has them is checked
     when the job runs."""
     p = cfg.parallel
@@ -269,7 +275,8 @@ def _check_parallel(cfg: DictConfig, machine: distributed.Machine | None, spec: 
     world = distributed.world_size(setting, distributed.device_type(str(cfg.device), machine), machine)
     if setting == "auto" and world < 2 and p.name != "single":
         return  # one GPU here: the run records `unsupported`, so a sweep over strategies goes on
-    shape = spec.describe(spec.config(shaped(cfg.model), 1, str(cfg.attention.name), {}))  # the vocabulary does not matter
+    spec = model.spec
+    shape = spec.describe(spec.config(model.section, 1, model.attention, {}))  # the vocabulary does not matter
     problem = parallel.problems(p.name, world, parallel.degrees(p.name, world, p.get("tp_degree")),
                                 heads={f"model.{key}": shape[key] for key in spec.tp_divides},
                                 n_layer=shape.get("n_layer"),
@@ -316,17 +323,6 @@ def _validate_attention_task(t: DictConfig) -> None:
         raise ConfigError(f"task.dtype={t.dtype!r}; known: {', '.join(ATTENTION_DTYPES)}")
 
 
-def attention_options(cfg: DictConfig) -> dict:
-    return {k: v for k, v in cfg.attention.items() if k != "name"}
-
-
-def model_spec(m: DictConfig) -> ModelSpec:
-    try:
-        return families.get(m.get("family", "gpt"), OmegaConf.to_container(m, resolve=True))
-    except (ValueError, ImportError) as error:
-        raise ConfigError(str(error)) from None
-
-
 def _check_shape(m: DictConfig, spec: ModelSpec) -> None:
     if m.params is not None:
         _positive(m.params, "model.params")
@@ -343,10 +339,6 @@ def _check_shape(m: DictConfig, spec: ModelSpec) -> None:
             _positive(m.n_head, "model.n_head", integer=True)
             if m.d_model % m.n_head:
                 raise ConfigError(f"model.n_head={m.n_head} does not divide model.d_model={m.d_model}")
-    resolved = shaped(m)
-    if m.get("positions") == "rope" and (resolved["d_model"] // resolved["n_head"]) % 2:
-        raise ConfigError(f"model.positions=rope needs an even head size, got d_model/n_head="
-                          f"{resolved['d_model'] // resolved['n_head']}")
 
 
 def _check_capabilities(cfg: DictConfig, spec: ModelSpec) -> None:
@@ -359,76 +351,10 @@ def _check_capabilities(cfg: DictConfig, spec: ModelSpec) -> None:
                               if capability != "kv_cache" else spec.unsupported(capability))
 
 
-def model_shape(m: DictConfig) -> tuple[int, int, int]:
-    """(n_layer, d_model, n_head): as given, or picked for the target `model.params` by the family's closed-form count."""
-    if m.params is None:
-        n_head = int(m.n_head) if m.n_head is not None else int(m.d_model) // int(m.head_dim)
-        return int(m.n_layer), int(m.d_model), n_head
-    spec = model_spec(m)
-    section = OmegaConf.to_container(m, resolve=True)
-
-    def count(n_layer: int, d_model: int, n_head: int) -> int:
-        shape = {**section, "n_layer": n_layer, "d_model": d_model, "n_head": n_head}
-        return spec.non_embedding_params(spec.config(shape, 1, "sdpa", {}))
-    try:
-        return shape_for_params(float(m.params), count, aspect_ratio=float(m.aspect_ratio), head_dim=int(m.head_dim))
-    except ValueError as error:
-        raise ConfigError(str(error)) from None
-
-
-def shaped(m: DictConfig) -> dict:
-    """The model section with its shape resolved (n_layer, d_model, n_head; the target `params` picked)."""
-    section = OmegaConf.to_container(m, resolve=True)
-    if model_spec(m).unsupported("sizing") is None:
-        section["n_layer"], section["d_model"], section["n_head"] = model_shape(m)
-    return section
-
-
-def parametrization(m: DictConfig) -> str:
-    return str(m.get("parametrization", "sp"))
-
-
-def mup_widths(m: DictConfig) -> tuple[int, int, int, int]:
-    """(width, base_width, head_dim, base_head_dim) of a muP model: its d_model and head dimension, and the base's
-    (base_head_dim defaults to base_width / n_head: the heads stay as the width grows)."""
-    _, d_model, n_head = model_shape(m)
-    base_width = int(m.base_width)
-    base_head_dim = int(m.get("base_head_dim") or base_width // n_head)
-    return d_model, base_width, d_model // n_head, base_head_dim
-
-
-def model_config(cfg: DictConfig, data_vocab: int):
-    """The family's config of the model to build; its vocabulary is the data's plus what the family adds (an
-    encoder's [MASK], an encoder-decoder's sentinels). Under muP, with its logit and query multipliers."""
-    spec = model_spec(cfg.model)
-    config = spec.config(shaped(cfg.model), spec.model_vocab(data_vocab, int(cfg.model.seq_len)),
-                         str(cfg.attention.name), attention_options(cfg))
-    if parametrization(cfg.model) == "mup":
-        config = dataclasses.replace(config, **mup.forward_scales(*mup_widths(cfg.model)))
-    return config
-
-
-def requested_tokens(cfg: DictConfig, flops_per_token: float) -> float:
-    """D: data.tokens, or with a compute budget C / (the exact training FLOPs per token)."""
-    return float(cfg.compute) / flops_per_token if cfg.compute is not None else float(cfg.data.tokens)
-
-
-def run_hyperparameters(cfg: DictConfig, model_cfg) -> hparams.Hyperparameters:
-    """The run's learning rate, batch size, warm-up and beta2: task's numbers, or its rules resolved for this model's
-    non-embedding parameters N and training FLOPs C (harness/hparams.py)."""
-    spec = model_spec(cfg.model)
-    per_token = spec.flops_per_token(model_cfg).causal
-    tokens = requested_tokens(cfg, per_token)
-    n_params = spec.non_embedding_params(model_cfg) if spec.unsupported("sizing") is None else float("nan")
-    return hparams.resolve(cfg.task, n_params, per_token * tokens, int(cfg.model.seq_len), tokens)
-
-
 def check_data(cfg: DictConfig, dataset) -> None:
     """The checks that need the data (task=train): every split holds a window, the budget holds a batch."""
-    model_cfg = model_config(cfg, dataset.vocab_size)
-    per_token = model_spec(cfg.model).flops_per_token(model_cfg)
-    check_data_fits(cfg, len(dataset.train), len(dataset.val), requested_tokens(cfg, per_token.causal),
-                    run_hyperparameters(cfg, model_cfg).batch_size)
+    plan = resolve(cfg, dataset.vocab_size)
+    check_data_fits(cfg, len(dataset.train), len(dataset.val), plan.tokens_requested, plan.batch_size)
 
 
 def check_data_fits(cfg: DictConfig, train_len: int, val_len: int, tokens: float, batch: int | None = None) -> None:

@@ -7,16 +7,15 @@ import functools
 import torch
 from omegaconf import DictConfig
 
-from harness.config import mup_widths, parametrization
 from models import mup
 
 
-def parametrize(model: torch.nn.Module, m: DictConfig):
-    """Under model.parametrization=mup: the built model's hidden weights re-initialised (models/mup.py), and the
-    function make_optimizer takes for their learning-rate multipliers; None under sp."""
-    if parametrization(m) != "mup":
+def parametrize(model: torch.nn.Module, mup_widths: tuple[int, int, int, int] | None):
+    """Under muP (`mup_widths`: the plan's ModelPlan.mup_widths): the built model's hidden weights re-initialised
+    (models/mup.py), and the function make_optimizer takes for their learning-rate multipliers; None under sp."""
+    if mup_widths is None:
         return None
-    width, base_width, _, _ = mup_widths(m)
+    width, base_width, _, _ = mup_widths
     mup.rescale_init(model, width, base_width)
     return functools.partial(mup.lr_multipliers, width=width, base_width=base_width)
 

@@ -278,14 +278,14 @@ def test_a_custom_module_takes_the_keys_its_constructor_takes():
 
 
 def test_the_demo_grows_width_alone_and_its_branches_land_on_its_budgets():
-    from harness.config import model_shape
+    from harness.plan import model_shape, model_spec
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
         sweep = compose("config", overrides=["study=demo"], return_hydra_config=True).hydra.sweeper.params
     budgets, shapes = set(), {}
     for design in sweep["+study/demo"].split(","):
         cfg = config(["study=demo", f"+study/demo={design}"])
         validate(cfg)
-        n_layer, d_model, n_head = model_shape(cfg.model)
+        n_layer, d_model, n_head = model_shape(cfg.model, model_spec(cfg.model))
         shapes[d_model] = (n_layer, n_head, cfg.model.seq_len, cfg.task.lr, cfg.task.lr_law)
         budgets |= {round(cfg.compute * fraction / 1e10) for fraction in [*cfg.task.cooldowns, 1]}
     assert sorted(shapes) == [12, 16, 24, 32, 48, 64]

@@ -135,9 +135,10 @@ def test_llama_trains_through_the_harness_and_a_tp_degree_must_divide_its_key_va
 def test_sizing_by_parameters_uses_llamas_count(tmp_path):
     from hydra import compose, initialize_config_dir
 
-    from harness.config import CONF_DIR, model_shape
+    from harness.config import CONF_DIR
+    from harness.plan import model_shape, model_spec
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
         cfg = compose("config", overrides=["model=llama", "model.params=2e6", "model.head_dim=32"])
-    n_layer, d_model, n_head = model_shape(cfg.model)
+    n_layer, d_model, n_head = model_shape(cfg.model, model_spec(cfg.model))
     count = llama.non_embedding_params(LlamaConfig(n_layer=n_layer, d_model=d_model, n_head=n_head))
     assert abs(count / 2e6 - 1) <= 0.10 and d_model == 32 * n_head

@@ -4,8 +4,9 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from harness.config import CONF_DIR, model_config, model_spec
+from harness.config import CONF_DIR
 from harness.optimizer import make_optimizer, parametrize, set_lr
+from harness.plan import resolve_model
 from models import mup
 from models.spec import token_loss
 
@@ -23,9 +24,10 @@ def built(parametrization: str, width: int, family: str = "gpt", lr: float = 3e-
                    f"model.parametrization={parametrization}", "model.base_width=64", f"task.lr={lr}",
                    *[f"model.{k}={v}" for k, v in extra.items()])
     torch.manual_seed(0)
-    model_cfg = model_config(cfg, 256)
-    model = model_spec(cfg.model).build(model_cfg)
-    optimizer = make_optimizer(model, cfg.task, lr_scales=parametrize(model, cfg.model))
+    planned = resolve_model(cfg)
+    model_cfg = planned.config(256)
+    model = planned.spec.build(model_cfg)
+    optimizer = make_optimizer(model, cfg.task, lr_scales=parametrize(model, planned.mup_widths))
     set_lr(optimizer, lr)
     return model, optimizer, model_cfg
 

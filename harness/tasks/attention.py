@@ -13,7 +13,8 @@ import torch
 from omegaconf import DictConfig
 
 from harness import measure
-from harness.config import ATTENTION_DTYPES, attention_options
+from harness.config import ATTENTION_DTYPES
+from harness.plan import attention_options
 from harness.errors import Unsupported, first_line
 from models import attention as attention_registry
 from models.attention.reference import reference, relative_error

@@ -23,7 +23,7 @@ from omegaconf import DictConfig
 
 from harness import data as data_sources
 from harness import compiling, flops, measure, quantize
-from harness.config import attention_options, model_config, model_spec
+from harness.plan import attention_options, resolve_model
 from harness.parallel import local
 from harness.precision import cast_weights
 from harness.errors import Unsupported
@@ -119,8 +119,8 @@ def run(cfg: DictConfig, trained_weights: Callable[[DictConfig], Path]) -> dict:
     check_runnable(cfg, device)
     t = cfg.task
     dataset = data_sources.load(cfg.data)
-    spec = model_spec(cfg.model)
-    model_cfg = model_config(cfg, dataset.vocab_size)
+    model = resolve_model(cfg)
+    spec, model_cfg = model.spec, model.config(dataset.vocab_size)
     context, new_tokens, batch = int(t.context), int(t.new_tokens), int(t.batch_size)
     if len(dataset.val) < batch * context + 1:
         raise Unsupported(f"the validation split ({len(dataset.val)} tokens) is too short for "

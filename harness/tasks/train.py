@@ -22,12 +22,12 @@ from omegaconf import DictConfig, OmegaConf
 from harness import checkpoint, compiling, distributed, flops, measure, parallel, precision, profiling, records
 from harness import data as data_sources
 from harness import schedules
-from harness.config import (CONF_DIR, attention_options, check_data_fits, model_config, model_spec, requested_tokens,
-                            run_hyperparameters)
+from harness.config import CONF_DIR, check_data_fits
 from harness.errors import Diverged, Unsupported
 from harness.hparams import Hyperparameters
 from harness.progress import Progress
 from harness.optimizer import make_optimizer, parametrize, set_lr
+from harness.plan import attention_options, resolve
 from harness.tasks.evaluation import evaluate, length_extrapolation, quantized_evaluation
 from harness.tasks.state import TrainingState
 from models import attention as attention_registry
@@ -152,8 +152,8 @@ def trained_weights(cfg: DictConfig) -> Path:
 
 @dataclass
 class Setup:
-    """What a training job fixes before its first step: the config resolved against the data and this rank."""
-    cfg: DictConfig
+    """What a training job fixes before its first step: its plan (harness.plan) built on this rank, with the data and
+    the model laid out; the loop and the record read this, never the config."""
     t: DictConfig                 # the task with its rules (task.lr=law, porian, ...) resolved to numbers
     device: torch.device
     multi_rank: bool
@@ -181,6 +181,11 @@ class Setup:
     param_dtype: torch.dtype
     cast: object                  # the autocast context of the precision mode
     compile_info: dict
+    progress: str                 # how the loop reports (progress=bar|lines|off|auto)
+    profile_steps: int            # profile=N
+    resume: bool
+    positions: str | None         # the model's positional encoding
+    parallel: dict                # the layout's settings (pp's schedule and microbatches)
 
     @property
     def tokens_per_step(self) -> int:
@@ -223,18 +228,11 @@ def setup(cfg: DictConfig, cooldown: schedules.Cooldown | None) -> Setup:
     device = rank_device(cfg)
     mode = precision.MODES[cfg.precision.name]
     dataset = data_sources.load(cfg.data)
-    model_cfg = model_config(cfg, dataset.vocab_size)
-    spec = model_spec(cfg.model)
-    per_token = spec.flops_per_token(model_cfg)
-    tokens_requested = requested_tokens(cfg, per_token.causal)
-    chosen = run_hyperparameters(cfg, model_cfg)
-    check_data_fits(cfg, len(dataset.train), len(dataset.val), tokens_requested, chosen.batch_size)
-    t = OmegaConf.merge(cfg.task, {"lr": chosen.lr, "batch_size": chosen.batch_size,
-                                   "warmup_fraction": chosen.warmup_fraction, "beta2": chosen.beta2})
-    seq_len, batch_size = int(cfg.model.seq_len), int(t.batch_size)
-    tokens_per_step = batch_size * seq_len
-    total_steps = max(1, round(tokens_requested / tokens_per_step))
-    schedule = schedules.from_task(t, total_steps)
+    plan = resolve(cfg, dataset.vocab_size)
+    check_data_fits(cfg, len(dataset.train), len(dataset.val), plan.tokens_requested, plan.batch_size)
+    spec, model_cfg, t = plan.model.spec, plan.model_config, plan.task
+    seq_len, batch_size, tokens_per_step = plan.seq_len, plan.batch_size, plan.tokens_per_step
+    total_steps, schedule = plan.total_steps, plan.schedule
     branches = (schedules.cooldowns(schedule, t.cooldowns, float(t.decay_fraction))
                 if t.get("cooldowns") and cooldown is None else [])
     config = OmegaConf.to_container(cfg, resolve=True)
@@ -255,20 +253,23 @@ def setup(cfg: DictConfig, cooldown: schedules.Cooldown | None) -> Setup:
     param_dtype = next(model.parameters()).dtype
     cast = functools.partial(precision.autocast, mode.name, device)
     p = cfg.parallel
-    lr_scales = parametrize(model, cfg.model)
+    lr_scales = parametrize(model, plan.model.mup_widths)
     layout = parallel.build(p.name, model, spec, functools.partial(make_optimizer, t=t, lr_scales=lr_scales), device,
                             batch_size, tp_degree=p.get("tp_degree"), schedule=p.get("schedule", "1f1b"),
                             microbatches=int(p.get("microbatches", 1)), cast=cast)
     del model  # a pipeline stage keeps only its own blocks
     return Setup(
-        cfg=cfg, t=t, device=device, multi_rank=p.name != "single", mode=mode, dataset=dataset, spec=spec,
-        model_cfg=model_cfg, per_token=per_token, tokens_requested=tokens_requested, chosen=chosen, seq_len=seq_len,
+        t=t, device=device, multi_rank=p.name != "single", mode=mode, dataset=dataset, spec=spec,
+        model_cfg=model_cfg, per_token=plan.flops_per_token, tokens_requested=plan.tokens_requested,
+        chosen=plan.hyperparameters, seq_len=seq_len,
         batch_size=batch_size, total_steps=total_steps, schedule=schedule, digest=digest, branch_starts=branch_starts,
         eval_steps=eval_steps, cooldown=cooldown, layout=layout,
         scaler=precision.grad_scaler(mode.name, device, float(cfg.precision.get("init_scale", 2.0**16))),
         batches=data_sources.Batches(dataset.train, seq_len, batch_size, seed=int(cfg.seed)),
         val_windows=data_sources.validation_windows(dataset.val, seq_len, int(t.eval_tokens)), examples=examples,
-        counts=counts, param_dtype=param_dtype, cast=cast, compile_info=compile_info)
+        counts=counts, param_dtype=param_dtype, cast=cast, compile_info=compile_info, progress=str(cfg.progress),
+        profile_steps=int(cfg.get("profile", 0)), resume=bool(cfg.resume), positions=cfg.model.get("positions"),
+        parallel=OmegaConf.to_container(p, resolve=True))
 
 
 def next_examples(run: Setup) -> tuple[torch.Tensor, torch.Tensor]:
@@ -282,7 +283,7 @@ def start(run: Setup, state: TrainingState, checkpoint_dir: Path | None) -> None
     """Continue from this config's checkpoint in checkpoint_dir where there is one to continue from (a cooldown
     branch always starts from one: the state the run saved where the branch starts decaying), else from step 0."""
     cooldown = run.cooldown
-    resumable = cooldown is not None or (run.t.get("checkpoint_every", 0) and checkpoint_dir and run.cfg.resume)
+    resumable = cooldown is not None or (run.t.get("checkpoint_every", 0) and checkpoint_dir and run.resume)
     if resumable and checkpoint.restore_state(checkpoint_dir, run.digest, state):
         log.info("%s from step %d of %d (%s)", cooldown.name if cooldown is not None else "resuming", state.step,
                  run.total_steps, checkpoint.path(checkpoint_dir))
@@ -300,10 +301,10 @@ def loop(run: Setup, state: TrainingState, checkpoint_dir: Path | None) -> profi
     pending: list[torch.Tensor] = []   # the losses of steps not read back to the host yet
     first = state.step
     measure.reset_peak_memory(device)
-    progress = Progress(run.total_steps * tokens_per_step, run.cfg.progress if layout.rank == 0 else "off",
+    progress = Progress(run.total_steps * tokens_per_step, run.progress if layout.rank == 0 else "off",
                         done=first * tokens_per_step, label=run.cooldown.name if run.cooldown is not None else "train")
     clock = state.clock
-    profiler = profiling.StepProfiler(device, skip=int(t.timing_warmup_steps), steps=int(run.cfg.get("profile", 0)))
+    profiler = profiling.StepProfiler(device, skip=int(t.timing_warmup_steps), steps=run.profile_steps)
     try:
         for step in range(first, run.total_steps):
             lr = run.schedule.lr(step)
@@ -371,7 +372,7 @@ def record(run: Setup, state: TrainingState, profiler: profiling.StepProfiler, s
     for r in per_rank:
         del r["step_times_s"]
     val_loss = metrics["val_loss"]
-    extrapolation = (length_extrapolation(layout, run.seq_len, run.cfg.model.get("positions"), run.dataset.val, t,
+    extrapolation = (length_extrapolation(layout, run.seq_len, run.positions, run.dataset.val, t,
                                           run.cast, run.examples) if t.get("eval_lengths") else {})
     quantized = (quantized_evaluation(layout.model, t, run.val_windows, run.batch_size, run.device, val_loss, run.examples)
                  if t.get("eval_quantized") else {})
@@ -466,14 +467,14 @@ def _precision_info(run: Setup, skipped_steps: int) -> dict:
 
 
 def _parallel_info(run: Setup, per_rank: list[dict]) -> dict:
-    layout, p = run.layout, run.cfg.parallel
+    layout, p = run.layout, run.parallel
     deg = layout.degrees
     return {
         "strategy": layout.name, "world_size": len(per_rank), "dp": deg.dp, "tp": deg.tp, "pp": deg.pp,
         "backend": torch.distributed.get_backend() if run.multi_rank else None,
         "zero_stage": parallel.ZERO_STAGE[layout.name],
         "schedule": p.get("schedule") if layout.name == "pp" else None,
-        "microbatches": int(p.microbatches) if layout.name == "pp" else None,
+        "microbatches": int(p["microbatches"]) if layout.name == "pp" else None,
         "bytes_per_param": per_rank[0]["bytes_per_param"],
         "per_rank": per_rank,
     }

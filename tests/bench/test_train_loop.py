@@ -13,7 +13,8 @@ import sys
 import torch
 from hydra import compose, initialize_config_dir
 
-from harness.config import CONF_DIR, model_config
+from harness.config import CONF_DIR
+from harness.plan import resolve_model
 from models.spec import token_loss
 from harness.data import Batches, load
 from harness.measure import interleaved_medians
@@ -36,7 +37,7 @@ def bare_loop(cfg) -> None:
     with compile=true its blocks compiled as torchtitan compiles them."""
     data = load(cfg.data)
     torch.manual_seed(0)
-    model = GPT(model_config(cfg, data.vocab_size))
+    model = GPT(resolve_model(cfg).config(data.vocab_size))
     if cfg.compile:
         for block in model.blocks:
             block.compile()
