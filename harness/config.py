@@ -147,9 +147,9 @@ def _check_model(cfg: DictConfig, spec: ModelSpec) -> ModelPlan:
     elif m.get("params") is not None:
         raise ConfigError(f"model.params: model.family={spec.name} has {spec.unsupported('sizing')}; size it by its own arguments")
     _positive(m.seq_len, "model.seq_len", integer=True)
-    for key in ("mlp_ratio", "ffn_hidden", "multiple_of", "n_kv_head"):
+    for key, integer in spec.positive:
         if m.get(key) is not None:
-            _positive(m[key], f"model.{key}", integer=key != "mlp_ratio")
+            _positive(m[key], f"model.{key}", integer=integer)
     if not 0 <= m.get("dropout", 0.0) < 1:
         raise ConfigError(f"model.dropout={m.dropout} must be in [0, 1)")
     if parametrization(m) not in mup.PARAMETRIZATIONS:

@@ -173,9 +173,3 @@ def _first_error(error_dir: Path, failure) -> BaseException:
     first = min(failure.failures) if failure.failures else None
     detail = failure.failures[first].message if first is not None else str(failure)
     return RankFailed(f"rank {first} died: {detail or 'no message (killed by a signal?)'}")
-
-
-def all_mean(value: float | torch.Tensor, device: torch.device, group=None) -> float:
-    t = torch.as_tensor(value, dtype=torch.float64, device=device).clone()
-    dist.all_reduce(t, group=group)
-    return float(t) / dist.get_world_size(group)

@@ -155,13 +155,13 @@ def free_memory_bytes(device: torch.device) -> float:
 
 
 @dataclass(frozen=True)
-class TensorBytes:
+class Allocation:
     peak: int   # the most bytes of tensors alive at once during fn(), beyond those alive before
     held: int   # bytes fn() allocated that are still alive when it returns (what it kept, or leaked)
 
 
-def cpu_tensor_bytes(fn) -> TensorBytes:
-    """TensorBytes of fn() on a CPU, from the profiler's memory record (public API: each event's self allocation
+def cpu_allocated_by(fn) -> Allocation:
+    """Allocation of fn() on a CPU, from the profiler's memory record (public API: each event's self allocation
     and the free events): allocations counted when their op starts, frees when it ends. An allocation an op
     makes and frees inside itself nets out of its own count, so the peak is that of the ops' net allocations."""
     from torch.profiler import ProfilerActivity, profile
@@ -173,11 +173,11 @@ def cpu_tensor_bytes(fn) -> TensorBytes:
     for _, change in changes:
         live += change
         peak = max(peak, live)
-    return TensorBytes(int(peak), int(live))
+    return Allocation(int(peak), int(live))
 
 
-def tensor_bytes(fn, device: torch.device) -> TensorBytes:
-    """TensorBytes of fn(): the CUDA allocator's counters (its peak counter reset for fn, so it covers all of fn),
+def allocated_by(fn, device: torch.device) -> Allocation:
+    """Allocation of fn(): the CUDA allocator's counters (its peak counter reset for fn, so it covers all of fn),
     or on a CPU the profiler's record (the allocator has no counters there). fn's return value is dropped."""
     if device.type == "cuda":
         synchronize(device)
@@ -185,8 +185,8 @@ def tensor_bytes(fn, device: torch.device) -> TensorBytes:
         torch.cuda.reset_peak_memory_stats(device)
         fn()
         synchronize(device)
-        return TensorBytes(int(torch.cuda.max_memory_allocated(device) - before), int(torch.cuda.memory_allocated(device) - before))
-    return cpu_tensor_bytes(fn)
+        return Allocation(int(torch.cuda.max_memory_allocated(device) - before), int(torch.cuda.memory_allocated(device) - before))
+    return cpu_allocated_by(fn)
 
 
 def device_name(device: torch.device) -> str:

@@ -287,7 +287,7 @@ def forward_backward(layout: Layout, x: torch.Tensor, y: torch.Tensor, cast, sca
     with cast():
         loss = token_loss(layout.model(x), y)
     if measure_params:  # what the parameters occupy mid-step (FSDP has gathered them by now)
-        layout.params_in_step_bytes = tensor_bytes(layout.model.parameters())
+        layout.params_in_step_bytes = held_bytes(layout.model.parameters())
     (scaler.scale(loss) if scaler is not None else loss).backward()
     if layout.degrees.dp > 1:  # every rank must see the same loss, or one rank's NaN stops it alone mid-collective
         loss = loss.detach().clone()
@@ -357,7 +357,7 @@ def eval_loss(layout: Layout, x: torch.Tensor, y: torch.Tensor, cast) -> float:
     return float(loss)
 
 
-def tensor_bytes(tensors) -> int:
+def held_bytes(tensors) -> int:
     """Bytes these tensors hold on this rank (a DTensor's local shard), each storage counted once."""
     seen, total = set(), 0
     for t in tensors:
@@ -381,10 +381,10 @@ def rank_memory(layout: Layout) -> dict:
     """Bytes this rank holds in parameters (at rest and mid-step), gradients and optimizer state."""
     reshard(layout.model)
     params = list(layout.model.parameters())
-    return {"param_bytes": tensor_bytes(params),
-            "param_bytes_in_step": layout.params_in_step_bytes or tensor_bytes(params),
-            "grad_bytes": tensor_bytes(p.grad for p in params if p.grad is not None),
-            "optimizer_bytes": tensor_bytes(optimizer_state_tensors(layout.optimizer))}
+    return {"param_bytes": held_bytes(params),
+            "param_bytes_in_step": layout.params_in_step_bytes or held_bytes(params),
+            "grad_bytes": held_bytes(p.grad for p in params if p.grad is not None),
+            "optimizer_bytes": held_bytes(optimizer_state_tensors(layout.optimizer))}
 
 
 def reshard(model: nn.Module) -> None:

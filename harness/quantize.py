@@ -71,11 +71,11 @@ def quantized_copy(model: torch.nn.Module, method: str) -> tuple[torch.nn.Module
     return copied, kept
 
 
-def tensor_bytes(t: torch.Tensor) -> int:
+def stored_bytes(t: torch.Tensor) -> int:
     """Bytes a tensor holds: for a tensor subclass (Int8Tensor, NF4Tensor) the sum over its inner tensors."""
     if hasattr(t, "__tensor_flatten__"):
         names, _ = t.__tensor_flatten__()
-        return sum(tensor_bytes(getattr(t, name)) for name in names)
+        return sum(stored_bytes(getattr(t, name)) for name in names)
     return t.numel() * t.element_size()
 
 
@@ -85,5 +85,5 @@ def model_bytes(model: torch.nn.Module) -> int:
     for t in list(model.parameters()) + list(model.buffers()):
         if id(t) not in seen:
             seen.add(id(t))
-            total += tensor_bytes(t)
+            total += stored_bytes(t)
     return total

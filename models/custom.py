@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from models import gpt
+from models.common import decoding
 from models.spec import FlopsPerToken, ModelSpec, embedding_split, measured_flops_per_token, next_token_examples
 
 RESERVED = ("family", "_target_", "seq_len", "parametrization", "base_width", "base_head_dim")
@@ -105,7 +105,7 @@ def spec(m: dict) -> ModelSpec:
         pipeline_parts=hook("pipeline_parts", lambda model: model.pipeline_parts()),
         kv_cache=hook("kv_cache", lambda model, batch, context, new_tokens, dtype, device:
                       model.kv_cache(batch, context + new_tokens, dtype, device)),
-        decoding=gpt.decoding, flops_counted="measured (FlopCounterMode)",
+        decoding=decoding, flops_counted="measured (FlopCounterMode)",
         arguments=arguments(cls),
         mup=f"model._target_={target} takes no logit or query multipliers, so muP cannot be applied to it "
             "(models/mup.py); use model.parametrization=sp")

@@ -22,7 +22,8 @@ from torch import nn
 
 from models import attention as attention_registry
 from models import gpt, mup
-from models.gpt import MLP, Block, GPTConfig, KVCache, SelfAttention, init_weights, scaled_sinusoids, sinusoid_rows
+from models.common import KVCache, init_weights
+from models.gpt import MLP, RESIDUAL_WRITERS, Block, GPTConfig, SelfAttention, scaled_sinusoids, sinusoid_rows
 from models.positions import KINDS as POSITION_KINDS
 from models.spec import FlopsPerToken, ModelSpec, embedding_split
 
@@ -170,7 +171,7 @@ class EncoderDecoder(nn.Module):
         self.lm_head = mup.mark_readout(nn.Linear(cfg.d_model, cfg.vocab_size, bias=False))
         if cfg.tie_embeddings:
             self.lm_head.weight = self.wte.weight
-        init_weights(self, residual_layers=2 * cfg.n_layer)  # both stacks' depth
+        init_weights(self, residual_layers=2 * cfg.n_layer, residual_writers=RESIDUAL_WRITERS)  # both stacks' depth
 
     @property
     def start_token(self) -> int:
@@ -294,4 +295,4 @@ SPEC = ModelSpec(
     pipeline_parts="model.family=encdec has two stacks the decoder reads across; parallel=pp splits one stack into stages",
     kv_cache=kv_cache, decoding=decoding, cache_shape=gpt.cache_shape,   # self and cross positions: context + new_tokens
     attentions=("sdpa", "dense"), attentions_why="cross-attends queries to a different number of keys",
-    any_length=False, problems=problems)
+    any_length=False, problems=problems, positive=gpt.POSITIVE)

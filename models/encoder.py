@@ -39,4 +39,5 @@ SPEC = ModelSpec(
     build=gpt.GPT, model_vocab=lambda data_vocab, seq_len: data_vocab + 1,   # [MASK]
     examples=examples, flops_per_token=gpt.flops_per_token, param_counts=gpt.param_counts, describe=gpt.describe,
     non_embedding_params=gpt.stack_params, tp_plan=gpt.tp_plan, tp_divides=("n_head",), pipeline_parts=gpt.pipeline_parts,
-    kv_cache="task=inference decodes left to right with a KV cache; model.family=encoder is not a decoder")
+    kv_cache="task=inference decodes left to right with a KV cache; model.family=encoder is not a decoder",
+    positive=gpt.POSITIVE)

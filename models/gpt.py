@@ -6,7 +6,6 @@ logits; the harness computes the loss (models.spec.token_loss). The model never 
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
@@ -14,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models import attention as attention_registry, mup
+from models.common import KVCache, decoding, decoding_attention, init_weights, training_flops
 from models.positions import KINDS as POSITION_KINDS, TABLE_KINDS, Rotary, alibi_bias, alibi_slopes, sinusoidal_table
 from models.spec import FlopsPerToken, ModelSpec, embedding_split, next_token_examples
 
@@ -63,42 +63,6 @@ class GPTConfig:
         return int(round(self.mlp_ratio * self.d_model))
 
 
-class KVCache:
-    """Keys and values of every layer for `max_len` positions, allocated once: 2 x layers x batch x heads x
-    max_len x head_dim elements, the figure harness.flops.kv_cache_bytes computes (heads: the key-value heads)."""
-
-    def __init__(self, n_layer: int, batch: int, heads: int, max_len: int, head_dim: int, dtype: torch.dtype,
-                 device: torch.device):
-        shape = (n_layer, batch, heads, max_len, head_dim)
-        self.k = torch.zeros(shape, dtype=dtype, device=device)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)
-        self.length = 0
-
-    @property
-    def max_len(self) -> int:
-        return self.k.shape[3]
-
-    def nbytes(self) -> int:
-        return self.k.numel() * self.k.element_size() + self.v.numel() * self.v.element_size()
-
-    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store this step's keys and values for one layer; returns all of that layer's keys and values so far."""
-        if self.length > 0 and k.shape[2] > 1:
-            raise ValueError("a cached forward takes one new token at a time after the prompt")
-        end = self.length + k.shape[2]
-        self.k[layer, :, :, self.length:end] = k
-        self.v[layer, :, :, self.length:end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
-
-
-def decoder_of(attention: nn.Module):
-    """A decoding step's attention: the newest queries against the cached keys their mask lets them see (built on
-    first use: a variant without exact cached decoding still trains)."""
-    if attention._attend_cached is None:
-        attention._attend_cached = attention_registry.get_decoder(attention.attention, **attention.attention_options)
-    return attention._attend_cached
-
-
 class SelfAttention(nn.Module):
     def __init__(self, cfg: GPTConfig, layer: int = 0):
         super().__init__()
@@ -118,7 +82,7 @@ class SelfAttention(nn.Module):
 
     @property
     def attend_cached(self):
-        return decoder_of(self)
+        return decoding_attention(self)
 
     def forward(self, x_bnd: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         b, n, _ = x_bnd.shape
@@ -165,22 +129,6 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_mlp(x))
 
 
-def _init_module(module: nn.Module) -> None:
-    if isinstance(module, (nn.Linear, nn.Embedding)):
-        nn.init.normal_(module.weight, mean=0.0, std=0.02)
-    if isinstance(module, nn.Linear) and module.bias is not None:
-        nn.init.zeros_(module.bias)
-
-
-def init_weights(model: nn.Module, residual_layers: int) -> None:
-    """GPT-2's initialisation: N(0, 0.02) weights, zero biases, and the projections that write into the residual
-    stream scaled by 1/sqrt(2 x the layers that write there), so the stream's variance stays put with depth."""
-    model.apply(_init_module)
-    for name, p in model.named_parameters():
-        if name.endswith(("attn.proj.weight", "cross.proj.weight", "mlp.down.weight")):
-            nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * residual_layers))
-
-
 def embed(module: nn.Module, positions: str, idx_bn: torch.Tensor, start: int = 0) -> torch.Tensor:
     """Token embeddings plus the position signal that is added to them (learned table or sinusoids), read off
     `module`'s wte, wpe and sinusoids: the model's own, or a pipeline stage's that holds them."""
@@ -191,6 +139,12 @@ def embed(module: nn.Module, positions: str, idx_bn: torch.Tensor, start: int = 
     elif positions == "sinusoidal":
         x = x + sinusoid_rows(module.sinusoids, start, start + n).to(x.dtype)
     return x
+
+
+# The MLP's width, as a multiple of d_model.
+POSITIVE = (("mlp_ratio", False),)
+# The projections that write into the residual stream (GPT-2 scales their initialisation with depth).
+RESIDUAL_WRITERS = ("attn.proj.weight", "cross.proj.weight", "mlp.down.weight")
 
 
 class GPT(nn.Module):
@@ -209,7 +163,7 @@ class GPT(nn.Module):
         self.lm_head = mup.mark_readout(nn.Linear(cfg.d_model, cfg.vocab_size, bias=False))
         if cfg.tie_embeddings:
             self.lm_head.weight = self.wte.weight
-        init_weights(self, residual_layers=cfg.n_layer)
+        init_weights(self, residual_layers=cfg.n_layer, residual_writers=RESIDUAL_WRITERS)
 
     def forward(self, idx_bn: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         """Logits. With a cache: the prompt first, then one token at a time, each attending to the cached keys and
@@ -265,20 +219,6 @@ def block_matmul_flops_per_token(cfg: GPTConfig) -> float:
     """Forward FLOPs per token of one block's dense matmuls: QKV, output projection, MLP."""
     d = cfg.d_model
     return 2 * d * 3 * d + 2 * d * d + 2 * 2 * d * cfg.d_mlp
-
-
-def attention_flops_per_token(n_layer: int, d_model: int, keys_per_query: float) -> float:
-    """Forward FLOPs per token of QK^T and AV over all heads: 2 matmuls x 2 FLOPs x keys x d_model per layer."""
-    return n_layer * 2 * 2 * keys_per_query * d_model
-
-
-def training_flops(matmul: float, n_layer: int, d_model: int, seq_len: int, causal: bool,
-                   non_embedding_params: int) -> FlopsPerToken:
-    """FlopsPerToken of a decoder or encoder stack whose forward matmuls (all but attention's) are `matmul` per token."""
-    dense = attention_flops_per_token(n_layer, d_model, seq_len)
-    masked = attention_flops_per_token(n_layer, d_model, (seq_len + 1) / 2 if causal else seq_len)
-    return FlopsPerToken(dense=3 * (matmul + dense), causal=3 * (matmul + masked), six_n=6.0 * non_embedding_params,
-                         attention_dense=3 * dense, attention_causal=3 * masked)
 
 
 def flops_per_token(cfg: GPTConfig) -> FlopsPerToken:
@@ -359,11 +299,6 @@ def kv_cache(model: GPT, batch: int, context: int, new_tokens: int, dtype: torch
     return KVCache(cfg.n_layer, batch, cfg.n_head, context + new_tokens, cfg.head_dim, dtype, device)
 
 
-def decoding(model: nn.Module, prompt_bn: torch.Tensor, cache):
-    """Continue the prompt: the first step reads all of it, each later step one new token."""
-    return prompt_bn, lambda tokens: model(tokens, cache=cache)
-
-
 def cache_shape(cfg: GPTConfig) -> dict:
     return {"n_layer": cfg.n_layer, "kv_heads": cfg.n_head, "head_dim": cfg.head_dim}
 
@@ -380,4 +315,4 @@ SPEC = ModelSpec(
     name="gpt", loss="next-token cross-entropy", config=config, build=GPT, model_vocab=lambda data_vocab, seq_len: data_vocab,
     examples=next_token_examples, flops_per_token=flops_per_token, param_counts=param_counts, describe=describe,
     non_embedding_params=stack_params, tp_plan=tp_plan, tp_divides=("n_head",), pipeline_parts=pipeline_parts,
-    kv_cache=kv_cache, decoding=decoding, cache_shape=cache_shape, problems=problems)
+    kv_cache=kv_cache, decoding=decoding, cache_shape=cache_shape, problems=problems, positive=POSITIVE)

@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from models import attention as attention_registry
-from models import gpt, mup
-from models.gpt import KVCache
+from models import mup
+from models.common import KVCache, decoding, decoding_attention, init_weights, training_flops
 from models.positions import Rotary
 from models.spec import FlopsPerToken, ModelSpec, embedding_split, next_token_examples
 
@@ -76,7 +76,7 @@ class Attention(nn.Module):
 
     @property
     def attend_cached(self):
-        return gpt.decoder_of(self)
+        return decoding_attention(self)
 
     def forward(self, x_bnd: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         b, n, _ = x_bnd.shape
@@ -142,10 +142,7 @@ class Llama(nn.Module):
         self.lm_head = mup.mark_readout(nn.Linear(cfg.d_model, cfg.vocab_size, bias=False))
         if cfg.tie_embeddings:
             self.lm_head.weight = self.wte.weight
-        self.apply(gpt._init_module)
-        for name, p in self.named_parameters():  # GPT-2's scaling of what writes into the residual stream
-            if name.endswith(("attn.wo.weight", "mlp.w2.weight")):
-                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+        init_weights(self, residual_layers=cfg.n_layer, residual_writers=("attn.wo.weight", "mlp.w2.weight"))
 
     def forward(self, idx_bn: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         x = self.dropout(self.wte(idx_bn))
@@ -182,7 +179,7 @@ def flops_per_token(cfg: LlamaConfig) -> FlopsPerToken:
     d, heads, kv = cfg.d_model, cfg.n_head * cfg.head_dim, cfg.kv_heads * cfg.head_dim
     block = 2 * d * heads + 2 * 2 * d * kv + 2 * heads * d + 2 * 3 * d * cfg.hidden
     matmul = cfg.n_layer * block + 2 * d * cfg.vocab_size
-    return gpt.training_flops(matmul, cfg.n_layer, heads, cfg.seq_len, True, non_embedding_params(cfg))
+    return training_flops(matmul, cfg.n_layer, heads, cfg.seq_len, True, non_embedding_params(cfg))
 
 
 def param_counts(model: Llama) -> dict[str, int]:
@@ -241,5 +238,6 @@ SPEC = ModelSpec(
     name="llama", loss="next-token cross-entropy", config=config, build=Llama,
     model_vocab=lambda data_vocab, seq_len: data_vocab, examples=next_token_examples, flops_per_token=flops_per_token,
     param_counts=param_counts, describe=describe, non_embedding_params=non_embedding_params, tp_plan=tp_plan,
-    tp_divides=("n_head", "n_kv_head"), pipeline_parts=pipeline_parts, kv_cache=kv_cache, decoding=gpt.decoding,
-    cache_shape=cache_shape, problems=problems)
+    tp_divides=("n_head", "n_kv_head"), pipeline_parts=pipeline_parts, kv_cache=kv_cache, decoding=decoding,
+    cache_shape=cache_shape, problems=problems,
+    positive=(("ffn_hidden", True), ("multiple_of", True), ("n_kv_head", True)))

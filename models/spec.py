@@ -102,6 +102,7 @@ class ModelSpec:
     flops_counted: str = "closed form"          # how flops_per_token was obtained (recorded)
     mup: bool | str = True                      # its config takes muP's logit_scale and q_scale (models/mup.py)
     arguments: tuple[str, ...] | None = ()      # model-section keys it takes beyond its config group's (None: any)
+    positive: tuple[tuple[str, bool], ...] = ()  # its knobs that must be positive when given, and whether whole numbers
 
     def unsupported(self, capability: str) -> str | None:
         """Why this family cannot do `capability` (tp, pp, kv_cache, sizing, mup), or None when it can."""

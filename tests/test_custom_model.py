@@ -104,7 +104,7 @@ def test_data_parallel_and_fsdp_layouts_train_any_module_as_one_process_does(swe
 HOOKED = '''
 from torch import nn
 
-from models import gpt
+from models import common, gpt
 
 
 class HookedGPT(nn.Module):
@@ -126,7 +126,7 @@ class HookedGPT(nn.Module):
 
     def kv_cache(self, batch, max_len, dtype, device):
         c = self.inner.cfg
-        return gpt.KVCache(c.n_layer, batch, c.n_head, max_len, c.head_dim, dtype, device)
+        return common.KVCache(c.n_layer, batch, c.n_head, max_len, c.head_dim, dtype, device)
 '''
 
 

@@ -104,7 +104,8 @@ def test_the_kv_cache_is_measured_at_the_allocator_so_a_leak_shows(monkeypatch):
     # What a cached generation still holds at its end is the cache as allocated: the formula. A cache that keeps a
     # copy of every step's keys and values (a leak) holds more, and the measurement shows it.
     from harness.tasks.inference import generation_memory
-    from models.gpt import GPT, SPEC, GPTConfig, KVCache
+    from models.common import KVCache
+    from models.gpt import GPT, SPEC, GPTConfig
     torch.manual_seed(0)
     cfg = GPTConfig(vocab_size=64, seq_len=64, n_layer=2, d_model=32, n_head=2, positions="rope")
     model, prompt = GPT(cfg).eval(), torch.randint(0, 64, (3, 20))

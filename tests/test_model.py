@@ -4,7 +4,8 @@ import math
 import pytest
 import torch
 
-from models.gpt import GPT, GPTConfig, KVCache, param_counts
+from models.common import KVCache
+from models.gpt import GPT, GPTConfig, param_counts
 from models.spec import token_loss
 from models.positions import Rotary, alibi_bias, alibi_slopes, sinusoidal_table
 

@@ -83,7 +83,7 @@ def run(cfg: DictConfig) -> dict:
             times = measure.time_calls(lambda: _call(attn, q, k, v, grad_out), device, warmup=int(t.warmup),
                                        min_repeats=int(t.min_repeats), max_repeats=int(t.max_repeats),
                                        max_seconds=float(t.max_seconds))
-            memory = measure.tensor_bytes(lambda: _call(attn, q, k, v, grad_out), device).peak
+            memory = measure.allocated_by(lambda: _call(attn, q, k, v, grad_out), device).peak
             accuracy = errors(attn, cfg, dtype, device, backward)
     except NotImplementedError as error:  # e.g. FlexAttention's missing CPU backward, xformers' missing kernels
         raise Unsupported(f"attention={name}: {first_line(error)}") from None

@@ -100,12 +100,12 @@ def cached_logits_error(model: torch.nn.Module, spec: ModelSpec, prompt: torch.T
     return float((generation.logits - full).abs().max() / full.abs().max())
 
 
-def generation_memory(model: torch.nn.Module, spec: ModelSpec, prompt: torch.Tensor, new_tokens: int) -> measure.TensorBytes:
+def generation_memory(model: torch.nn.Module, spec: ModelSpec, prompt: torch.Tensor, new_tokens: int) -> measure.Allocation:
     """What the allocator holds for one whole cached generation (CUDA allocator statistics, or the CPU profiler's
     record of every allocation): its peak beyond what was allocated before, and what is still allocated at its end
     with the cache kept alive, which is the cache as allocated, plus anything the generation leaked."""
     kept = []
-    held = measure.tensor_bytes(lambda: kept.append(generate(model, spec, prompt, new_tokens, cache=True, keep_cache=True).cache),
+    held = measure.allocated_by(lambda: kept.append(generate(model, spec, prompt, new_tokens, cache=True, keep_cache=True).cache),
                                 prompt.device)
     kept.clear()
     return held

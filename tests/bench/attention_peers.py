@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from harness.fit import fit_power_law
-from harness.measure import cpu_tensor_bytes, interleaved_medians, matmul_flops_per_s
+from harness.measure import cpu_allocated_by, interleaved_medians, matmul_flops_per_s
 from models import attention as attention_registry
 from models.attention import get_attention
 from models.attention.reference import reference, relative_error
@@ -111,7 +111,7 @@ def memory_exponents(lengths=(2048, 4096, 8192, 16384)) -> list[dict]:
         for n in lengths:
             q, k, v = qkv(n)
             with torch.no_grad():
-                peaks.append(cpu_tensor_bytes(lambda: attn(q, k, v)).peak)
+                peaks.append(cpu_allocated_by(lambda: attn(q, k, v)).peak)
         slope = fit_power_law(list(lengths), peaks, irreducible=False).alpha * -1
         rows.append({"variant": name, "lengths": list(lengths), "peak_bytes": peaks, "memory_exponent": slope})
     return rows
