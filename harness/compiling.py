@@ -22,7 +22,7 @@ from harness.parallel import repeated_blocks
 
 
 @functools.lru_cache(maxsize=None)
-def unavailable(device_type: str) -> str | None:
+def unsupported(device_type: str) -> str | None:
     """Why torch.compile cannot run on this device type here (a trial compile of a tiny function), or None."""
     try:
         compiled = torch.compile(lambda x: torch.sin(x) * 2 + 1)
@@ -52,7 +52,7 @@ def prepare(model: nn.Module, requested: bool, device: torch.device) -> dict:
     """Compile `model` when asked and possible; the record's compile_info (filled in with timings after training)."""
     if not requested:
         return {"requested": False, "compiled": False, "fallback": None}
-    reason = unavailable(device.type)
+    reason = unsupported(device.type)
     if reason:
         return {"requested": True, "compiled": False, "fallback": reason}
     return {"requested": True, "compiled": True, "fallback": None, "units": compile_blocks(model),

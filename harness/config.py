@@ -123,7 +123,7 @@ def _check_job(cfg: DictConfig) -> None:
     """The task's name and the job's own options: loggers, compile, profile, threads."""
     if cfg.task.name not in TASKS:
         raise ConfigError(f"task.name={cfg.task.name!r}; known: {', '.join(TASKS)}")
-    for problem in filter(None, map(tracking.unavailable, cfg.get("logger") or {})):
+    for problem in filter(None, map(tracking.unsupported, cfg.get("logger") or {})):
         raise ConfigError(problem)
     if not isinstance(cfg.get("compile", False), bool):
         raise ConfigError(f"compile={cfg.compile!r} must be true or false")
@@ -193,7 +193,7 @@ def _check_training(cfg: DictConfig, spec: ModelSpec) -> None:
         _positive(multiple, "task.eval_lengths")
     for method in t.get("eval_quantized") or []:  # torchao missing here: that entry of the record says so, the run goes on
         if method not in quantize.METHODS:
-            raise ConfigError(f"task.eval_quantized: {quantize.unavailable(method)}")
+            raise ConfigError(f"task.eval_quantized: {quantize.unsupported(method)}")
     hparams.check(t)
     if isinstance(t.batch_size, str) and cfg.parallel.name != "single":
         raise ConfigError(f"task.batch_size={t.batch_size} is resolved per model size; with parallel={cfg.parallel.name} "
@@ -290,7 +290,7 @@ def _check_attention(cfg: DictConfig) -> None:
     if cfg.attention.name not in attention_registry.names():
         raise ConfigError(f"attention.name={cfg.attention.name!r}; known: {', '.join(attention_registry.names())}")
     try:  # options are checked without building: a variant's package may be absent on this machine
-        attention_registry.available(cfg.attention.name, "cpu", **attention_options(cfg))
+        attention_registry.unsupported(cfg.attention.name, "cpu", **attention_options(cfg))
     except (TypeError, ValueError) as error:
         raise ConfigError(f"attention={cfg.attention.name}: {error}") from None
 
@@ -299,7 +299,7 @@ def _validate_inference_task(cfg: DictConfig) -> None:
     t = cfg.task
     if cfg.parallel.name != "single":
         raise ConfigError(f"task=inference runs on one device, got parallel={cfg.parallel.name}")
-    refused = attention_registry.cached_decoding_refused(cfg.attention.name)
+    refused = attention_registry.unsupported_decoding(cfg.attention.name)
     if refused:
         raise ConfigError(f"task=inference with attention={cfg.attention.name}: {refused}")
     for key in ("context", "new_tokens", "batch_size", "repeats", "eval_tokens"):

@@ -92,7 +92,7 @@ def problems(name: str, world: int, deg: Degrees, *, heads: dict[str, int], n_la
     return None
 
 
-def unsupported_precision(name: str, precision: str) -> str | None:
+def unsupported(name: str, precision: str) -> str | None:
     if precision == "fp16" and name not in ("single", "ddp", "zero1"):
         return f"precision=fp16 with parallel={name}: gradient scaling of sharded or pipelined gradients is not supported; use bf16"
     if precision == "fp8" and name in ("tp", "pp", "fsdp_tp"):

@@ -19,7 +19,7 @@ METHODS = ("int8", "nf4")
 WEIGHTS = ("fp32", "bf16", *METHODS)  # the weight precisions task=inference decodes with
 
 
-def unavailable(method: str) -> str | None:
+def unsupported(method: str) -> str | None:
     if method not in METHODS:
         return f"unknown quantization {method!r}; known: {', '.join(METHODS)}"
     return torchao_problem()

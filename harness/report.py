@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def _push(dirs: list[str], names: list[str], options: list[str]) -> None:
     from omegaconf import OmegaConf
-    for problem in filter(None, map(tracking.unavailable, names)):
+    for problem in filter(None, map(tracking.unsupported, names)):
         sys.exit(f"error: {problem}")
     settings = {name: OmegaConf.to_container(OmegaConf.load(CONF_DIR / "logger" / f"{name}.yaml"), resolve=True) or {}
                 for name in names}

@@ -41,7 +41,7 @@ MLFLOW_PARAM_LENGTH = 6000   # MLflow's limit on a parameter's value
 WANDB_MARKER = "harness.json"   # in a W&B run directory: the digest of the record it was made from
 
 
-def unavailable(name: str) -> str | None:
+def unsupported(name: str) -> str | None:
     """Why logger=name cannot run here, or None."""
     if name not in PACKAGES:
         return f"logger={name!r} is not a known tracker; choose from: {', '.join(PACKAGES)}"

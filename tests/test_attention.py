@@ -48,9 +48,9 @@ def mask_of(name, options):
 def test_exact_variants_match_float64(case, device, dtype_name, causal):
     name, options = case
     dtype = DTYPES[dtype_name]
-    verdict = attention.available(name, device, dtype, **options)
-    if not verdict:
-        pytest.skip(verdict.reason)
+    refused = attention.unsupported(name, device, dtype, **options)
+    if refused:
+        pytest.skip(refused)
     q, k, v = inputs(device, dtype)
     attn = attention.get_attention(name, causal=causal, **options)
     exact = reference(q, k, v, causal=causal, **mask_of(name, options))
@@ -82,9 +82,9 @@ def test_registry_covers_every_variant_with_a_config_and_reasons():
         if stem != c.name:  # a variant with an option pinned, e.g. sdpa_flash
             assert c.name in attention.names() and stem in [f"{c.name}_{v}" for v in c.values()], stem
             attention.get_attention(c.name, causal=True, **{k: v for k, v in c.items() if k != "name"})
-    verdict = attention.available("sdpa", "cpu", torch.float32, backend="cudnn")
-    assert not verdict and "cpu" in verdict.reason
-    assert "no cpu kernels" in attention.available("xformers", "cpu").reason
+    refused = attention.unsupported("sdpa", "cpu", torch.float32, backend="cudnn")
+    assert refused and "cpu" in refused
+    assert "no cpu kernels" in attention.unsupported("xformers", "cpu")
     with pytest.raises(ValueError, match="unknown attention 'nope'"):
         attention.get_attention("nope", causal=True)
     with pytest.raises(ValueError, match="unknown longformer impl 'fast'"):

@@ -70,7 +70,7 @@ def test_where_compile_cannot_run_the_job_trains_eagerly_and_says_why(monkeypatc
 
     from harness.config import CONF_DIR
     from harness.tasks import train
-    monkeypatch.setattr(compiling, "unavailable", lambda device_type: "torch.compile does not run on cpu here: no compiler")
+    monkeypatch.setattr(compiling, "unsupported", lambda device_type: "torch.compile does not run on cpu here: no compiler")
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
         cfg = compose("config", overrides=[*TINY, "data.tokens=2048", "compile=true"])
     result = train.run(cfg)

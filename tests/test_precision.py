@@ -154,10 +154,10 @@ def test_an_absent_or_broken_torchao_is_a_reason_not_a_crash(monkeypatch):
     quantize.torchao_problem.cache_clear()
     monkeypatch.setattr(quantize, "_config", broken)  # a torchao built for a newer torch
     try:
-        assert quantize.unavailable("nf4").startswith("torchao is installed but does not load with torch ")
+        assert quantize.unsupported("nf4").startswith("torchao is installed but does not load with torch ")
         monkeypatch.setattr(quantize.importlib.util, "find_spec", lambda name: None)
         quantize.torchao_problem.cache_clear()
-        assert "needs torchao, not installed here (pip install -e '.[quant]')" in quantize.unavailable("int8")
+        assert "needs torchao, not installed here (pip install -e '.[quant]')" in quantize.unsupported("int8")
     finally:
         quantize.torchao_problem.cache_clear()
 

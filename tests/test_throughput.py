@@ -64,6 +64,6 @@ def test_on_a_cpu_adamw_and_sdpa_keep_their_defaults():
 @needs_gpu
 def test_on_a_gpu_adamw_is_fused_and_a_refusing_kernel_says_its_own_reason():
     assert optimizer_kernel([torch.zeros(2, device="cuda", requires_grad=True)]) == {"fused": True}
-    reason = sdpa.available(torch.device("cuda"), torch.float32, "cudnn")
+    reason = sdpa.unsupported(torch.device("cuda"), torch.float32, "cudnn")
     assert reason.startswith("sdpa backend 'cudnn' cannot run these inputs") and "runtime disabled" not in reason
-    assert sdpa.available(torch.device("cuda"), torch.bfloat16, "flash") is None
+    assert sdpa.unsupported(torch.device("cuda"), torch.bfloat16, "flash") is None

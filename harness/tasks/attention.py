@@ -63,9 +63,9 @@ def run(cfg: DictConfig) -> dict:
     name, options = cfg.attention.name, attention_options(cfg)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise Unsupported(f"device={cfg.device!r} but CUDA is not available")
-    verdict = attention_registry.available(name, device, dtype, **options)
-    if not verdict:
-        raise Unsupported(f"attention={name}: {verdict.reason}")
+    refused = attention_registry.unsupported(name, device, dtype, **options)
+    if refused:
+        raise Unsupported(f"attention={name}: {refused}")
     backward = t.mode == "fwd_bwd"
     shape = dict(batch=int(t.batch), heads=int(t.heads), seq_len=int(t.seq_len), head_dim=int(t.head_dim))
     needs = attention_registry.memory_estimate(name, **shape, bytes_per_element=dtype.itemsize, backward=backward, options=options)

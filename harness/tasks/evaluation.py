@@ -60,8 +60,8 @@ def quantized_evaluation(model: torch.nn.Module, t: DictConfig, val_windows: np.
     """Each of task.eval_quantized's weight-only copies: its bytes and validation-loss change (or why it was not made)."""
     quantized = {"full_bytes": quantize.model_bytes(model)}
     for method in t.eval_quantized:
-        if quantize.unavailable(method):
-            quantized[method] = {"unsupported": quantize.unavailable(method)}
+        if quantize.unsupported(method):
+            quantized[method] = {"unsupported": quantize.unsupported(method)}
             continue
         try:  # a quantization that fails costs its own entry, never the training result
             copy, kept = quantize.quantized_copy(model, method)

@@ -144,8 +144,8 @@ def run(cfg: DictConfig, trained_weights: Callable[[DictConfig], Path]) -> dict:
     reference_tokens = with_cache["tokens"] if main is model else generate(model, spec, prompt, new_tokens, cache=True).tokens
     compared = {}
     for name in t.compare_weights or []:
-        if name in quantize.METHODS and quantize.unavailable(name):  # that entry says why; the rest is measured
-            compared[name] = {"unsupported": quantize.unavailable(name)}
+        if name in quantize.METHODS and quantize.unsupported(name):  # that entry says why; the rest is measured
+            compared[name] = {"unsupported": quantize.unsupported(name)}
             continue
         other = weights_copy(model, name)
         result = timed_generations(other, spec, prompt, new_tokens, int(t.repeats), cache=True)
@@ -171,11 +171,11 @@ def check_runnable(cfg: DictConfig, device: torch.device) -> None:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise Unsupported(f"device={cfg.device!r} but CUDA is not available")
     weights = cfg.task.weights
-    if weights in quantize.METHODS and quantize.unavailable(weights):  # the point's own weights: nothing to measure
-        raise Unsupported(f"task.weights={weights}: {quantize.unavailable(weights)}")
-    availability = attention_registry.available(cfg.attention.name, device, torch.float32, **attention_options(cfg))
-    if not availability:
-        raise Unsupported(f"attention={cfg.attention.name}: {availability.reason}")
+    if weights in quantize.METHODS and quantize.unsupported(weights):  # the point's own weights: nothing to measure
+        raise Unsupported(f"task.weights={weights}: {quantize.unsupported(weights)}")
+    refused = attention_registry.unsupported(cfg.attention.name, device, torch.float32, **attention_options(cfg))
+    if refused:
+        raise Unsupported(f"attention={cfg.attention.name}: {refused}")
 
 
 def load_model(cfg: DictConfig, spec: ModelSpec, model_cfg, device: torch.device,

@@ -67,13 +67,13 @@ def run(cfg: DictConfig, out_dir: Path | None = None, write_branch=None) -> dict
     if device.type == "cuda" and not torch.cuda.is_available():
         raise Unsupported(f"device={cfg.device!r} but CUDA is not available")
     mode = precision.MODES[cfg.precision.name]
-    refused = precision.unsupported(mode.name, device) or parallel.unsupported_precision(cfg.parallel.name, mode.name)
+    refused = precision.unsupported(mode.name, device) or parallel.unsupported(cfg.parallel.name, mode.name)
     if refused:
         raise Unsupported(refused)
-    availability = attention_registry.available(cfg.attention.name, device, mode.autocast or mode.params,
+    refused = attention_registry.unsupported(cfg.attention.name, device, mode.autocast or mode.params,
                                                 **attention_options(cfg))
-    if not availability:
-        raise Unsupported(f"attention={cfg.attention.name}: {availability.reason}")
+    if refused:
+        raise Unsupported(f"attention={cfg.attention.name}: {refused}")
     world = distributed.world_size(cfg.parallel.get("world_size"), device.type)
     if distributed.too_many_ranks(world, device.type):
         raise Unsupported(distributed.too_many_ranks(world, device.type))

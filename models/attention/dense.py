@@ -20,7 +20,7 @@ def build(causal: bool):
     return attn
 
 
-def available(device: torch.device, dtype: torch.dtype) -> str | None:
+def unsupported(device: torch.device, dtype: torch.dtype) -> str | None:
     return None
 
 

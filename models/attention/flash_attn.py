@@ -32,7 +32,7 @@ def package_problem() -> str | None:
     return None
 
 
-def available(device: torch.device, dtype: torch.dtype) -> str | None:
+def unsupported(device: torch.device, dtype: torch.dtype) -> str | None:
     problem = package_problem()
     if problem:
         return problem

@@ -157,7 +157,7 @@ def build(causal: bool, window: int = 512, global_tokens: int = 0, impl: str = "
     return lambda q, k, v: blocked(q, k, v, causal=causal, window=window, global_tokens=global_tokens, block=block)
 
 
-def available(device: torch.device, dtype: torch.dtype, window: int = 512, global_tokens: int = 0,
+def unsupported(device: torch.device, dtype: torch.dtype, window: int = 512, global_tokens: int = 0,
               impl: str = "blocked", block: int = 128) -> str | None:
     _check(window, global_tokens, impl, block)
     if device.type == "cuda" and not torch.cuda.is_available():

@@ -175,7 +175,7 @@ def build(causal: bool, **options):
     return Performer(causal, **options)
 
 
-def available(device: torch.device, dtype: torch.dtype, **options) -> str | None:
+def unsupported(device: torch.device, dtype: torch.dtype, **options) -> str | None:
     if device.type == "cuda" and not torch.cuda.is_available():
         return "CUDA is not available"
     return None

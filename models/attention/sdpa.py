@@ -102,7 +102,7 @@ def kernel_refuses(backend: str, device: torch.device, dtype: torch.dtype) -> st
     return None
 
 
-def available(device: torch.device, dtype: torch.dtype, backend: str = "auto") -> str | None:
+def unsupported(device: torch.device, dtype: torch.dtype, backend: str = "auto") -> str | None:
     _check_backend(backend)
     if backend in CUDA_ONLY and device.type != "cuda":
         return f"sdpa backend {backend!r} has no kernel on {device.type}"

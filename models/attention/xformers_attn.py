@@ -54,5 +54,5 @@ def kernel_missing(device: torch.device, dtype: torch.dtype, op: str | None = No
     return None
 
 
-def available(device: torch.device, dtype: torch.dtype, op: str | None = None) -> str | None:
+def unsupported(device: torch.device, dtype: torch.dtype, op: str | None = None) -> str | None:
     return kernel_missing(device, dtype, op)
