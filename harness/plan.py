@@ -2,9 +2,11 @@
 
 resolve_model(cfg)          the family's spec, the model section with its shape picked (for a target model.params,
                             by the family's closed-form count) and muP's widths: no data needed.
+resolve_job(cfg)            how and where the job runs: device, precision, layout, seed, compile, profile, progress.
 resolve(cfg, data_vocab)    with the data's vocabulary, the model config to build and its exact FLOPs per token, the
                             tokens D (data.tokens, or C / FLOPs per token), the learning rate and batch (the task's
-                            numbers, or its rules for this N and C), the steps and the learning-rate schedule.
+                            numbers, or its rules for this N and C), the steps and the learning-rate schedule, and the
+                            job: a runner reads this, never the config.
 """
 from __future__ import annotations
 
@@ -90,16 +92,47 @@ def resolve_model(cfg: DictConfig, spec: ModelSpec | None = None) -> ModelPlan:
 
 
 @dataclass(frozen=True)
+class JobPlan:
+    device: str                   # as configured (auto, cpu, cuda, cuda:1)
+    precision: str                # the precision mode's name
+    init_scale: float             # the gradient scaler's first scale (fp16)
+    parallel: dict                # the layout's section: name, world_size, tp_degree, schedule, microbatches, ...
+    seed: int
+    compile: bool
+    profile_steps: int            # profile=N
+    progress: str                 # bar, lines, off or auto
+    resume: bool
+    config: dict                  # the whole config, resolved: what its records and checkpoints are keyed by
+
+    @property
+    def layout(self) -> str:
+        return str(self.parallel["name"])
+
+
+def resolve_job(cfg: DictConfig) -> JobPlan:
+    return JobPlan(str(cfg.device), str(cfg.precision.name), float(cfg.precision.get("init_scale", 2.0**16)),
+                   OmegaConf.to_container(cfg.parallel, resolve=True), int(cfg.seed), bool(cfg.get("compile", False)),
+                   int(cfg.get("profile", 0)), str(cfg.progress), bool(cfg.resume), job_config(cfg))
+
+
+def job_config(cfg: DictConfig) -> dict:
+    """The config as plain data, resolved, without Hydra's own section (a sweep's point carries it)."""
+    return {key: OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else cfg[key]
+            for key in cfg if key != "hydra"}
+
+
+@dataclass(frozen=True)
 class Plan:
     model: ModelPlan
     model_config: Any
     flops_per_token: FlopsPerToken
     tokens_requested: float       # D: data.tokens, or C / the exact training FLOPs per token
     hyperparameters: hparams.Hyperparameters
-    task: DictConfig              # the task with its rules (task.lr=law, porian, ...) resolved to numbers
+    task: DictConfig              # the task with its rules (task.lr=law, porian, ...) resolved to numbers; read-only
     batch_size: int
     total_steps: int
     schedule: schedules.Schedule
+    job: JobPlan
 
     @property
     def seq_len(self) -> int:
@@ -120,7 +153,8 @@ def resolve(cfg: DictConfig, data_vocab: int, model: ModelPlan | None = None) ->
     chosen = hparams.resolve(cfg.task, n_params, per_token.causal * tokens, model.seq_len, tokens)
     task = OmegaConf.merge(cfg.task, {"lr": chosen.lr, "batch_size": chosen.batch_size,
                                       "warmup_fraction": chosen.warmup_fraction, "beta2": chosen.beta2})
+    OmegaConf.set_readonly(task, True)
     batch_size = int(task.batch_size)
     total_steps = max(1, round(tokens / (batch_size * model.seq_len)))
     return Plan(model, model_config, per_token, tokens, chosen, task, batch_size, total_steps,
-                schedules.from_task(task, total_steps))
+                schedules.from_task(task, total_steps), resolve_job(cfg))

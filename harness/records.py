@@ -160,3 +160,16 @@ def load_results(paths: str | Path | Iterable[str | Path]) -> pd.DataFrame:
         except (OSError, ValueError) as error:
             log.warning("skipping corrupt record %s: %s", path, error)
     return pd.DataFrame(rows)
+
+
+def cooldown_config(config: dict, branch, tokens_per_step: int) -> tuple[dict, str]:
+    """A cooldown branch's config (`branch`: a harness.schedules.Cooldown) and its config hash: the run's config,
+    with the branch's tokens, no cooldowns of its own, and a `cooldown` section naming the run it branched from and
+    where. A run with a compute budget gives its branches the same fraction of it, so a sweep of sizes at one budget
+    with cooldowns at budget ratios gives IsoFLOP slices: every branch belongs to a budget as a run of its own would."""
+    budget = config["compute"] * branch.fraction if config.get("compute") is not None else None
+    branched = {**config, "compute": budget, "data": {**config["data"], "tokens": branch.schedule.total_steps * tokens_per_step},
+                "task": {**config["task"], "cooldowns": []},
+                "cooldown": {"fraction": branch.fraction, "from": config_hash(config),
+                             "start_step": branch.start, "steps": branch.schedule.total_steps}}
+    return branched, config_hash(branched)

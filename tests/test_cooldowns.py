@@ -88,7 +88,7 @@ def test_a_killed_multi_rank_run_trains_its_unrecorded_branches_on_its_ranks(tmp
 
 def test_a_budgeted_runs_branches_take_their_fraction_of_its_budget():
     from harness import schedules
-    from harness.tasks.train import cooldown_config
+    from harness.records import cooldown_config
     trunk = schedules.Schedule("wsd", 1e-3, 400, 20, 0.1, 80, "sqrt")
     branch = schedules.cooldowns(trunk, [0.25], 0.2)[0]
     run = {"compute": 6.4e11, "data": {"tokens": 1e6}, "task": {"cooldowns": [0.25]}}

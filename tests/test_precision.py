@@ -140,7 +140,7 @@ def test_the_timed_step_holds_the_step_only(monkeypatch, tiny):
     monkeypatch.setattr(torch.Tensor, "__float__", read(torch.Tensor.__float__))
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
         cfg = compose("config", overrides=[*tiny, "model=encoder", "model.n_layer=1", "model.d_model=32", "model.n_head=2"])
-    result = train.train(cfg)
+    result = train.train(*train.prepare(cfg))
     assert result["metrics"]["steps"] > 20 and len(made_while_timed) > 20 and not any(made_while_timed)
     assert not reads_while_timed, reads_while_timed
 

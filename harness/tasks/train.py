@@ -27,7 +27,7 @@ from harness.errors import Diverged, Unsupported
 from harness.hparams import Hyperparameters
 from harness.progress import Progress
 from harness.optimizer import make_optimizer, parametrize, set_lr
-from harness.plan import attention_options, resolve
+from harness.plan import JobPlan, ModelPlan, Plan, resolve, resolve_job, resolve_model
 from harness.tasks.evaluation import evaluate, length_extrapolation, quantized_evaluation
 from harness.tasks.state import TrainingState
 from models import attention as attention_registry
@@ -63,43 +63,57 @@ def run(cfg: DictConfig, out_dir: Path | None = None, write_branch=None) -> dict
     task.cooldowns, each cooldown branch then trains from the state the run saved where the branch starts decaying,
     in out_dir/<its config hash>/, and write_branch(directory, config, digest, result) records it."""
     wall_start = time.perf_counter()
-    device = measure.resolve_device(cfg.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise Unsupported(f"device={cfg.device!r} but CUDA is not available")
-    mode = precision.MODES[cfg.precision.name]
-    refused = precision.unsupported(mode.name, device) or parallel.unsupported(cfg.parallel.name, mode.name)
-    if refused:
-        raise Unsupported(refused)
-    refused = attention_registry.unsupported(cfg.attention.name, device, mode.autocast or mode.params,
-                                                **attention_options(cfg))
-    if refused:
-        raise Unsupported(f"attention={cfg.attention.name}: {refused}")
-    world = distributed.world_size(cfg.parallel.get("world_size"), device.type)
-    if distributed.too_many_ranks(world, device.type):
-        raise Unsupported(distributed.too_many_ranks(world, device.type))
-    if cfg.parallel.name != "single" and world < 2:
-        raise Unsupported(f"parallel={cfg.parallel.name} needs 2 or more ranks; parallel.world_size=auto found "
-                          f"{world} GPU on this machine")
-
-    if cfg.parallel.name == "single":
-        result = train_with_branches(cfg, out_dir, write_branch, wall_start)
+    job, model = resolve_job(cfg), resolve_model(cfg)
+    world = check_runnable(job, model)
+    if job.layout == "single":
+        result = train_with_branches(*prepare(cfg, model), out_dir, write_branch, wall_start)
     else:
-        container = OmegaConf.to_container(cfg, resolve=True)
-        result = distributed.launch(_train_rank, (container, out_dir, write_branch), world, device.type,
-                                    backend_name=cfg.parallel.get("backend", "auto"),
-                                    timeout_s=float(cfg.parallel.get("timeout_s", 600)))[0]
+        result = distributed.launch(_train_rank, (job.config, out_dir, write_branch), world, measure.resolve_device(job.device).type,
+                                    backend_name=job.parallel.get("backend", "auto"),
+                                    timeout_s=float(job.parallel.get("timeout_s", 600)))[0]
     result["metrics"].setdefault("wall_time_s", time.perf_counter() - wall_start)
     return result
 
 
+def check_runnable(job: JobPlan, model: ModelPlan) -> int:
+    """What this machine cannot run (an `unsupported` record, not a config error); returns the number of ranks."""
+    device = measure.resolve_device(job.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise Unsupported(f"device={job.device!r} but CUDA is not available")
+    mode = precision.MODES[job.precision]
+    refused = precision.unsupported(mode.name, device) or parallel.unsupported(job.layout, mode.name)
+    if refused:
+        raise Unsupported(refused)
+    refused = attention_registry.unsupported(model.attention, device, mode.autocast or mode.params, **model.attention_options)
+    if refused:
+        raise Unsupported(f"attention={model.attention}: {refused}")
+    world = distributed.world_size(job.parallel.get("world_size"), device.type)
+    if distributed.too_many_ranks(world, device.type):
+        raise Unsupported(distributed.too_many_ranks(world, device.type))
+    if job.layout != "single" and world < 2:
+        raise Unsupported(f"parallel={job.layout} needs 2 or more ranks; parallel.world_size=auto found "
+                          f"{world} GPU on this machine")
+    return world
+
+
+def prepare(cfg: DictConfig, model: ModelPlan | None = None) -> tuple[Plan, data_sources.TokenData]:
+    """The job's data and its plan on that data (harness.plan.resolve), checked against it: the runner's one read
+    of the config."""
+    dataset = data_sources.load(cfg.data)
+    plan = resolve(cfg, dataset.vocab_size, model)
+    check_data_fits(cfg, len(dataset.train), len(dataset.val), plan.tokens_requested, plan.batch_size)
+    return plan, dataset
+
+
 def _train_rank(container: dict, out_dir: Path | None, write_branch) -> dict:
-    return train_with_branches(OmegaConf.create(container), out_dir, write_branch, time.perf_counter())
+    return train_with_branches(*prepare(OmegaConf.create(container)), out_dir, write_branch, time.perf_counter())
 
 
-def train_with_branches(cfg: DictConfig, out_dir: Path | None, write_branch, wall_start: float) -> dict:
+def train_with_branches(plan: Plan, dataset: data_sources.TokenData, out_dir: Path | None, write_branch,
+                        wall_start: float) -> dict:
     """Train the run on this rank, then each of its cooldown branches not recorded yet, from the state the run saved
     where the branch leaves it; rank 0 records each branch as it ends (write_branch). Returns the run's result."""
-    result = train(cfg, out_dir)
+    result = train(plan, dataset, out_dir)
     branches = result.pop("cooldowns", [])
     if not branches:
         return result
@@ -108,28 +122,15 @@ def train_with_branches(cfg: DictConfig, out_dir: Path | None, write_branch, wal
     for branch, config, digest in branches:
         branch_dir = out_dir / digest
         if records.find_ok_record(out_dir, digest) is not None:  # recorded before this run was killed
-            if writer and not cfg.task.get("keep_checkpoints"):
+            if writer and not plan.task.get("keep_checkpoints"):
                 checkpoint.remove(branch_dir)   # the start the run saved for it again
             continue
         branch_start = time.perf_counter()
-        branch_result = train(cfg, branch_dir, cooldown=branch)
+        branch_result = train(plan, dataset, branch_dir, cooldown=branch)
         branch_result["metrics"]["wall_time_s"] = time.perf_counter() - branch_start
         if writer:
             write_branch(branch_dir, config, digest, branch_result)
     return result
-
-
-def cooldown_config(config: dict, branch: schedules.Cooldown, tokens_per_step: int) -> tuple[dict, str]:
-    """A cooldown branch's config (the run's, with the branch's tokens and no cooldowns of its own, and a
-    `cooldown` section naming the run it branched from and where) and its config hash. A run with a compute budget
-    gives its branches the same fraction of it, so a sweep of sizes at one budget with cooldowns at budget ratios
-    gives IsoFLOP slices: every branch belongs to a budget as a run of its own would."""
-    budget = config["compute"] * branch.fraction if config.get("compute") is not None else None
-    branched = {**config, "compute": budget, "data": {**config["data"], "tokens": branch.schedule.total_steps * tokens_per_step},
-                "task": {**config["task"], "cooldowns": []},
-                "cooldown": {"fraction": branch.fraction, "from": records.config_hash(config),
-                             "start_step": branch.start, "steps": branch.schedule.total_steps}}
-    return branched, records.config_hash(branched)
 
 
 def trained_weights(cfg: DictConfig) -> Path:
@@ -146,7 +147,7 @@ def trained_weights(cfg: DictConfig) -> Path:
     if not (directory / records.MODEL_NAME).exists():
         log.info("training the model to measure (%s tokens, cached in %s)", cfg.task.train_tokens, directory)
         directory.mkdir(parents=True, exist_ok=True)
-        records.write_model(directory, train(train_cfg)["model_state"])
+        records.write_model(directory, train(*prepare(train_cfg))["model_state"])
     return directory / records.MODEL_NAME
 
 
@@ -192,13 +193,14 @@ class Setup:
         return self.batch_size * self.seq_len
 
 
-def train(cfg: DictConfig, checkpoint_dir: Path | None = None, cooldown: schedules.Cooldown | None = None) -> dict:
+def train(plan: Plan, dataset: data_sources.TokenData, checkpoint_dir: Path | None = None,
+          cooldown: schedules.Cooldown | None = None) -> dict:
     """Train on this process's rank (the only one for parallel=single); with task.checkpoint_every, save the full
     training state to checkpoint_dir every that many steps, and continue from a checkpoint of this config there.
 
     With task.cooldowns (a wsd run), save the state where each branch starts decaying into its directory; with
     `cooldown`, train that branch from the state saved there to its own end."""
-    run = setup(cfg, cooldown)
+    run = setup(plan, dataset, cooldown)
     state = TrainingState(run.layout, run.scaler, run.batches, run.examples, run.device, run.multi_rank)
     start(run, state, checkpoint_dir)
     started_at = state.step
@@ -206,10 +208,10 @@ def train(cfg: DictConfig, checkpoint_dir: Path | None = None, cooldown: schedul
     return record(run, state, profiler, started_at)
 
 
-def rank_device(cfg: DictConfig) -> torch.device:
+def rank_device(job: JobPlan) -> torch.device:
     """This rank's device; on a CPU the ranks share the cores instead of each starting a thread per core."""
-    device = measure.resolve_device(cfg.device)
-    if cfg.parallel.name == "single":
+    device = measure.resolve_device(job.device)
+    if job.layout == "single":
         return device
     local_rank, local_world = int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("LOCAL_WORLD_SIZE", 1))
     if device.type == "cuda":
@@ -223,53 +225,51 @@ def rank_device(cfg: DictConfig) -> torch.device:
     return device
 
 
-def setup(cfg: DictConfig, cooldown: schedules.Cooldown | None) -> Setup:
-    """The data, the model laid out on this rank, its optimizer and schedule, and every number the run needs."""
-    device = rank_device(cfg)
-    mode = precision.MODES[cfg.precision.name]
-    dataset = data_sources.load(cfg.data)
-    plan = resolve(cfg, dataset.vocab_size)
-    check_data_fits(cfg, len(dataset.train), len(dataset.val), plan.tokens_requested, plan.batch_size)
+def setup(plan: Plan, dataset: data_sources.TokenData, cooldown: schedules.Cooldown | None) -> Setup:
+    """The model laid out on this rank, its optimizer and schedule, and every number the run needs, from the plan."""
+    job = plan.job
+    device = rank_device(job)
+    mode = precision.MODES[job.precision]
     spec, model_cfg, t = plan.model.spec, plan.model_config, plan.task
     seq_len, batch_size, tokens_per_step = plan.seq_len, plan.batch_size, plan.tokens_per_step
     total_steps, schedule = plan.total_steps, plan.schedule
     branches = (schedules.cooldowns(schedule, t.cooldowns, float(t.decay_fraction))
                 if t.get("cooldowns") and cooldown is None else [])
-    config = OmegaConf.to_container(cfg, resolve=True)
+    config = job.config
     digest = records.config_hash(config)
-    branch_starts = {branch.start: (branch, *cooldown_config(config, branch, tokens_per_step)) for branch in branches}
+    branch_starts = {branch.start: (branch, *records.cooldown_config(config, branch, tokens_per_step)) for branch in branches}
     if cooldown is not None:
         schedule, total_steps = cooldown.schedule, cooldown.schedule.total_steps
-        digest = cooldown_config(config, cooldown, tokens_per_step)[1]
+        digest = records.cooldown_config(config, cooldown, tokens_per_step)[1]
     eval_steps = {max(1, round(total_steps * (i + 1) / int(t.eval_points))) for i in range(int(t.eval_points))}
 
-    torch.manual_seed(int(cfg.seed))
+    torch.manual_seed(job.seed)
     if device.type == "cpu":
         torch.use_deterministic_algorithms(True)
     model = precision.prepare(spec.build(model_cfg).to(device), mode.name)
-    compile_info = compiling.prepare(model, bool(cfg.get("compile", False)), device)
-    examples = Examples(spec, dataset.vocab_size, seed=int(cfg.seed))
+    compile_info = compiling.prepare(model, job.compile, device)
+    examples = Examples(spec, dataset.vocab_size, seed=job.seed)
     counts = spec.param_counts(model)
     param_dtype = next(model.parameters()).dtype
     cast = functools.partial(precision.autocast, mode.name, device)
-    p = cfg.parallel
+    p = job.parallel
     lr_scales = parametrize(model, plan.model.mup_widths)
-    layout = parallel.build(p.name, model, spec, functools.partial(make_optimizer, t=t, lr_scales=lr_scales), device,
+    layout = parallel.build(p["name"], model, spec, functools.partial(make_optimizer, t=t, lr_scales=lr_scales), device,
                             batch_size, tp_degree=p.get("tp_degree"), schedule=p.get("schedule", "1f1b"),
                             microbatches=int(p.get("microbatches", 1)), cast=cast)
     del model  # a pipeline stage keeps only its own blocks
     return Setup(
-        t=t, device=device, multi_rank=p.name != "single", mode=mode, dataset=dataset, spec=spec,
+        t=t, device=device, multi_rank=job.layout != "single", mode=mode, dataset=dataset, spec=spec,
         model_cfg=model_cfg, per_token=plan.flops_per_token, tokens_requested=plan.tokens_requested,
         chosen=plan.hyperparameters, seq_len=seq_len,
         batch_size=batch_size, total_steps=total_steps, schedule=schedule, digest=digest, branch_starts=branch_starts,
         eval_steps=eval_steps, cooldown=cooldown, layout=layout,
-        scaler=precision.grad_scaler(mode.name, device, float(cfg.precision.get("init_scale", 2.0**16))),
-        batches=data_sources.Batches(dataset.train, seq_len, batch_size, seed=int(cfg.seed)),
+        scaler=precision.grad_scaler(mode.name, device, job.init_scale),
+        batches=data_sources.Batches(dataset.train, seq_len, batch_size, seed=job.seed),
         val_windows=data_sources.validation_windows(dataset.val, seq_len, int(t.eval_tokens)), examples=examples,
-        counts=counts, param_dtype=param_dtype, cast=cast, compile_info=compile_info, progress=str(cfg.progress),
-        profile_steps=int(cfg.get("profile", 0)), resume=bool(cfg.resume), positions=cfg.model.get("positions"),
-        parallel=OmegaConf.to_container(p, resolve=True))
+        counts=counts, param_dtype=param_dtype, cast=cast, compile_info=compile_info, progress=job.progress,
+        profile_steps=job.profile_steps, resume=job.resume, positions=plan.model.section.get("positions"),
+        parallel=p)
 
 
 def next_examples(run: Setup) -> tuple[torch.Tensor, torch.Tensor]:
