@@ -18,36 +18,26 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from harness import plots
+from harness import curve_table, plots
 from harness.analysis import held_out_tables, markdown_table
+from harness.tables import TableError, load_frame, missing_column
 from harness.fit import (RESAMPLE_STARTS, FitError, compare_laws, fit_data_constrained, fit_isoflop, fit_kaplan_nd,
                          fit_parametric)
 
 COLUMNS = ("N", "D", "C", "loss", "U")
 
 
-class TableError(ValueError):
-    """A table the fits cannot read: the message names the column and row."""
-
-
 def read_table(path: Path, names: dict[str, str | None], group: str | None) -> pd.DataFrame:
     """The table's columns under the harness's names (N, D, C, loss, U and group), checked: every value a positive
     finite number, and N, plus C or D, present."""
-    if not path.is_file():
-        raise TableError(f"{path}: no such file")
-    try:
-        raw = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
-    except Exception as error:  # pandas raises many kinds for a file that is not a table
-        raise TableError(f"{path}: not a readable {path.suffix or 'CSV'} table ({type(error).__name__}: {error})") from None
-    if path.suffix not in (".csv", ".parquet"):
-        raise TableError(f"{path}: expected a .csv or .parquet file")
+    raw = load_frame(path)
     table = pd.DataFrame(index=raw.index)
     for name, column in names.items():
         explicit = column is not None
         column = column or name
         if column not in raw.columns:
             if explicit or name in ("N", "loss"):
-                raise TableError(f"{path}: no column {column!r} for {name} (columns: {', '.join(map(str, raw.columns))})")
+                raise missing_column(path, column, name, raw)
             continue
         values = pd.to_numeric(raw[column], errors="coerce")
         bad = ~(np.isfinite(values) & (values > 0))
@@ -62,7 +52,7 @@ def read_table(path: Path, names: dict[str, str | None], group: str | None) -> p
                          "the training length")
     if group is not None:
         if group not in raw.columns:
-            raise TableError(f"{path}: no column {group!r} for --group (columns: {', '.join(map(str, raw.columns))})")
+            raise missing_column(path, group, "--group", raw)
         table["group"] = raw[group].astype(str)
     for name in ("N", "D", "C"):
         if name in table and (group is None) and table[name].nunique() == 1:
@@ -175,18 +165,40 @@ def fit_file(path: Path, out: Path, names: dict, group: str | None = None, resam
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="harness-fit", description=__doc__.splitlines()[0])
-    parser.add_argument("file", type=Path, help="a .csv or .parquet table, one row per run")
+    parser = argparse.ArgumentParser(prog="harness-fit", description=__doc__.splitlines()[0],
+                                     epilog=curve_table.__doc__.split("\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("file", type=Path, nargs="?", help="a .csv or .parquet table, one row per run")
+    parser.add_argument("--curves", type=Path, metavar="FILE", help="fit the laws of the whole loss curve to this table "
+                        "of training curves (one row per run and step: run, step, lr, loss; see below)")
     for name in COLUMNS:
         parser.add_argument(f"--{name}", metavar="COL", help=f"the column holding {name} (default: {name})")
+    for name in ("run", "step", "lr"):
+        parser.add_argument(f"--{name}", metavar="COL", help=f"with --curves: the column holding the {name} (default: {name})")
+    parser.add_argument("--fit-runs", metavar="A,B,C", help="with --curves: fit these runs and predict every other one")
+    parser.add_argument("--predict", metavar="SCHEDULE", action="append", default=[],
+                        help="with --curves: the final loss, with its interval, of a schedule not run, e.g. "
+                        "cosine:steps=75000 or wsd:steps=25000,decay=0.1,shape=sqrt (keys: "
+                        f"{', '.join(curve_table.SCHEDULE_KEYS)}; peak and warm-up default to the first fitted run's); repeatable")
     parser.add_argument("--group", metavar="COL", help="fit each value of this column on its own")
-    parser.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples per fit (default 1000)")
+    parser.add_argument("--resamples", type=int, help="bootstrap resamples per fit (default 1000; with --curves "
+                        f"{curve_table.CURVE_RESAMPLES}, of blocks of steps)")
     parser.add_argument("--out", type=Path, required=True, help="where fits.json, report.md and the figures go")
     args = parser.parse_args(argv)
+    if (args.file is None) == (args.curves is None):
+        parser.error("give either a table of runs (FILE) or a table of curves (--curves FILE)")
     try:
-        out = fit_file(args.file, args.out, {name: getattr(args, name) for name in COLUMNS}, args.group, args.resamples)
+        if args.curves is not None:
+            out = curve_table.fit_curves_file(
+                args.curves, args.out, {name: getattr(args, name) for name in curve_table.CURVE_COLUMNS}, args.group,
+                args.fit_runs.split(",") if args.fit_runs else None,
+                args.resamples if args.resamples is not None else curve_table.CURVE_RESAMPLES, args.predict)
+        else:
+            out = fit_file(args.file, args.out, {name: getattr(args, name) for name in COLUMNS}, args.group,
+                           args.resamples if args.resamples is not None else 1000)
     except (TableError, FitError) as error:
         sys.exit(f"harness-fit: error: {error}")
+    if args.curves is not None:
+        print(curve_table.summary(out))
     print(f"report: {out / 'report.md'}")
 
 

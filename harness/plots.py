@@ -209,3 +209,36 @@ def loss_against_lr(ax, points: pd.DataFrame, by: str, label, fit) -> None:
                        zorder=6, color=palette[value], edgecolor="black", linewidths=0.5)
     ax.set(xscale="log", xlabel="peak learning rate", ylabel="validation loss (nats/token)")
     ax.legend(fontsize=8)
+
+
+def curve_predictions(panels: list[dict], out_dir: Path, name: str = "curve_law", law: str = "") -> list[Path]:
+    """Per run, its measured loss and a curve law's prediction with its 95% interval, and the learning rate beneath;
+    the runs the law was fitted on marked as such, the others as predicted."""
+    columns = min(3, len(panels))
+    rows = -(-len(panels) // columns)
+    fig, axes = plt.subplots(2 * rows, columns, figsize=(4.2 * columns, 4.6 * rows), squeeze=False,
+                             gridspec_kw={"height_ratios": [3, 1] * rows})
+    for index, panel in enumerate(panels):
+        loss_ax, lr_ax = axes[2 * (index // columns), index % columns], axes[2 * (index // columns) + 1, index % columns]
+        predicted, low, high = panel["predicted"]
+        loss_ax.plot(panel["steps"], panel["loss"], ".", ms=3, color="0.3", label="measured")
+        loss_ax.plot(panel["predicted_steps"], predicted, color="C3", lw=1.2, label=f"{law} law")
+        loss_ax.fill_between(panel["predicted_steps"], low, high, color="C3", alpha=0.25, lw=0, label="95% interval")
+        loss_ax.set_title(f"{panel['run']} ({'fitted' if panel['fitted'] else 'predicted'})", fontsize=9)
+        loss_ax.set_ylabel("loss")
+        top = np.percentile(panel["loss"], 95) if len(panel["loss"]) else np.max(predicted)
+        loss_ax.set_ylim(min(np.min(predicted), np.min(panel["loss"], initial=np.inf)) * 0.99, top * 1.05)
+        lr_ax.sharex(loss_ax)
+        loss_ax.tick_params(labelbottom=False)
+        lr_ax.plot(np.arange(1, len(panel["lr"]) + 1), panel["lr"], color="C0", lw=1)
+        lr_ax.set_ylabel("lr")
+        lr_ax.set_xlabel("step")
+        lr_ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
+    for index in range(len(panels), rows * columns):
+        axes[2 * (index // columns), index % columns].set_visible(False)
+        axes[2 * (index // columns) + 1, index % columns].set_visible(False)
+    axes[0, 0].legend(fontsize=7, loc="upper right")
+    fig.tight_layout()
+    paths = save(fig, out_dir, name)
+    plt.close(fig)
+    return paths

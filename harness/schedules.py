@@ -54,6 +54,10 @@ class Schedule:
             factor = floor + (1 - floor) * DECAY_SHAPES[self.decay_shape]((step - self.decay_start) / self.decay_steps)
         return self.peak_lr * factor
 
+    def lr_per_step(self) -> list[float]:
+        """The learning rate of every optimizer step, in order."""
+        return [self.lr(step) for step in range(self.total_steps)]
+
     def info(self) -> dict:
         """What the record says of the schedule: its parameters as resolved in steps."""
         return {**asdict(self), "decay_start": self.decay_start}

@@ -12,6 +12,8 @@ fit_parametric Chinchilla approach 3 (sec. 3.3): L = E + A/N^alpha + B/D^beta, t
 fit_kaplan_nd  Kaplan et al. 2020's L(N, D), by approach 3's estimator (kaplan.py).
 fit_data_constrained  Muennighoff et al. 2023's law of repeated data (data_constrained.py).
 fit_lr_law     a learning-rate ladder's lr_opt = c N^-gamma (lr.py).
+fit_curve_law  a law of the whole loss curve under its learning-rate schedule: Luo et al. 2025's multi-power law or
+               Tissue et al. 2024's annealing law, on a few runs' curves (curves.py).
 holdout, compare_laws  a law fitted on the smaller scales predicts the largest (holdout.py).
 bootstrap      resampling confidence intervals for any of them (cases, optionally within strata);
                approaches 2 and 3 resample residuals within each budget (a fixed design: the sizes tried stay).
@@ -22,6 +24,7 @@ compute-optimal frontier takes the same FLOPs per token (`flops_per_token`), 6N 
 """
 from harness.fit.bootstrap import (BATCH_ROWS, REFIT_TOLERANCES, RESAMPLE_STARTS, bootstrap, percentile_intervals,
                                    refit_resamples, residual_resamples, with_interval)
+from harness.fit.curves import Curve, CurveLawFit, checked_curve, fit_curve_law
 from harness.fit.data_constrained import (DATA_CONSTRAINED_STARTS, DataConstrainedFit, data_constrained_effective,
                                           data_constrained_log_loss, fit_data_constrained)
 from harness.fit.envelope import EnvelopeFit, fit_envelope
@@ -36,7 +39,7 @@ from harness.fit.parametric import (CHINCHILLA_STARTS, TIED_STARTS, ParametricFi
 from harness.fit.points import FitError
 from harness.fit.power import PowerLawFit, fit_power_law
 
-__all__ = ['BATCH_ROWS', 'REFIT_TOLERANCES', 'RESAMPLE_STARTS', 'bootstrap', 'percentile_intervals', 'refit_resamples',
+__all__ = ['Curve', 'CurveLawFit', 'checked_curve', 'fit_curve_law', 'BATCH_ROWS', 'REFIT_TOLERANCES', 'RESAMPLE_STARTS', 'bootstrap', 'percentile_intervals', 'refit_resamples',
            'residual_resamples', 'with_interval', 'DATA_CONSTRAINED_STARTS', 'DataConstrainedFit',
            'data_constrained_effective', 'data_constrained_log_loss', 'fit_data_constrained', 'EnvelopeFit',
            'fit_envelope', 'LAW_FORMS', 'LAW_NAMES', 'Holdout', 'applicable_laws', 'compare_laws',

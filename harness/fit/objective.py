@@ -9,10 +9,13 @@ import numpy as np
 import torch
 
 
-def summed_huber(r, delta: float):
+def summed_huber(r, delta: float, weights=None):
     """Huber_delta(r) summed over the last axis (one sum per row of residuals), and its derivative in each r: the
-    residual clipped to [-delta, delta]. r: a numpy array or a torch tensor."""
+    residual clipped to [-delta, delta]. r: a numpy array or a torch tensor; `weights`: each residual's count (a
+    bootstrap resample's), shaped as r."""
     clipped = r.clip(-delta, delta)
+    if weights is not None:
+        return (weights * (clipped * r - 0.5 * clipped * clipped)).sum(-1), clipped
     return (clipped * r).sum(-1) - 0.5 * (clipped * clipped).sum(-1), clipped
 
 
@@ -35,18 +38,20 @@ def torch_threads_for(elements: int):
         torch.set_num_threads(threads)
 
 
-def autograd_huber(log_loss_of, targets: np.ndarray, delta: float):
+def autograd_huber(log_loss_of, targets: np.ndarray, delta: float, weights: np.ndarray | None = None):
     """An objective for minimise.lbfgs from a law in torch: the summed Huber loss of log L(theta) - targets per
-    row of theta, differentiated by autograd (a non-finite value rejects the step)."""
+    row of theta, differentiated by autograd (a non-finite value rejects the step). `weights`: one row of point
+    counts per start (a bootstrap resample each)."""
     targets = torch.as_tensor(targets)
+    weights = torch.as_tensor(weights) if weights is not None else None
 
     def objective(theta: np.ndarray, rows: np.ndarray):
         with torch_threads_for(len(theta) * targets.shape[-1]):
-            return evaluate(theta)
+            return evaluate(theta, weights[torch.as_tensor(rows)] if weights is not None else None)
 
-    def evaluate(theta: np.ndarray):
+    def evaluate(theta: np.ndarray, row_weights):
         theta = torch.tensor(theta, requires_grad=True)
-        value, _ = summed_huber(log_loss_of(theta) - targets, delta)
+        value, _ = summed_huber(log_loss_of(theta) - targets, delta, row_weights)
         value.sum().backward()
         values = value.detach().numpy()
         return np.where(np.isnan(values), np.inf, values), torch.nan_to_num(theta.grad).numpy()

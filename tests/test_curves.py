@@ -1,0 +1,190 @@
+"""Loss-curve laws (harness.fit.curves): the sums against plain double loops, closed forms, recovery of known
+parameters, the block bootstrap, and `harness-fit --curves` on a table."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from harness.fit.curves import (Curve, CurveLawFit, annealing_area, block_weights, checked_curve, fit_curve_law)
+from harness.fit.points import FitError
+from harness.schedules import Schedule
+
+# Luo et al. 2025's fit at 25M parameters (their repository's README), peak learning rate 3e-4.
+LUO_25M = dict(L0=3.04, A=0.525, alpha=0.508, B=363.8, C=2.066, beta=0.583, gamma=0.641)
+ANNEALING = dict(L0=3.0, A=0.5, alpha=0.5, C=0.4)
+PEAK = 3e-4
+
+
+def schedule(name: str, steps: int, **kw) -> np.ndarray:
+    decay = round(steps * kw.pop("decay", 0.2)) if name == "wsd" else 0
+    return np.array(Schedule(name, PEAK, steps, kw.pop("warmup", 100), kw.pop("floor", 0.1 if name == "cosine" else 0.0),
+                             decay, kw.pop("shape", "linear") if name == "wsd" else None).lr_per_step())
+
+
+def multi_power_reference(lr: np.ndarray, steps, p=LUO_25M) -> np.ndarray:
+    """Luo et al.'s eq. 4 as written: for each t, the sum over every step k <= t after the peak, in float64."""
+    peak = int(np.argmax(lr))
+    out = []
+    for t in steps:
+        area = sum(lr[:t])
+        ld = 0.0
+        for k in range(peak + 1, t):             # 0-based step k; its drop is lr[k-1] - lr[k]
+            drop = lr[k - 1] - lr[k]
+            if drop:
+                x = max(lr[k], lr.max() * 1e-12) ** -p["gamma"] * sum(lr[k:t])
+                ld += drop * (1 - (p["C"] * x + 1) ** -p["beta"])
+        out.append(p["L0"] + p["A"] * area ** -p["alpha"] - p["B"] * ld)
+    return np.array(out)
+
+
+def annealing_reference(lr: np.ndarray, steps, p=ANNEALING, decay=0.999) -> np.ndarray:
+    """Tissue et al.'s eq. 1 with the momentum recursion stepped one step at a time."""
+    peak, momentum, s2, areas = int(np.argmax(lr)), 0.0, 0.0, []
+    for k in range(len(lr)):
+        momentum = decay * momentum + (lr[k - 1] - lr[k] if k > peak else 0.0)
+        s2 += momentum
+        areas.append(s2)
+    return np.array([p["L0"] + p["A"] * sum(lr[:t]) ** -p["alpha"] - p["C"] * areas[t - 1] for t in steps])
+
+
+def law(name: str, params: dict) -> CurveLawFit:
+    return CurveLawFit(name, params, 0.0, [], 0, 0.999)
+
+
+def test_the_gathered_drops_match_the_exact_double_sum():
+    steps = np.arange(50, 1501, 50)
+    # a smooth decay gathered into segments: within 2e-5 of the loss, far below what a measured loss can tell
+    for lr, tolerance in ((schedule("cosine", 1500), 2e-5), (schedule("wsd", 1500, shape="sqrt"), 2e-5),
+                          (schedule("wsd", 1500, decay=0.001), 1e-12)):   # a few-step drop is exact
+        exact = multi_power_reference(lr, steps)
+        assert np.max(np.abs(law("multi_power", LUO_25M).predict(lr, steps) / exact - 1)) < tolerance
+
+
+def test_the_annealing_area_is_the_momentum_recursion():
+    lr = schedule("wsd", 2000, shape="sqrt", decay=0.3)
+    steps = np.arange(1, 2001, 37)
+    assert np.allclose(law("annealing", ANNEALING).predict(lr, steps), annealing_reference(lr, steps), rtol=1e-12)
+    assert annealing_area(np.full(10, PEAK))[-1] == 0
+
+
+def test_a_constant_learning_rate_leaves_a_power_law_in_the_area():
+    lr, steps = np.full(4000, PEAK), np.arange(1, 4001, 13)
+    closed_form = {"multi_power": LUO_25M, "annealing": ANNEALING}
+    for name, p in closed_form.items():
+        expected = p["L0"] + p["A"] * (PEAK * steps) ** -p["alpha"]
+        assert np.allclose(law(name, p).predict(lr, steps), expected, rtol=1e-13)
+
+
+def synthetic(name: str, lr: np.ndarray, every: int, noise: float, rng) -> Curve:
+    steps = np.arange(every, len(lr) + 1, every)
+    exact = multi_power_reference(lr, steps) if name != "annealing" else annealing_reference(lr, steps)
+    return Curve(f"{name}-{len(lr)}-{lr[-1]:.2g}", lr, steps, exact * np.exp(rng.normal(0, noise, len(steps))))
+
+
+def test_known_parameters_are_recovered_and_predict_schedules_not_fitted():
+    rng = np.random.default_rng(0)
+    runs = [schedule("cosine", 3000), schedule("constant", 3000), schedule("wsd", 3000, decay=0.001)]
+    others = [schedule("wsd", 3000, shape="sqrt"), schedule("cosine", 6000)]
+    for name, truth in (("annealing", ANNEALING), ("multi_power", LUO_25M)):
+        fitted = [synthetic(name, lr, 50, 0.0, rng) for lr in runs]
+        fit = fit_curve_law(fitted, name)
+        for key in ("L0", "A", "alpha"):
+            assert fit.params[key] == pytest.approx(truth[key], rel=2e-3), (name, key)
+        if name == "annealing":
+            assert fit.params["C"] == pytest.approx(truth["C"], rel=2e-3)
+        held_out = fit.held_out([synthetic(name, lr, 100, 0.0, rng) for lr in others])
+        assert max(e["mean_rel_error"] for e in held_out.values()) < 5e-4, held_out
+        assert max(e["max_rel_error"] for e in held_out.values()) < 2e-3, held_out
+
+
+def test_block_resamples_keep_each_curves_size_and_draw_runs_of_steps():
+    curves = [Curve("a", np.ones(100), np.arange(1, 101), np.ones(100)), Curve("b", np.ones(50), np.arange(1, 26), np.ones(25))]
+    weights = block_weights(curves, 50, np.random.default_rng(0))
+    assert weights.shape == (50, 125) and np.all(weights[:, :100].sum(axis=1) == 100) and np.all(weights[:, 100:].sum(axis=1) == 25)
+    # blocks of 10 consecutive points: a point drawn means (almost always) its neighbour drawn as often
+    drawn = weights[:, :100] > 0
+    assert np.mean(drawn[:, 1:] == drawn[:, :-1]) > 0.85
+    whole = block_weights(curves, 20, np.random.default_rng(0), resample="curves")
+    assert set(np.unique(whole[:, :100] / 1)) <= {0, 1, 2} and np.all(np.ptp(whole[:, :100], axis=1) == 0)
+
+
+def test_intervals_come_from_the_resamples_and_cover_the_truth():
+    rng = np.random.default_rng(1)
+    curves = [synthetic("annealing", lr, 20, 0.003, rng) for lr in
+              (schedule("cosine", 3000), schedule("constant", 3000), schedule("wsd", 3000))]
+    fit = fit_curve_law(curves, "annealing", intervals=100)
+    assert fit.resampled.shape == (100, 4) and fit.intervals["_failed"] == 0
+    for key in ("L0", "A", "alpha", "C"):
+        low, high = fit.intervals[key]
+        assert low < fit.params[key] < high and low < ANNEALING[key] < high, key
+    loss, low, high = fit.predict(schedule("cosine", 6000), [6000], interval=0.95)
+    assert low[0] < loss[0] < high[0]
+
+
+def test_bad_curves_are_named():
+    with pytest.raises(FitError, match="run 'x': step 5 appears twice"):
+        checked_curve("x", np.ones(10), [1, 5, 5], [1.0, 1.0, 1.0])
+    with pytest.raises(FitError, match="run 'x': loss -1 is not a positive"):
+        checked_curve("x", np.ones(10), [1, 2], [1.0, -1.0])
+    with pytest.raises(FitError, match="multi_power law's 7 parameters"):
+        fit_curve_law([Curve("x", np.ones(10), np.arange(1, 5), np.ones(4))], "multi_power")
+
+
+def harness_fit(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "harness.fit_table", *map(str, args)], cwd=cwd, capture_output=True,
+                          text=True, timeout=600)
+
+
+def curve_table(rng) -> pd.DataFrame:
+    rows = []
+    for name, lr in (("cosine", schedule("cosine", 3000)), ("constant", schedule("constant", 3000)),
+                     ("step", schedule("wsd", 3000, decay=0.001)), ("wsd_sqrt", schedule("wsd", 3000, shape="sqrt"))):
+        curve = synthetic("multi_power", lr, 50, 0.001, rng)
+        knots = np.unique(np.concatenate([[1, 100], np.arange(100, 3001, 10)]))   # the lr linear between these
+        rows.append(pd.DataFrame({"name": name, "it": knots, "eta": lr[knots - 1], "val": np.nan}))
+        rows.append(pd.DataFrame({"name": name, "it": curve.steps, "eta": lr[curve.steps - 1], "val": curve.loss}))
+    table = pd.concat(rows)
+    return table[~table.duplicated(["name", "it"], keep="last")]
+
+
+def test_harness_fit_curves_fits_both_laws_predicts_held_out_runs_and_schedules_not_run(tmp_path):
+    curve_table(np.random.default_rng(2)).to_csv(tmp_path / "curves.csv", index=False)
+    result = harness_fit("--curves", "curves.csv", "--run", "name", "--step", "it", "--lr", "eta", "--loss", "val",
+                         "--fit-runs", "cosine,constant,step", "--resamples", "40", "--predict", "cosine:steps=6000",
+                         "--out", "fit", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "cosine:steps=6000: final loss" in result.stdout
+    entry = json.loads((tmp_path / "fit" / "fits.json").read_text())["curve_law"]
+    assert entry["law"] in ("multi_power", "annealing") and set(entry["held_out"]) == {"wsd_sqrt"}
+    assert set(entry["compared"]) == {"multi_power", "annealing"} - {entry["law"]}
+    assert entry["held_out"]["wsd_sqrt"]["mean_rel_error"] < 0.003
+    truth = multi_power_reference(schedule("cosine", 6000), [6000])[0]
+    prediction = entry["predictions"][0]
+    assert prediction["final_loss"] == pytest.approx(truth, rel=0.005) and prediction["low"] < prediction["final_loss"] < prediction["high"]
+    report = (tmp_path / "fit" / "report.md").read_text()
+    assert "Held-out runs" in report and (tmp_path / "fit" / "curve_law.png").exists()
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda t: t.drop(columns="lr"), "no column 'lr' for lr"),
+    (lambda t: t.assign(loss=t["loss"].astype(object).where(t.index != 3, "diverged")), "column 'loss' row 4: 'diverged' is not a positive"),
+    (lambda t: pd.concat([t, t.iloc[[5]]]), "repeats run 'a' at step"),
+    (lambda t: t.assign(step=t["step"] + 0.5), "column 'step' row 1: 1.5 is not a whole number"),
+])
+def test_a_bad_curve_table_is_one_line(tmp_path, change, message):
+    table = pd.DataFrame({"run": "a", "step": np.arange(1, 41), "lr": PEAK, "loss": 3 + 1 / np.arange(1, 41)})
+    change(table).to_csv(tmp_path / "t.csv", index=False)
+    result = harness_fit("--curves", "t.csv", "--out", "fit", cwd=tmp_path)
+    assert result.returncode != 0 and message in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_unknown_fit_runs_and_a_bad_schedule_are_one_line_before_any_fit(tmp_path):
+    pd.DataFrame({"run": "a", "step": np.arange(1, 41), "lr": PEAK, "loss": 3 + 1 / np.arange(1, 41)}).to_csv(tmp_path / "t.csv")
+    result = harness_fit("--curves", "t.csv", "--fit-runs", "b", "--out", "fit", cwd=tmp_path)
+    assert "--fit-runs names 'b', not a run of the table (runs: a)" in result.stderr
+    result = harness_fit("--curves", "t.csv", "--predict", "wsd:steps=100,shape=cube", "--out", "fit", cwd=tmp_path)
+    assert "shape 'cube' is not one of" in result.stderr and not (tmp_path / "fit" / "fits.json").exists()
