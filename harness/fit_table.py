@@ -179,6 +179,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="with --curves: the final loss, with its interval, of a schedule not run, e.g. "
                         "cosine:steps=75000 or wsd:steps=25000,decay=0.1,shape=sqrt (keys: "
                         f"{', '.join(curve_table.SCHEDULE_KEYS)}; peak and warm-up default to the first fitted run's); repeatable")
+    parser.add_argument("--optimise", metavar="STEPS", type=int, help="with --curves: the schedule of STEPS steps the "
+                        "better law says ends lowest, against cosine and WSD")
     parser.add_argument("--group", metavar="COL", help="fit each value of this column on its own")
     parser.add_argument("--resamples", type=int, help="bootstrap resamples per fit (default 1000; with --curves "
                         f"{curve_table.CURVE_RESAMPLES}, of blocks of steps)")
@@ -191,7 +193,8 @@ def main(argv: list[str] | None = None) -> None:
             out = curve_table.fit_curves_file(
                 args.curves, args.out, {name: getattr(args, name) for name in curve_table.CURVE_COLUMNS}, args.group,
                 args.fit_runs.split(",") if args.fit_runs else None,
-                args.resamples if args.resamples is not None else curve_table.CURVE_RESAMPLES, args.predict)
+                args.resamples if args.resamples is not None else curve_table.CURVE_RESAMPLES, args.predict,
+                args.optimise)
         else:
             out = fit_file(args.file, args.out, {name: getattr(args, name) for name in COLUMNS}, args.group,
                            args.resamples if args.resamples is not None else 1000)

@@ -242,3 +242,18 @@ def curve_predictions(panels: list[dict], out_dir: Path, name: str = "curve_law"
     paths = save(fig, out_dir, name)
     plt.close(fig)
     return paths
+
+
+def schedules_compared(schedules: dict, final_loss: dict, out_dir: Path, name: str = "optimal_schedule") -> list[Path]:
+    """Learning-rate schedules of one length side by side, each labelled with the final loss a law predicts for it."""
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    for index, (label, lr) in enumerate(schedules.items()):
+        ax.plot(np.arange(1, len(lr) + 1), lr, color=f"C{index}", lw=1.4, label=f"{label}: final loss {final_loss[label]:.4g}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("learning rate")
+    ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
+    ax.legend(fontsize=8, loc="center left")
+    fig.tight_layout()
+    paths = save(fig, out_dir, name)
+    plt.close(fig)
+    return paths

@@ -8,7 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from harness.fit.curves import (Curve, CurveLawFit, annealing_area, block_weights, checked_curve, fit_curve_law)
+import torch
+
+from harness.fit.curves import (Curve, CurveLawFit, annealing_area, block_weights, checked_curve, final_loss, fit_curve_law,
+                                optimal_schedule)
 from harness.fit.points import FitError
 from harness.schedules import Schedule
 
@@ -29,14 +32,11 @@ def multi_power_reference(lr: np.ndarray, steps, p=LUO_25M) -> np.ndarray:
     peak = int(np.argmax(lr))
     out = []
     for t in steps:
-        area = sum(lr[:t])
-        ld = 0.0
-        for k in range(peak + 1, t):             # 0-based step k; its drop is lr[k-1] - lr[k]
-            drop = lr[k - 1] - lr[k]
-            if drop:
-                x = max(lr[k], lr.max() * 1e-12) ** -p["gamma"] * sum(lr[k:t])
-                ld += drop * (1 - (p["C"] * x + 1) ** -p["beta"])
-        out.append(p["L0"] + p["A"] * area ** -p["alpha"] - p["B"] * ld)
+        k = np.arange(peak + 1, t)                       # 0-based steps k; the drop at k is lr[k-1] - lr[k]
+        after = np.cumsum(lr[:t][::-1])[::-1][k]         # S_k(t): lr[k] + ... + lr[t-1]
+        x = np.maximum(lr[k], lr.max() * 1e-12) ** -p["gamma"] * after
+        ld = np.sum((lr[k - 1] - lr[k]) * (1 - (p["C"] * x + 1) ** -p["beta"]))
+        out.append(p["L0"] + p["A"] * lr[:t].sum() ** -p["alpha"] - p["B"] * ld)
     return np.array(out)
 
 
@@ -76,6 +76,25 @@ def test_a_constant_learning_rate_leaves_a_power_law_in_the_area():
     for name, p in closed_form.items():
         expected = p["L0"] + p["A"] * (PEAK * steps) ** -p["alpha"]
         assert np.allclose(law(name, p).predict(lr, steps), expected, rtol=1e-13)
+
+
+def test_the_last_steps_loss_summed_in_full_matches_the_gathered_drops():
+    for name, params in (("multi_power", LUO_25M), ("annealing", ANNEALING)):
+        fit = law(name, params)
+        for lr, tolerance in ((schedule("cosine", 5000), 2e-5 if name == "multi_power" else 1e-12),
+                              (schedule("wsd", 5000, decay=0.001), 1e-12)):
+            whole = float(final_loss(name, torch.as_tensor(fit.theta()[0]), torch.as_tensor(lr)))
+            assert whole == pytest.approx(float(fit.predict(lr, [len(lr)])[0]), rel=tolerance)
+
+
+def test_the_optimised_schedule_never_rises_and_beats_cosine_and_wsd_under_the_law():
+    for name, params in (("multi_power", LUO_25M), ("annealing", ANNEALING)):
+        fit = law(name, params)
+        best = optimal_schedule(fit, 5000, 100, PEAK, iterations=200)
+        assert len(best) == 5000 and best.max() == pytest.approx(PEAK) and np.all(np.diff(best[100:]) <= 1e-18)
+        final = {label: float(fit.predict(lr, [5000])[0]) for label, lr in
+                 (("best", best), ("cosine", schedule("cosine", 5000)), ("wsd", schedule("wsd", 5000)))}
+        assert final["best"] < min(final["cosine"], final["wsd"]), (name, final)
 
 
 def synthetic(name: str, lr: np.ndarray, every: int, noise: float, rng) -> Curve:
@@ -154,7 +173,7 @@ def test_harness_fit_curves_fits_both_laws_predicts_held_out_runs_and_schedules_
     curve_table(np.random.default_rng(2)).to_csv(tmp_path / "curves.csv", index=False)
     result = harness_fit("--curves", "curves.csv", "--run", "name", "--step", "it", "--lr", "eta", "--loss", "val",
                          "--fit-runs", "cosine,constant,step", "--resamples", "40", "--predict", "cosine:steps=6000",
-                         "--out", "fit", cwd=tmp_path)
+                         "--optimise", "3000", "--out", "fit", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "cosine:steps=6000: final loss" in result.stdout
     entry = json.loads((tmp_path / "fit" / "fits.json").read_text())["curve_law"]
@@ -164,8 +183,11 @@ def test_harness_fit_curves_fits_both_laws_predicts_held_out_runs_and_schedules_
     truth = multi_power_reference(schedule("cosine", 6000), [6000])[0]
     prediction = entry["predictions"][0]
     assert prediction["final_loss"] == pytest.approx(truth, rel=0.005) and prediction["low"] < prediction["final_loss"] < prediction["high"]
+    optimised = entry["optimised_schedule"]
+    assert optimised["gain_over_cosine"] > 0 and optimised["gain_over_wsd"] > 0 and optimised["steps"] == 3000
     report = (tmp_path / "fit" / "report.md").read_text()
     assert "Held-out runs" in report and (tmp_path / "fit" / "curve_law.png").exists()
+    assert (tmp_path / "fit" / "optimal_schedule.png").exists() and "below WSD" in result.stdout
 
 
 @pytest.mark.parametrize("change, message", [

@@ -310,16 +310,47 @@ def fit_curve_law(curves: list[Curve], law: str = "multi_power", *, intervals: i
     return fit
 
 
-def compare_curve_laws(curves: list[Curve], fit_runs: list[str], *, intervals: int = 0, seed: int = 0) -> dict:
-    """Both laws fitted on the curves named in fit_runs, each predicting every other curve: {law: (fit, held_out)}."""
-    missing = sorted(set(fit_runs) - {c.run for c in curves})
-    if missing:
-        raise FitError(f"--fit-runs names {', '.join(map(repr, missing))}, not a run of the table "
-                       f"(runs: {', '.join(c.run for c in curves)})")
-    fitted = [c for c in curves if c.run in fit_runs]
-    others = [c for c in curves if c.run not in fit_runs and len(c.steps)]
-    results = {}
-    for law in LAWS:
-        fit = fit_curve_law(fitted, law, intervals=intervals, seed=seed)
-        results[law] = (fit, fit.held_out(others))
-    return results
+def final_loss(law: str, theta: torch.Tensor, lr: torch.Tensor, decay: float = ANNEALING_DECAY) -> torch.Tensor:
+    """The law's loss at the last step of a schedule given at every step (a differentiable torch vector): one point,
+    so the sum over drops is exact and costs O(steps)."""
+    L0, A, alpha = theta[0].exp(), theta[1].exp(), theta[2].exp()
+    area = lr.sum()
+    peak = int(torch.argmax(lr.detach()))
+    drops = torch.cat([torch.zeros(peak + 1, dtype=lr.dtype), lr[peak:-1] - lr[peak + 1:]])
+    if law == "annealing":
+        remaining = torch.arange(len(lr), 0, -1, dtype=lr.dtype)         # steps k..T for the drop at step k
+        return L0 + A * area ** -alpha - theta[3] * (drops * (1 - decay ** remaining) / (1 - decay)).sum()
+    B, C, beta, gamma = theta[3].exp(), theta[4].exp(), theta[5].exp(), theta[6]
+    after = area - torch.cat([torch.zeros(1, dtype=lr.dtype), lr.cumsum(0)[:-1]])   # S_k(T)
+    eta = lr.clamp_min(lr.detach().max() * 1e-12)
+    g = 1 - (C * eta ** -gamma * after + 1) ** -beta
+    return L0 + A * area ** -alpha - B * (drops * g).sum()
+
+
+def optimal_schedule(fit: CurveLawFit, total_steps: int, warmup_steps: int, peak_lr: float, knots: int = 64,
+                     iterations: int = 400) -> np.ndarray:
+    """The schedule of `total_steps` that the fitted law says ends lowest (Luo et al. 2025, sec. 5: the schedule
+    minimising the predicted final loss): a linear warm-up to peak_lr, then a non-increasing learning rate, linear
+    between `knots` evenly spaced knots, each knot the one before times exp(-softplus(u)) (so it never rises and
+    stays above zero). Adam on the u's, from a nearly constant schedule."""
+    theta = torch.as_tensor(fit.theta()[0])
+    decay_steps = total_steps - warmup_steps
+    position = torch.linspace(0, knots - 1, decay_steps, dtype=torch.float64)
+    left = position.floor().long().clamp(max=knots - 2)
+    weight = position - left
+    warmup = peak_lr * torch.arange(1, warmup_steps + 1, dtype=torch.float64) / warmup_steps
+    raw = torch.full((knots - 1,), -6.0, dtype=torch.float64, requires_grad=True)
+
+    def schedule(raw):
+        values = peak_lr * torch.exp(-torch.cat([torch.zeros(1, dtype=torch.float64),
+                                                 torch.cumsum(torch.nn.functional.softplus(raw), 0)]))
+        return torch.cat([warmup, values[left] * (1 - weight) + values[left + 1] * weight])
+
+    optimiser = torch.optim.Adam([raw], lr=0.05)
+    for _ in range(iterations):
+        optimiser.zero_grad()
+        loss = final_loss(fit.law, theta, schedule(raw), fit.decay)
+        loss.backward()
+        optimiser.step()
+    return schedule(raw).detach().numpy()
+
