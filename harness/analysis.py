@@ -10,6 +10,8 @@ from pathlib import Path
 import pandas as pd
 
 from harness import plots
+from harness.fit.curves import checked_curve
+from harness.schedules import Schedule
 
 RUN_COLUMNS = {
     "status": "status", "compute": "budget", "model_info.params_non_embedding": "params", "model_info.n_layer": "n_layer",
@@ -147,3 +149,13 @@ def held_out_section(df: pd.DataFrame, out: Path) -> str:
         lines.append(f"**{family}** ({len(group)} points, fitted on {sizes - 1} sizes): {best}.\n\n" + shown)
     (out / "held_out.json").write_text(json.dumps(found, indent=1, default=float))
     return "\n\n".join(lines)
+
+def record_curve(run: pd.Series, name: str, loss: str = "val_loss"):
+    """A run's loss curve (its record's `curve`) with the learning rate of every step, exact: its record's schedule
+    (`schedule_info`) through harness.schedules; a cooldown branch's curve holds the run's points before it branched."""
+    field = lambda key: run[f"schedule_info.{key}"]
+    shape = field("decay_shape")
+    schedule = Schedule(str(field("name")), float(field("peak_lr")), int(field("total_steps")), int(field("warmup_steps")),
+                        float(field("min_lr_ratio")), int(field("decay_steps") or 0), shape if isinstance(shape, str) else None)
+    points = [p for p in run["curve"] if p.get(loss) is not None]
+    return checked_curve(name, schedule.lr_per_step(), [p["step"] for p in points], [p[loss] for p in points])

@@ -151,7 +151,8 @@ def law_entry(fit, held_out: dict) -> dict:
     return {"law": fit.law, "formula": FORMULAS[fit.law], "parameters": fit.params,
             "intervals": {k: list(v) for k, v in fit.intervals.items() if k != "_failed"},
             "resamples_failed": fit.intervals.get("_failed"), "objective": fit.objective, "fit_runs": fit.runs,
-            "points": fit.points, "resample": fit.resample, "held_out": held_out}
+            "points": fit.points, "resample": fit.resample, "identified": fit.identified, "why": fit.unidentified,
+            "held_out": held_out}
 
 
 def mean_held_out(held_out: dict) -> float:
@@ -191,7 +192,8 @@ def fit_curve_group(curves: list[Curve], fit_runs: list[str] | None, resamples: 
         table = pd.DataFrame({"parameter": PARAMETERS[law],
                               "fit [95% interval]": [_interval(fits[law].params[n], fits[law].intervals.get(n))
                                                      for n in PARAMETERS[law]]})
-        sections.append(f"### The {law} law: L = {FORMULAS[law]}\n\n" + markdown_table(table))
+        why = "" if fits[law].identified else f"Not identified: {fits[law].unidentified}.\n\n"
+        sections.append(f"### The {law} law: L = {FORMULAS[law]}\n\n{why}" + markdown_table(table))
     if others:
         rows = [{"run": run, "law": law, **errors} for law in (best, other) for run, errors in entries[law]["held_out"].items()]
         sections.append("### Held-out runs: relative error of the predicted curve\n\n" + markdown_table(pd.DataFrame(rows)))
@@ -203,7 +205,7 @@ def fit_curve_group(curves: list[Curve], fit_runs: list[str] | None, resamples: 
         entry["optimised_schedule"], section = optimised(fits[best], optimise, fitted, out, prefix)
         sections.append(section)
     panels = [_panel(fits[best], curve, curve.run in chosen) for curve in curves]
-    plots.curve_predictions(panels, out, name=f"{prefix}curve_law", law=best)
+    plots.curve_predictions(panels, out, name=f"{prefix}curve_law", law=best, identified=fits[best].identified)
     sections.append(f"![measured and predicted curves]({prefix}curve_law.png)")
     return entry, sections
 

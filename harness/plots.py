@@ -211,7 +211,8 @@ def loss_against_lr(ax, points: pd.DataFrame, by: str, label, fit) -> None:
     ax.legend(fontsize=8)
 
 
-def curve_predictions(panels: list[dict], out_dir: Path, name: str = "curve_law", law: str = "") -> list[Path]:
+def curve_predictions(panels: list[dict], out_dir: Path, name: str = "curve_law", law: str = "",
+                      identified: bool = True) -> list[Path]:
     """Per run, its measured loss and a curve law's prediction with its 95% interval, and the learning rate beneath;
     the runs the law was fitted on marked as such, the others as predicted."""
     columns = min(3, len(panels))
@@ -239,7 +240,7 @@ def curve_predictions(panels: list[dict], out_dir: Path, name: str = "curve_law"
         axes[2 * (index // columns) + 1, index % columns].set_visible(False)
     axes[0, 0].legend(fontsize=7, loc="upper right")
     fig.tight_layout()
-    paths = save(fig, out_dir, name)
+    paths = save(fig, out_dir, name, identified)
     plt.close(fig)
     return paths
 

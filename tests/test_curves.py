@@ -210,3 +210,12 @@ def test_unknown_fit_runs_and_a_bad_schedule_are_one_line_before_any_fit(tmp_pat
     assert "--fit-runs names 'b', not a run of the table (runs: a)" in result.stderr
     result = harness_fit("--curves", "t.csv", "--predict", "wsd:steps=100,shape=cube", "--out", "fit", cwd=tmp_path)
     assert "shape 'cube' is not one of" in result.stderr and not (tmp_path / "fit" / "fits.json").exists()
+
+
+def test_a_law_the_curves_cannot_pin_down_says_so():
+    rng = np.random.default_rng(3)
+    constant = synthetic("annealing", schedule("constant", 3000), 20, 0.002, rng)
+    flat = fit_curve_law([constant], "multi_power")          # no drop at all: B, C, beta and gamma are free
+    assert not flat.identified and ("trade off" in flat.unidentified or "do not pin" in flat.unidentified)
+    three = [constant] + [synthetic("annealing", schedule(name, 3000), 20, 0.002, rng) for name in ("cosine", "wsd")]
+    assert fit_curve_law(three, "annealing").identified

@@ -30,6 +30,7 @@ from scipy.signal import lfilter
 
 from harness.fit.minimise import lbfgs
 from harness.fit.objective import autograd_huber
+from harness.fit.parametric import standard_errors
 from harness.fit.points import FitError
 
 LAWS = ("multi_power", "annealing")
@@ -41,6 +42,10 @@ SEGMENTS = 64               # drop segments per curve, besides the cuts at measu
 # Measured points per curve a fit uses at most (evenly spread over the measured ones, the last kept): the sum over
 # drops costs points x segments, and a 25k-step curve logged every 100 steps says little more at 250 than at 128.
 FIT_POINTS = 128
+# The first tenth of the shortest fitted run is left out of the fit and of the held-out errors: there the loss falls
+# from the initialisation's log(vocabulary) faster than any power of the learning-rate area (Luo et al. fit their
+# curves after their first 10% of steps too), and its steep misfit would set the law's floor.
+FIT_FROM = 0.1
 PREDICTED_POINTS = 1000     # the most points per curve a prediction is scored or drawn at
 STARTS = 16                 # the grid's best starts that L-BFGS refines
 HUBER_DELTA = 1e-3
@@ -60,6 +65,12 @@ class Curve:
     @property
     def total_steps(self) -> int:
         return len(self.lr)
+
+
+def from_step(curve: Curve, first: int) -> Curve:
+    """The curve's measured points from step `first` on (its learning rate whole)."""
+    keep = curve.steps >= first
+    return Curve(curve.run, curve.lr, curve.steps[keep], curve.loss[keep])
 
 
 def thinned(curve: Curve, at_most: int) -> Curve:
@@ -167,16 +178,19 @@ def log_loss(law: str, theta: torch.Tensor, f: Features) -> torch.Tensor:
     return torch.log(loss - B * ld)
 
 
+LOGGED = {"multi_power": 6, "annealing": 3}   # the leading parameters the fit moves in log (they are positive)
+
+
 def natural(law: str, theta: np.ndarray) -> np.ndarray:
     """The parameters named in PARAMETERS[law] from the fit's coordinates (theta: rows of them)."""
     theta = np.atleast_2d(theta)
-    logged = {"multi_power": 6, "annealing": 3}[law]
+    logged = LOGGED[law]
     return np.concatenate([np.exp(theta[:, :logged]), theta[:, logged:]], axis=1)
 
 
 def coordinates(law: str, params: np.ndarray) -> np.ndarray:
     params = np.atleast_2d(np.asarray(params, dtype=float))
-    logged = {"multi_power": 6, "annealing": 3}[law]
+    logged = LOGGED[law]
     return np.concatenate([np.log(params[:, :logged]), params[:, logged:]], axis=1)
 
 
@@ -201,6 +215,29 @@ def _grid(law: str, f: Features, loss: np.ndarray) -> np.ndarray:
     return coordinates(law, np.array(starts))
 
 
+def identification(law: str, theta: np.ndarray, f: Features, targets: np.ndarray) -> str:
+    """Why the curves do not pin the law down, or "" when they do: from the Gauss-Newton standard errors at the
+    optimum (parametric.standard_errors), a positive parameter whose log is not known within 1 (a factor e), or
+    gamma (or annealing's C) whose standard error exceeds its value. Such a fit sits on a flat valley: its parameters
+    trade off and move with the last bits of the arithmetic, though its predictions may not."""
+    point = torch.as_tensor(theta)
+    with torch.enable_grad():
+        jacobian = torch.autograd.functional.jacobian(lambda t: log_loss(law, t[None, :], f)[0], point).numpy()
+    with torch.no_grad():
+        residuals = log_loss(law, point[None, :], f)[0].numpy() - targets
+    try:
+        errors = standard_errors(jacobian, residuals)
+    except np.linalg.LinAlgError:
+        return "the law's derivatives at the optimum are linearly dependent: its parameters trade off"
+    values = natural(law, theta)[0]
+    for index, (name, error) in enumerate(zip(PARAMETERS[law], errors)):
+        logged = index < LOGGED[law]
+        if not (error <= 1 if logged else error <= abs(theta[index])):
+            return (f"{name} = {values[index]:.3g} with a standard error of {error:.2g}{' in log ' + name if logged else ''}: "
+                    f"the curves do not pin {name} down")
+    return ""
+
+
 @dataclass
 class CurveLawFit:
     law: str
@@ -212,6 +249,12 @@ class CurveLawFit:
     intervals: dict = field(default_factory=dict)   # name -> (low, high); "_failed": resamples that did not fit
     resampled: np.ndarray | None = None             # (resamples, parameters) of the bootstrap's refits
     resample: str = "blocks"
+    from_step: int = 1           # the first step whose loss the fit used (and the held-out errors use)
+    unidentified: str = ""       # why the curves do not pin the law down (identification), "" when they do
+
+    @property
+    def identified(self) -> bool:
+        return not self.unidentified
 
     def theta(self) -> np.ndarray:
         return coordinates(self.law, [self.params[name] for name in PARAMETERS[self.law]])
@@ -235,10 +278,10 @@ class CurveLawFit:
             return np.exp(log_loss(self.law, torch.as_tensor(theta), f).numpy())
 
     def held_out(self, curves: list[Curve]) -> dict:
-        """Each curve's relative errors of prediction: mean and largest over its measured steps (at most
-        PREDICTED_POINTS of them, evenly spread), and at its last."""
+        """Each curve's relative errors of prediction: mean and largest over its measured steps from the fit's
+        `from_step` on (at most PREDICTED_POINTS of them, evenly spread), and at its last."""
         errors = {}
-        for curve in (thinned(c, PREDICTED_POINTS) for c in curves):
+        for curve in (thinned(from_step(c, self.from_step), PREDICTED_POINTS) for c in curves):
             error = np.abs(self.predict(curve.lr, curve.steps) / curve.loss - 1)
             errors[curve.run] = {"mean_rel_error": float(np.mean(error)), "max_rel_error": float(np.max(error)),
                                  "final_rel_error": float(error[-1])}
@@ -272,13 +315,17 @@ def block_weights(curves: list[Curve], resamples: int, rng: np.random.Generator,
 
 def fit_curve_law(curves: list[Curve], law: str = "multi_power", *, intervals: int = 0, resample: str = "blocks",
                   decay: float = ANNEALING_DECAY, huber_delta: float = HUBER_DELTA, fit_points: int = FIT_POINTS,
-                  seed: int = 0) -> CurveLawFit:
-    """The law fitted on these curves' measured points (at most `fit_points` of each); with intervals=N, N bootstrap resamples (blocks of steps, or
-    whole curves), each refitted from the fit, give 95% percentile intervals of every parameter."""
+                  fit_from: float = FIT_FROM, seed: int = 0) -> CurveLawFit:
+    """The law fitted on these curves' measured points from `fit_from` of the shortest curve's steps on (at most
+    `fit_points` of each); with intervals=N, N bootstrap resamples (blocks of steps, or whole curves), each refitted
+    from the fit, give 95% percentile intervals of every parameter."""
     if law not in LAWS:
         raise FitError(f"law {law!r}: known curve laws are {', '.join(LAWS)}")
     names = PARAMETERS[law]
-    curves = [thinned(c, fit_points) for c in curves if len(c.steps)]
+    curves = [c for c in curves if len(c.steps)]
+    first = max(1, int(fit_from * min((c.total_steps for c in curves), default=0)))
+    curves = [thinned(from_step(c, first), fit_points) for c in curves]
+    curves = [c for c in curves if len(c.steps)]
     points = sum(len(c.steps) for c in curves)
     if points <= len(names):
         raise FitError(f"{points} measured points cannot fit the {law} law's {len(names)} parameters")
@@ -297,7 +344,8 @@ def fit_curve_law(curves: list[Curve], law: str = "multi_power", *, intervals: i
     if not np.isfinite(minima.value[best]):
         raise FitError(f"the {law} law could not be fitted to these curves (every start's loss went non-positive)")
     fit = CurveLawFit(law, dict(zip(names, natural(law, minima.x[best])[0].tolist())), float(minima.value[best]),
-                      [c.run for c in curves], points, decay, resample=resample)
+                      [c.run for c in curves], points, decay, resample=resample, from_step=first,
+                      unidentified=identification(law, minima.x[best], f, targets))
     if intervals:
         weights = block_weights(curves, intervals, np.random.default_rng(seed), resample)
         weighted = autograd_huber(lambda theta: log_loss(law, theta, f), targets, huber_delta, weights=weights)
