@@ -17,7 +17,8 @@ import numpy as np
 import pandas as pd
 
 from harness import plots, schedules
-from harness.analysis import markdown_table
+from harness.analysis import markdown_table, record_curve
+from harness.records import load_results
 from harness.fit.curves import (FIT_POINTS, FORMULAS, LAWS, PARAMETERS, PREDICTED_POINTS, Curve, checked_curve,
                                  fit_curve_law, optimal_schedule, thinned)
 from harness.fit.points import FitError
@@ -31,9 +32,36 @@ CURVE_RESAMPLES = 200
 DRAWN_POINTS = 200          # steps a predicted curve and its interval are drawn at
 
 
+def run_label(run: pd.Series) -> str:
+    """A harness run's name in a curve fit: its schedule, steps and seed (wsd: its cooldown's shape and steps)."""
+    name = str(run["schedule_info.name"])
+    if name == "wsd":
+        name += f"-{run['schedule_info.decay_shape']}{int(run['schedule_info.decay_steps'])}"
+    return f"{name}-{int(run['schedule_info.total_steps'])}-seed{int(run['seed'])}"
+
+
+def records_curves(directory: Path) -> dict[None, list[Curve]]:
+    """The training runs recorded under a sweep directory, each a curve of its validation loss with its exact
+    learning rate (harness.analysis.record_curve), named by run_label."""
+    df = load_results(directory)
+    ok = df[df["status"] == "ok"] if "status" in df else df
+    if "schedule_info.name" not in ok or ok.empty:
+        raise TableError(f"{directory}: no training run finished ok there (records with a schedule and a loss curve)")
+    labels = [run_label(run) for _, run in ok.iterrows()]
+    repeated = sorted({label for label in labels if labels.count(label) > 1})
+    if repeated:
+        raise TableError(f"{directory}: several runs share schedule, steps and seed ({', '.join(repeated)}): fit each "
+                         "configuration from a directory of its own")
+    return {None: [record_curve(run, label) for label, (_, run) in zip(labels, ok.iterrows())]}
+
+
 def read_curves(path: Path, names: dict[str, str | None], group: str | None = None) -> dict[str | None, list[Curve]]:
     """The table's runs as curves, per group (the key None without --group); every bad value one line naming its
-    column and row."""
+    column and row. A directory: the harness runs recorded there (records_curves)."""
+    if path.is_dir():
+        if group is not None:
+            raise TableError(f"{path}: --group applies to a table; a directory of records is fitted as one group")
+        return records_curves(path)
     raw = load_frame(path)
     table = pd.DataFrame(index=raw.index)
     for name in CURVE_COLUMNS:
@@ -224,8 +252,9 @@ def fit_curves_file(path: Path, out: Path, names: dict, group: str | None = None
     grouped = read_curves(path, names, group)
     out.mkdir(parents=True, exist_ok=True)
     read = ", ".join(f"{name} <- {names.get(name) or name}" for name in CURVE_COLUMNS)
-    sections = [f"# Loss-curve laws of {path.name}", f"Columns read: {read}. Each run's learning rate is linear between "
-                "its rows' (step, lr) pairs."]
+    sections = [f"# Loss-curve laws of {path.name}",
+                "Each run's validation curve from its record, its learning rate from its schedule." if path.is_dir() else
+                f"Columns read: {read}. Each run's learning rate is linear between its rows' (step, lr) pairs."]
     fits = {}
     for name, curves in grouped.items():
         entry, found = fit_curve_group(curves, fit_runs, resamples, out, prefix=f"{name}_" if name is not None else "",

@@ -169,7 +169,8 @@ def main(argv: list[str] | None = None) -> None:
                                      epilog=curve_table.__doc__.split("\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("file", type=Path, nargs="?", help="a .csv or .parquet table, one row per run")
     parser.add_argument("--curves", type=Path, metavar="FILE", help="fit the laws of the whole loss curve to this table "
-                        "of training curves (one row per run and step: run, step, lr, loss; see below)")
+                        "of training curves (one row per run and step: run, step, lr, loss; see below), or to the "
+                        "training runs recorded under this sweep directory (named SCHEDULE-STEPS-seedN)")
     for name in COLUMNS:
         parser.add_argument(f"--{name}", metavar="COL", help=f"the column holding {name} (default: {name})")
     for name in ("run", "step", "lr"):

@@ -219,3 +219,22 @@ def test_a_law_the_curves_cannot_pin_down_says_so():
     assert not flat.identified and ("trade off" in flat.unidentified or "do not pin" in flat.unidentified)
     three = [constant] + [synthetic("annealing", schedule(name, 3000), 20, 0.002, rng) for name in ("cosine", "wsd")]
     assert fit_curve_law(three, "annealing").identified
+
+
+def test_harness_fit_curves_reads_a_sweep_directory_with_each_runs_exact_schedule(tmp_path):
+    # The committed schedule_law study through the command line: the same fit and held-out errors as the study's report
+    # (to 1%: neither law is identified on those curves, so another machine's last bits move its errors a little; a
+    # wrong schedule or curve moves them far more).
+    from pathlib import Path
+    study = Path(__file__).resolve().parent.parent / "results" / "schedule_law"
+    result = harness_fit("--curves", study, "--fit-runs", "cosine-1953-seed0,constant-1953-seed0,wsd-linear391-1953-seed0",
+                         "--resamples", "20", "--out", "fit", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    entry = json.loads((tmp_path / "fit" / "fits.json").read_text())["curve_law"]
+    committed = json.loads((study / "report" / "fits.json").read_text())["curve_law"]
+    for law in ("multi_power", "annealing"):
+        mine = entry if entry["law"] == law else entry["compared"][law]
+        assert mine["held_out"]["cosine-3906-seed0"]["mean_rel_error"] == pytest.approx(
+            committed[law]["held_out"]["cosine, 4e+06 tokens"]["mean_rel_error"], rel=0.01)
+    empty = harness_fit("--curves", tmp_path / "fit", "--out", "again", cwd=tmp_path)
+    assert "no training run finished ok there" in empty.stderr and len(empty.stderr.strip().splitlines()) == 1
