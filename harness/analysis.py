@@ -64,6 +64,11 @@ def versus(table: pd.DataFrame, key: str, reference: str, column: str, how: str 
     return table[key].map(ok / ok[reference] if how == "ratio" else ok - ok[reference])
 
 
+def interval_text(value: float, interval) -> str:
+    """A number with its interval, as reports print it: 0.4921 [0.4813, 0.5037] (the number alone without one)."""
+    return f"{value:.4g} [{interval[0]:.4g}, {interval[1]:.4g}]" if interval else f"{value:.4g}"
+
+
 def markdown_table(table: pd.DataFrame) -> str:
     def cell(value):
         if isinstance(value, float):

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from harness import plots, schedules
-from harness.analysis import markdown_table, record_curve
+from harness.analysis import interval_text, markdown_table, record_curve
 from harness.records import load_results
 from harness.fit.curves import (FIT_POINTS, FORMULAS, LAWS, PARAMETERS, PREDICTED_POINTS, Curve, checked_curve,
                                  fit_curve_law, optimal_schedule, thinned)
@@ -136,14 +136,20 @@ def schedule_from_spec(spec: str, fitted: list[Curve]) -> schedules.Schedule:
     return schedule
 
 
+def predicted(fit, lr, steps) -> tuple:
+    """(loss, low, high) at `steps`: the fit's 95% interval, or None for both ends when it was fitted without one."""
+    if fit.resampled is None:
+        return fit.predict(lr, steps), None, None
+    return fit.predict(lr, steps, interval=0.95)
+
+
 def predictions(fit, asked: list[tuple[str, schedules.Schedule]]) -> list[dict]:
     """The final loss of each schedule asked for, with its 95% interval."""
     rows = []
     for spec, schedule in asked:
-        lr = np.array(schedule.lr_per_step())
-        value = fit.predict(lr, [schedule.total_steps], interval=0.95 if fit.resampled is not None else None)
-        loss, low, high = (float(v[0]) for v in value) if isinstance(value, tuple) else (float(value[0]), None, None)
-        rows.append({"schedule": spec, "law": fit.law, "final_loss": loss, "low": low, "high": high})
+        loss, low, high = predicted(fit, schedule.lr_per_step(), [schedule.total_steps])
+        rows.append({"schedule": spec, "law": fit.law, "final_loss": float(loss[0]),
+                     "low": None if low is None else float(low[0]), "high": None if high is None else float(high[0])})
     return rows
 
 
@@ -155,9 +161,7 @@ def optimised(fit, steps: int, fitted: list[Curve], out: Path, prefix: str) -> t
     if not warmup < steps:
         raise TableError(f"--optimise {steps}: the schedule must be longer than the fitted runs' warm-up ({warmup} steps)")
     compared = {"optimised": optimal_schedule(fit, steps, warmup, peak),
-                "cosine": np.array(schedules.Schedule("cosine", peak, steps, warmup, 0.1).lr_per_step()),
-                "wsd": np.array(schedules.Schedule("wsd", peak, steps, warmup, 0.0, max(1, round(0.2 * steps)),
-                                                   "linear").lr_per_step())}
+                **{name: np.array(schedule_from_spec(f"{name}:steps={steps}", fitted).lr_per_step()) for name in ("cosine", "wsd")}}
     final = {name: float(fit.predict(lr, [steps])[0]) for name, lr in compared.items()}
     entry = {"steps": steps, "peak_lr": peak, "warmup_steps": warmup, "final_loss": final,
              "gain_over_cosine": final["cosine"] - final["optimised"], "gain_over_wsd": final["wsd"] - final["optimised"],
@@ -169,10 +173,6 @@ def optimised(fit, steps: int, fitted: list[Curve], out: Path, prefix: str) -> t
                f"and {warmup} warm-up steps as the first fitted run's (Luo et al. 2025's optimisation: the learning rate "
                f"never rising, linear between 64 knots).\n\n![schedules]({prefix}optimal_schedule.png)")
     return entry, section
-
-
-def _interval(value: float, interval) -> str:
-    return f"{value:.4g} [{interval[0]:.4g}, {interval[1]:.4g}]" if interval else f"{value:.4g}"
 
 
 def law_entry(fit, held_out: dict) -> dict:
@@ -202,7 +202,7 @@ def fit_curve_group(curves: list[Curve], fit_runs: list[str] | None, resamples: 
     entries, fits = {}, {}
     for law in LAWS:
         fits[law] = fit_curve_law(fitted, law, intervals=resamples)
-        entries[law] = law_entry(fits[law], fits[law].held_out([c for c in others if len(c.steps)]))
+        entries[law] = law_entry(fits[law], fits[law].held_out(others))
     scored = {law: mean_held_out(entry["held_out"]) for law, entry in entries.items()}
     if all(np.isfinite(list(scored.values()))):
         best, other = sorted(LAWS, key=scored.get)
@@ -218,7 +218,7 @@ def fit_curve_group(curves: list[Curve], fit_runs: list[str] | None, resamples: 
                 f"{resamples} resamples of blocks of steps for the intervals. {verdict}"]
     for law in (best, other):
         table = pd.DataFrame({"parameter": PARAMETERS[law],
-                              "fit [95% interval]": [_interval(fits[law].params[n], fits[law].intervals.get(n))
+                              "fit [95% interval]": [interval_text(fits[law].params[n], fits[law].intervals.get(n))
                                                      for n in PARAMETERS[law]]})
         why = "" if fits[law].identified else f"Not identified: {fits[law].unidentified}.\n\n"
         sections.append(f"### The {law} law: L = {FORMULAS[law]}\n\n{why}" + markdown_table(table))
@@ -241,10 +241,10 @@ def fit_curve_group(curves: list[Curve], fit_runs: list[str] | None, resamples: 
 def _panel(fit, curve: Curve, fitted: bool) -> dict:
     """A run's measured curve, the law's prediction with its interval at up to DRAWN_POINTS steps, and its schedule."""
     steps = np.unique(np.linspace(1, curve.total_steps, DRAWN_POINTS).round().astype(int))
-    predicted = fit.predict(curve.lr, steps, interval=0.95) if fit.resampled is not None else (fit.predict(curve.lr, steps),) * 3
+    loss, low, high = predicted(fit, curve.lr, steps)
     shown = thinned(curve, PREDICTED_POINTS)
     return {"run": curve.run, "fitted": fitted, "steps": shown.steps, "loss": shown.loss, "predicted_steps": steps,
-            "predicted": predicted, "lr": curve.lr}
+            "predicted": (loss, loss if low is None else low, loss if high is None else high), "lr": curve.lr}
 
 
 def fit_curves_file(path: Path, out: Path, names: dict, group: str | None = None, fit_runs: list[str] | None = None,

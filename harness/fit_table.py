@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from harness import curve_table, plots
-from harness.analysis import held_out_tables, markdown_table
+from harness.analysis import held_out_tables, interval_text, markdown_table
 from harness.tables import TableError, load_frame, missing_column
 from harness.fit import (RESAMPLE_STARTS, FitError, compare_laws, fit_data_constrained, fit_isoflop, fit_kaplan_nd,
                          fit_parametric)
@@ -64,14 +64,10 @@ def read_table(path: Path, names: dict[str, str | None], group: str | None) -> p
     return table
 
 
-def _interval(value: float, interval) -> str:
-    return f"{value:.4g} [{interval[0]:.4g}, {interval[1]:.4g}]" if interval else f"{value:.4g}"
-
-
 def _parameters(fit, names) -> tuple[dict, str]:
     """A fit's parameters and their intervals: as fits.json entries, and as a markdown table."""
     entries = {name: getattr(fit, name) for name in names} | {f"{name}_interval": fit.intervals[name] for name in names}
-    table = pd.DataFrame({"parameter": names, "fit [95% interval]": [_interval(getattr(fit, n), fit.intervals[n]) for n in names]})
+    table = pd.DataFrame({"parameter": names, "fit [95% interval]": [interval_text(getattr(fit, n), fit.intervals[n]) for n in names]})
     return entries, markdown_table(table)
 
 
@@ -91,8 +87,8 @@ def fit_group(table: pd.DataFrame, out: Path, resamples: int, prefix: str = "") 
                                "minima": iso.minima.drop(columns=["curvature"]).to_dict(orient="records")}
             plots.isoflop_curves(runs, iso, out, name=f"{prefix}isoflop")
             plots.optimal_size(iso, out, name=f"{prefix}n_opt_vs_compute")
-            sections.append(f"### Approach 2: IsoFLOP minima\n\nN_opt = {iso.k:.3g} C^a, a = {_interval(iso.a, iso.intervals['a'])}; "
-                            f"D_opt ~ C^b, b = {_interval(iso.b, iso.intervals['b'])} ({iso.minimum} minimum per budget, "
+            sections.append(f"### Approach 2: IsoFLOP minima\n\nN_opt = {iso.k:.3g} C^a, a = {interval_text(iso.a, iso.intervals['a'])}; "
+                            f"D_opt ~ C^b, b = {interval_text(iso.b, iso.intervals['b'])} ({iso.minimum} minimum per budget, "
                             f"{resamples} resamples).\n\n" + markdown_table(iso.minima.drop(columns=["curvature"]))
                             + f"\n\n![IsoFLOP profiles]({prefix}isoflop.png)")
         except FitError as error:

@@ -143,8 +143,8 @@ class Plan:
         return self.batch_size * self.seq_len
 
 
-def resolve(cfg: DictConfig, data_vocab: int, model: ModelPlan | None = None) -> Plan:
-    """The training job's plan on data of `data_vocab` tokens (`model`: its model, when already resolved)."""
+def resolve(cfg: DictConfig, data_vocab: int, model: ModelPlan | None = None, job: JobPlan | None = None) -> Plan:
+    """The training job's plan on data of `data_vocab` tokens (`model`, `job`: those parts, when already resolved)."""
     model = model or resolve_model(cfg)
     spec, model_config = model.spec, model.config(data_vocab)
     per_token = spec.flops_per_token(model_config)
@@ -157,4 +157,4 @@ def resolve(cfg: DictConfig, data_vocab: int, model: ModelPlan | None = None) ->
     batch_size = int(task.batch_size)
     total_steps = max(1, round(tokens / (batch_size * model.seq_len)))
     return Plan(model, model_config, per_token, tokens, chosen, task, batch_size, total_steps,
-                schedules.from_task(task, total_steps), resolve_job(cfg))
+                schedules.from_task(task, total_steps), job or resolve_job(cfg))

@@ -14,8 +14,8 @@ import pandas as pd
 from harness import plots
 from models import families
 from harness.fit import FitError, fit_isoflop
-from harness.analysis import markdown_table
-from studies.isoflop import RESAMPLES, runs_of, with_interval
+from harness.analysis import interval_text, markdown_table
+from studies.isoflop import RESAMPLES, runs_of
 
 
 def analyse(df: pd.DataFrame, out: Path) -> list[str]:
@@ -29,7 +29,7 @@ def analyse(df: pd.DataFrame, out: Path) -> list[str]:
         try:
             fit = fit_isoflop(table["C"], table["params"], table["val_loss"], table["tokens"], intervals=RESAMPLES)
             used = fit.minima[fit.minima["interior"]]
-            row.update(a=with_interval(fit.a, fit.intervals["a"]), b=with_interval(fit.b, fit.intervals["b"]),
+            row.update(a=interval_text(fit.a, fit.intervals["a"]), b=interval_text(fit.b, fit.intervals["b"]),
                        budgets_fitted=f"{len(used)} of {len(fit.minima)}",
                        N_opt=", ".join(f"{n:.3g}" for n in used["N_opt"]),
                        left_out="; ".join(f"C={r.C:.3g}: {r.why}" for r in fit.minima.itertuples() if not r.interior))

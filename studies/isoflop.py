@@ -15,7 +15,7 @@ import pandas as pd
 
 from harness import plots
 from models import families
-from harness.analysis import curves_table, generic_analysis, markdown_table, runs_table
+from harness.analysis import curves_table, generic_analysis, interval_text, markdown_table, runs_table
 from harness.fit import (LOCAL_BANDWIDTH, RESAMPLE_STARTS, FitError, IsoFlopFit, ParametricFit, fit_envelope,
                          fit_isoflop, fit_parametric, fit_power_law)
 
@@ -66,10 +66,6 @@ def flops_per_token_law(runs: pd.DataFrame):
     """FLOPs per token as the runs counted them, as a power law in N (exact per run, smoothed across sizes)."""
     law = fit_power_law(runs["params"], runs["flops_per_token"], irreducible=False)
     return law.predict
-
-
-def with_interval(value: float, interval) -> str:
-    return f"{value:.4g} [{interval[0]:.4g}, {interval[1]:.4g}]" if interval else f"{value:.4g}"
 
 
 # Said of a result whose numbers do not reproduce from one machine to the next (the bits of a flat optimum
@@ -155,8 +151,8 @@ def agreement_section(check: dict) -> str:
     seeds = (f", against a seed-to-seed spread of {check['seed_log_std']:.2%}" if check["seed_log_std"] is not None
              else "")
     return ("## Do the approaches agree?\n\n"
-            f"N_opt ~ C^a: approach 2 a = {with_interval(check['isoflop_a'], check['isoflop_a_interval'])}, approach 3 "
-            f"a = {with_interval(check['parametric_a'], check['parametric_a_interval'])} (under C = 6ND; "
+            f"N_opt ~ C^a: approach 2 a = {interval_text(check['isoflop_a'], check['isoflop_a_interval'])}, approach 3 "
+            f"a = {interval_text(check['parametric_a'], check['parametric_a_interval'])} (under C = 6ND; "
             f"{check['parametric_a_at_budgets']:.3f} with C counted as the runs counted it): {verdict}. Approach 3 misses "
             f"the points by {check['parametric_rms_log_residual']:.2%} (root mean square of log L), "
             f"{check['parametric_max_abs_log_residual']:.2%} at most{seeds}.")
@@ -193,8 +189,8 @@ def approach_2(df: pd.DataFrame, runs: pd.DataFrame, out: Path, fits: dict) -> t
     return iso, [
         "## Approach 2: IsoFLOP profiles\n\n"
         f"Each budget's minimum from a {MINIMUM_HOW[iso.minimum]}. "
-        f"N_opt = {iso.k:.3g} * C^a with a = {with_interval(iso.a, iso_ci['a'])}; D_opt, the tokens the budget's runs "
-        f"trained at N_opt, ~ C^b with b = {with_interval(iso.b, iso_ci['b'])} (95% intervals from {RESAMPLES} "
+        f"N_opt = {iso.k:.3g} * C^a with a = {interval_text(iso.a, iso_ci['a'])}; D_opt, the tokens the budget's runs "
+        f"trained at N_opt, ~ C^b with b = {interval_text(iso.b, iso_ci['b'])} (95% intervals from {RESAMPLES} "
         "bootstrap resamples of each budget's residuals about its fitted quadratic, "
         f"{iso_ci['_failed']} without an interior minimum skipped). Chinchilla: a = 0.49, b = 0.51; Kaplan: a = 0.73.\n\n"
         + markdown_table(minima),
@@ -212,8 +208,8 @@ def approach_1(df: pd.DataFrame, fits: dict) -> list[str]:
     fits["envelope"] = {"a": envelope.a, "b": envelope.b, "k": envelope.k, "a_interval": envelope.intervals.get("a"),
                         "b_interval": envelope.intervals.get("b")}
     return ["## Approach 1: the lower envelope of the loss curves\n\n"
-            f"N_opt ~ C^a with a = {with_interval(envelope.a, envelope.intervals.get('a'))}, D_opt ~ C^b with "
-            f"b = {with_interval(envelope.b, envelope.intervals.get('b'))} (200 resamples of whole runs) over "
+            f"N_opt ~ C^a with a = {interval_text(envelope.a, envelope.intervals.get('a'))}, D_opt ~ C^b with "
+            f"b = {interval_text(envelope.b, envelope.intervals.get('b'))} (200 resamples of whole runs) over "
             f"{len(envelope.envelope)} FLOP values "
             f"({curves['run'].nunique()} runs, {len(curves)} evaluations; an evaluation before a run's "
             "learning rate has decayed sits above what a run of that length reaches, so with few evaluations "
@@ -237,7 +233,7 @@ def approach_3(runs: pd.DataFrame, out: Path, fits: dict) -> tuple[ParametricFit
         f"{name}_interval": law_ci[name] for name in names} | {
         "objective": law.objective, "resamples_failed": law_ci["_failed"], "a_at_budgets": a_here, "b_at_budgets": b_here,
         "identified": law.identified, "why": law.unidentified}
-    table = pd.DataFrame({"parameter": names, "fit [95% interval]": [with_interval(getattr(law, n), law_ci[n]) for n in names]})
+    table = pd.DataFrame({"parameter": names, "fit [95% interval]": [interval_text(getattr(law, n), law_ci[n]) for n in names]})
     return law, [
         "## Approach 3: L(N, D) = E + A / N^alpha + B / D^beta\n\n"
         "Huber loss (delta 1e-3) on log L, summed; L-BFGS from Chinchilla's 4500 starts; 95% intervals from "

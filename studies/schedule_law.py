@@ -50,7 +50,6 @@ def final_losses(fits: dict, runs: pd.DataFrame) -> pd.DataFrame:
         row = {"identified": all(fit.identified for fit in fits.values()), "design": name, "fitted": name in FITTED, "steps": curve.total_steps, "seeds": len(measured),
                "measured_mean": measured.mean(), "seed_std": measured.std(ddof=1) if len(measured) > 1 else np.nan}
         for law, fit in fits.items():
-            row[f"{law}_identified"] = fit.identified
             predicted, low, high = (float(v[0]) for v in fit.predict(curve.lr, [curve.total_steps], interval=0.95))
             row |= {f"{law}": predicted, f"{law}_low": low, f"{law}_high": high,
                     f"{law}_error_in_seed_stds": (predicted - row["measured_mean"]) / row["seed_std"]}

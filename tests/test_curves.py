@@ -110,11 +110,14 @@ def test_known_parameters_are_recovered_and_predict_schedules_not_fitted():
     for name, truth in (("annealing", ANNEALING), ("multi_power", LUO_25M)):
         fitted = [synthetic(name, lr, 50, 0.0, rng) for lr in runs]
         fit = fit_curve_law(fitted, name)
+        assert fit.from_step == 300 and fit.points == 3 * 55       # steps 300, 350, ..., 3000 of each: the first tenth left out
         for key in ("L0", "A", "alpha"):
             assert fit.params[key] == pytest.approx(truth[key], rel=2e-3), (name, key)
         if name == "annealing":
             assert fit.params["C"] == pytest.approx(truth["C"], rel=2e-3)
-        held_out = fit.held_out([synthetic(name, lr, 100, 0.0, rng) for lr in others])
+        short = synthetic(name, schedule("constant", 250), 50, 0.0, rng)  # ends before the fit's first step: no error
+        held_out = fit.held_out([synthetic(name, lr, 100, 0.0, rng) for lr in others] + [short])
+        assert len(held_out) == 2
         assert max(e["mean_rel_error"] for e in held_out.values()) < 5e-4, held_out
         assert max(e["max_rel_error"] for e in held_out.values()) < 2e-3, held_out
 
@@ -238,3 +241,20 @@ def test_harness_fit_curves_reads_a_sweep_directory_with_each_runs_exact_schedul
             committed[law]["held_out"]["cosine, 4e+06 tokens"]["mean_rel_error"], rel=0.01)
     empty = harness_fit("--curves", tmp_path / "fit", "--out", "again", cwd=tmp_path)
     assert "no training run finished ok there" in empty.stderr and len(empty.stderr.strip().splitlines()) == 1
+
+
+def test_harness_fit_curves_fits_each_group_alone_and_without_resamples_gives_no_interval(tmp_path):
+    rng = np.random.default_rng(4)
+    table = pd.concat([curve_table(rng).assign(lab="a"), curve_table(rng).assign(lab="b")])
+    table.to_csv(tmp_path / "curves.csv", index=False)
+    result = harness_fit("--curves", "curves.csv", "--run", "name", "--step", "it", "--lr", "eta", "--loss", "val",
+                         "--group", "lab", "--resamples", "0", "--predict", "constant:steps=4000", "--out", "fit", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    fits = json.loads((tmp_path / "fit" / "fits.json").read_text())
+    assert set(fits) == {"a", "b"} and fits["a"]["curve_law"]["intervals"] == {}
+    assert fits["a"]["curve_law"]["parameters"] != fits["b"]["curve_law"]["parameters"]   # each group its own fit
+    prediction = fits["b"]["curve_law"]["predictions"][0]
+    assert prediction["low"] is None and prediction["final_loss"] == pytest.approx(
+        multi_power_reference(schedule("constant", 4000), [4000])[0], rel=0.005)
+    assert (tmp_path / "fit" / "a_curve_law.png").exists() and (tmp_path / "fit" / "b_curve_law.png").exists()
+    assert "a: No run is held out" in result.stdout and "b: No run is held out" in result.stdout

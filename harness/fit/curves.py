@@ -29,7 +29,7 @@ import torch
 from scipy.signal import lfilter
 
 from harness.fit.minimise import lbfgs
-from harness.fit.objective import autograd_huber
+from harness.fit.objective import autograd_huber, summed_huber
 from harness.fit.parametric import standard_errors
 from harness.fit.points import FitError
 
@@ -103,7 +103,6 @@ class Features:
     every (point, drop segment before it) pair with the segment's drop, log eta and S_k(t)."""
     s1: np.ndarray
     s2: np.ndarray
-    curve: np.ndarray           # each point's curve (its index)
     pair_point: np.ndarray
     pair_drop: np.ndarray
     pair_log_eta: np.ndarray
@@ -124,8 +123,8 @@ def annealing_area(lr: np.ndarray, decay: float = ANNEALING_DECAY) -> np.ndarray
 
 
 def _segments(lr: np.ndarray, cuts: np.ndarray, segments: int):
-    """The curve's drop segments: (start, end) 0-based step indices, each segment's drop, drop-weighted log eta and
-    S1 before its steps."""
+    """The curve's drop segments: each one's end (a 0-based step index: its drops act on the steps from there on),
+    its summed drop, and its drop-weighted mean log eta and S1 before its steps."""
     drops = drops_after_peak(lr)
     first = int(np.argmax(lr)) + 1
     if first >= len(lr) or not drops.any():
@@ -147,20 +146,19 @@ def _segments(lr: np.ndarray, cuts: np.ndarray, segments: int):
     return ends[keep], np.add.reduceat(drops, starts)[keep], mean_log_eta[keep], mean_before[keep]
 
 
-def features(curves: list[Curve], decay: float = ANNEALING_DECAY, segments: int = SEGMENTS,
-             steps: list[np.ndarray] | None = None) -> Features:
-    """The laws' inputs at each curve's measured steps (or at `steps`, one array per curve)."""
+def features(curves: list[Curve], decay: float = ANNEALING_DECAY, segments: int = SEGMENTS) -> Features:
+    """The laws' inputs at each curve's measured steps."""
     parts = []
     offset = 0
-    for index, curve in enumerate(curves):
-        at = np.asarray(steps[index] if steps is not None else curve.steps, dtype=int)
+    for curve in curves:
+        at = curve.steps
         s1 = np.cumsum(curve.lr)
         ends, drop, log_eta, before = _segments(curve.lr, at, segments)
         point, seg = np.nonzero(ends[None, :] <= at[:, None])
-        parts.append((s1[at - 1], annealing_area(curve.lr, decay)[at - 1], np.full(len(at), index), point + offset,
-                      drop[seg], log_eta[seg], s1[at - 1][point] - before[seg]))
+        parts.append((s1[at - 1], annealing_area(curve.lr, decay)[at - 1], point + offset, drop[seg], log_eta[seg],
+                      s1[at - 1][point] - before[seg]))
         offset += len(at)
-    return Features(*(np.concatenate([p[i] for p in parts]) if parts else np.zeros(0) for i in range(7)))
+    return Features(*(np.concatenate([p[i] for p in parts]) for i in range(6)))
 
 
 def log_loss(law: str, theta: torch.Tensor, f: Features) -> torch.Tensor:
@@ -279,9 +277,12 @@ class CurveLawFit:
 
     def held_out(self, curves: list[Curve]) -> dict:
         """Each curve's relative errors of prediction: mean and largest over its measured steps from the fit's
-        `from_step` on (at most PREDICTED_POINTS of them, evenly spread), and at its last."""
+        `from_step` on (at most PREDICTED_POINTS of them, evenly spread), and at its last; a curve with no point
+        there is left out."""
         errors = {}
         for curve in (thinned(from_step(c, self.from_step), PREDICTED_POINTS) for c in curves):
+            if not len(curve.steps):
+                continue
             error = np.abs(self.predict(curve.lr, curve.steps) / curve.loss - 1)
             errors[curve.run] = {"mean_rel_error": float(np.mean(error)), "max_rel_error": float(np.max(error)),
                                  "final_rel_error": float(error[-1])}
@@ -334,9 +335,8 @@ def fit_curve_law(curves: list[Curve], law: str = "multi_power", *, intervals: i
     targets = np.log(loss)
     grid = _grid(law, f, loss)
     with torch.no_grad():
-        r = log_loss(law, torch.as_tensor(grid), f).numpy() - targets
-    clipped = np.clip(r, -huber_delta, huber_delta)
-    scores = np.nan_to_num((clipped * r - 0.5 * clipped ** 2).sum(axis=1), nan=np.inf)
+        scores, _ = summed_huber(log_loss(law, torch.as_tensor(grid), f).numpy() - targets, huber_delta)
+    scores = np.nan_to_num(scores, nan=np.inf)
     best_starts = grid[np.argsort(scores)[:STARTS]]
     objective = autograd_huber(lambda theta: log_loss(law, theta, f), targets, huber_delta)
     minima = lbfgs(objective, best_starts, **TOLERANCES)
@@ -351,6 +351,8 @@ def fit_curve_law(curves: list[Curve], law: str = "multi_power", *, intervals: i
         weighted = autograd_huber(lambda theta: log_loss(law, theta, f), targets, huber_delta, weights=weights)
         refits = lbfgs(weighted, np.repeat(minima.x[best:best + 1], intervals, axis=0), **TOLERANCES)
         good = np.isfinite(refits.value)
+        if not good.any():
+            raise FitError(f"every one of {intervals} bootstrap resamples of the {law} law failed to fit")
         fit.resampled = natural(law, refits.x[good])
         low, high = np.percentile(fit.resampled, [2.5, 97.5], axis=0)
         fit.intervals = {name: (float(lo), float(hi)) for name, lo, hi in zip(names, low, high)}

@@ -61,8 +61,8 @@ class DataConstrainedFit:
     intervals: dict = field(default_factory=dict)
     resampled: list = field(default_factory=list, repr=False)   # the bootstrap resamples' fits
 
-    def __getattr__(self, name):   # the base law's attributes: E, A, B, alpha, beta, a, b
-        if name in ("E", "A", "B", "alpha", "beta", "a", "b"):
+    def __getattr__(self, name):   # the base law's attributes: E, A, B, alpha, beta, a, b, and whether it is identified
+        if name in ("E", "A", "B", "alpha", "beta", "a", "b", "identified", "unidentified"):
             return getattr(self.base, name)
         raise AttributeError(name)
 

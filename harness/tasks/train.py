@@ -66,7 +66,7 @@ def run(cfg: DictConfig, out_dir: Path | None = None, write_branch=None) -> dict
     job, model = resolve_job(cfg), resolve_model(cfg)
     world = check_runnable(job, model)
     if job.layout == "single":
-        result = train_with_branches(*prepare(cfg, model), out_dir, write_branch, wall_start)
+        result = train_with_branches(*prepare(cfg, model, job), out_dir, write_branch, wall_start)
     else:
         result = distributed.launch(_train_rank, (job.config, out_dir, write_branch), world, measure.resolve_device(job.device).type,
                                     backend_name=job.parallel.get("backend", "auto"),
@@ -96,11 +96,12 @@ def check_runnable(job: JobPlan, model: ModelPlan) -> int:
     return world
 
 
-def prepare(cfg: DictConfig, model: ModelPlan | None = None) -> tuple[Plan, data_sources.TokenData]:
+def prepare(cfg: DictConfig, model: ModelPlan | None = None,
+            job: JobPlan | None = None) -> tuple[Plan, data_sources.TokenData]:
     """The job's data and its plan on that data (harness.plan.resolve), checked against it: the runner's one read
     of the config."""
     dataset = data_sources.load(cfg.data)
-    plan = resolve(cfg, dataset.vocab_size, model)
+    plan = resolve(cfg, dataset.vocab_size, model, job)
     check_data_fits(cfg, len(dataset.train), len(dataset.val), plan.tokens_requested, plan.batch_size)
     return plan, dataset
 
