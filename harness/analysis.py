@@ -155,12 +155,24 @@ def held_out_section(df: pd.DataFrame, out: Path) -> str:
     (out / "held_out.json").write_text(json.dumps(found, indent=1, default=float))
     return "\n\n".join(lines)
 
-def record_curve(run: pd.Series, name: str, loss: str = "val_loss"):
-    """A run's loss curve (its record's `curve`) with the learning rate of every step, exact: its record's schedule
-    (`schedule_info`) through harness.schedules; a cooldown branch's curve holds the run's points before it branched."""
+def record_schedule(run: pd.Series) -> Schedule:
+    """A run's learning-rate schedule, exact, from its record's `schedule_info` (harness.schedules)."""
     field = lambda key: run[f"schedule_info.{key}"]
     shape = field("decay_shape")
-    schedule = Schedule(str(field("name")), float(field("peak_lr")), int(field("total_steps")), int(field("warmup_steps")),
-                        float(field("min_lr_ratio")), int(field("decay_steps") or 0), shape if isinstance(shape, str) else None)
+    return Schedule(str(field("name")), float(field("peak_lr")), int(field("total_steps")), int(field("warmup_steps")),
+                    float(field("min_lr_ratio")), int(field("decay_steps") or 0), shape if isinstance(shape, str) else None)
+
+
+def schedule_shape(run: pd.Series) -> str:
+    """A run's schedule apart from its length: cosine, constant, or wsd with its cooldown's shape and share of the run."""
+    name = str(run["schedule_info.name"])
+    if name != "wsd":
+        return name
+    return f"{name} {run['schedule_info.decay_shape']} {int(run['schedule_info.decay_steps']) / int(run['schedule_info.total_steps']):.0%}"
+
+
+def record_curve(run: pd.Series, name: str, loss: str = "val_loss"):
+    """A run's loss curve (its record's `curve`) with the learning rate of every step, exact (record_schedule); a
+    cooldown branch's curve holds the run's points before it branched."""
     points = [p for p in run["curve"] if p.get(loss) is not None]
-    return checked_curve(name, schedule.lr_per_step(), [p["step"] for p in points], [p[loss] for p in points])
+    return checked_curve(name, record_schedule(run).lr_per_step(), [p["step"] for p in points], [p[loss] for p in points])

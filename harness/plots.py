@@ -245,6 +245,38 @@ def curve_predictions(panels: list[dict], out_dir: Path, name: str = "curve_law"
     return paths
 
 
+def curve_laws_by_size(panels: list[dict], out_dir: Path, name: str = "curve_laws", identified: bool = True) -> list[Path]:
+    """One panel per model size: each run's measured curve (points) and the law fitted on them all (line and 95%
+    band), one colour per schedule shape."""
+    columns = min(3, len(panels))
+    rows = -(-len(panels) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.6 * columns, 3.8 * rows + 0.6), squeeze=False, layout="constrained")
+    shapes = sorted({curve["shape"] for panel in panels for curve in panel["curves"]})
+    colour = {shape: f"C{i % 10}" for i, shape in enumerate(shapes)}
+    for ax, panel in zip(axes.flat, panels):
+        for curve in panel["curves"]:
+            loss, low, high = curve["predicted"]
+            ax.plot(curve["steps"], curve["loss"], ".", ms=3, color=colour[curve["shape"]])
+            ax.plot(curve["predicted_steps"], loss, lw=1, color=colour[curve["shape"]])
+            if low is not None:
+                ax.fill_between(curve["predicted_steps"], low, high, color=colour[curve["shape"]], alpha=0.2, lw=0)
+        fitted = np.concatenate([curve["predicted"][0] for curve in panel["curves"]])
+        ax.set_ylim(fitted.min() * 0.98, fitted.max() * 1.05)   # from the fit's first step on, as the law was fitted
+        ax.set_xscale("log")
+        ax.set_title(panel["title"], fontsize=9)
+        ax.set_xlabel("step")
+        ax.set_ylabel("validation loss")
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    handles = [plt.Line2D([], [], color=colour[shape], lw=3, label=shape) for shape in shapes] + [
+        plt.Line2D([], [], color="0.3", ls="", marker=".", label="measured"),
+        plt.Line2D([], [], color="0.3", lw=1, label="law fitted on them all (95% band)")]
+    fig.legend(handles=handles, loc="outside lower center", ncol=min(4, len(shapes)), fontsize=8)
+    paths = save(fig, out_dir, name, identified)
+    plt.close(fig)
+    return paths
+
+
 def schedules_compared(schedules: dict, final_loss: dict, out_dir: Path, name: str = "optimal_schedule") -> list[Path]:
     """Learning-rate schedules of one length side by side, each labelled with the final loss a law predicts for it."""
     fig, ax = plt.subplots(figsize=(6, 3.2))

@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from harness.analysis import generic_analysis, held_out_section, markdown_table, runs_table
-from harness import tracking
+from harness import sweep_curves, tracking
 from harness.config import CONF_DIR
 from harness.records import load_results
 
@@ -65,6 +65,7 @@ def build_report(paths, out: Path, study: str | None = None, echo: bool = False)
     root = Path(paths[0]) if Path(paths[0]).is_dir() else Path(".")
     _write_tables(df, out, root)
     table = runs_table(df)
+    module = None
     sections = [f"# Report: {study}", f"{len(df)} runs ({', '.join(f'{n} {s}' for s, n in df['status'].value_counts().items())}).",
                 "## Runs\n\n" + markdown_table(table)]
     failed = not_ok_table(df, root)
@@ -73,10 +74,14 @@ def build_report(paths, out: Path, study: str | None = None, echo: bool = False)
     if not (df["status"] == "ok").any():   # a study's analysis reads measurements; there are none
         sections.append("No run finished ok: nothing to analyse (the runs that did not finish ok say why).")
     elif study != "none" and importlib.util.find_spec(f"studies.{study}") is not None:
-        sections += importlib.import_module(f"studies.{study}").analyse(df, out)
+        module = importlib.import_module(f"studies.{study}")
+        sections += module.analyse(df, out)
     else:
         sections += generic_analysis(df, out)
+    if not getattr(module, "FITS_CURVE_LAWS", False):   # a study that fits them its own way says so
+        sections.append(sweep_curves.section(df, out))
     sections.append(held_out_section(df, out))
+    sections = [s for s in sections if s]
     (out / "report.md").write_text("\n\n".join(sections) + "\n")
     if echo:
         print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))

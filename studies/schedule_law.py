@@ -14,20 +14,19 @@ import numpy as np
 import pandas as pd
 
 from harness import plots
-from harness.analysis import markdown_table, record_curve
+from harness.analysis import markdown_table, record_curve, schedule_shape
 from harness.curve_table import law_entry, mean_held_out
 from harness.fit.curves import LAWS, fit_curve_law
 
 FITTED = ("cosine", "constant", "wsd linear 20%")
 RESAMPLES = 200
+FITS_CURVE_LAWS = True      # harness-report's per-size curve-law section would fit these runs again
 
 
 def design(run: pd.Series, tokens: float) -> str:
     """The schedule's name as the report shows it: cosine, constant or wsd with its cooldown's shape and share, and
     its tokens when they are not the study's usual `tokens`."""
-    name = str(run["task.schedule"])
-    if name == "wsd":
-        name += f" {run['task.decay_shape']} {float(run['task.decay_fraction']):.0%}"
+    name = schedule_shape(run)
     return name if float(run["data.tokens"]) == tokens else f"{name}, {float(run['data.tokens']):.3g} tokens"
 
 

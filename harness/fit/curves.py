@@ -194,22 +194,29 @@ def coordinates(law: str, params: np.ndarray) -> np.ndarray:
 
 def _grid(law: str, f: Features, loss: np.ndarray) -> np.ndarray:
     """Starts in the fit's coordinates: a grid over the nonlinear parameters, each with the linear ones (A, and B or
-    C) solved by least squares on L - L0 (variable projection), A and B kept positive."""
+    C) solved by least squares on L - L0 (variable projection) for a grid of floors L0, and with L0 solved too where
+    that gives a floor below the lowest loss and positive A and B (a start whose B is clamped near zero cannot move
+    away: the gradient in log B vanishes there)."""
     shapes = [()] if law == "annealing" else list(itertools.product([0.3, 0.6, 1.0], [0.3, 0.6, 0.9], [0.1, 1.0, 10.0]))
     starts = []
-    for floor, alpha, shape in itertools.product([0.5, 0.75, 0.9, 0.97], [0.2, 0.5, 1.0], shapes):
-        L0 = floor * loss.min()
+    for alpha, shape in itertools.product([0.2, 0.5, 1.0], shapes):
         if law == "annealing":
             anneal = f.s2
         else:
             beta, gamma, C = shape
             g = 1 - (C * np.exp(-gamma * f.pair_log_eta) * f.pair_area + 1) ** -beta
             anneal = np.bincount(f.pair_point, g * f.pair_drop, minlength=len(f.s1))
-        (A, second), *_ = np.linalg.lstsq(np.stack([f.s1 ** -alpha, -anneal], axis=1), loss - L0, rcond=None)
-        if law == "annealing":
-            starts.append([L0, max(A, 1e-6), alpha, second])
-        else:
-            starts.append([L0, max(A, 1e-6), alpha, max(second, 1e-6), C, beta, gamma])
+        columns = np.stack([f.s1 ** -alpha, -anneal], axis=1)
+        (L0, A, second), *_ = np.linalg.lstsq(np.column_stack([np.ones_like(loss), columns]), loss, rcond=None)
+        solved = [(L0, A, second)] if 0 < L0 < loss.min() and A > 0 and second > 0 else []
+        for floor in [0.5, 0.75, 0.9, 0.97]:
+            (A, second), *_ = np.linalg.lstsq(columns, loss - floor * loss.min(), rcond=None)
+            solved.append((floor * loss.min(), A, second))
+        for L0, A, second in solved:
+            if law == "annealing":
+                starts.append([L0, max(A, 1e-6), alpha, second])
+            else:
+                starts.append([L0, max(A, 1e-6), alpha, max(second, 1e-6), C, beta, gamma])
     return coordinates(law, np.array(starts))
 
 
