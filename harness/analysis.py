@@ -168,7 +168,8 @@ def schedule_shape(run: pd.Series) -> str:
     name = str(run["schedule_info.name"])
     if name != "wsd":
         return name
-    return f"{name} {run['schedule_info.decay_shape']} {int(run['schedule_info.decay_steps']) / int(run['schedule_info.total_steps']):.0%}"
+    share = int(run["schedule_info.decay_steps"]) / int(run["schedule_info.total_steps"])
+    return f"{name} {run['schedule_info.decay_shape']} {share:.0%}"
 
 
 def record_curve(run: pd.Series, name: str, loss: str = "val_loss"):

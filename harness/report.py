@@ -78,10 +78,10 @@ def build_report(paths, out: Path, study: str | None = None, echo: bool = False)
         sections += module.analyse(df, out)
     else:
         sections += generic_analysis(df, out)
-    if not getattr(module, "FITS_CURVE_LAWS", False):   # a study that fits them its own way says so
-        sections.append(sweep_curves.section(df, out))
+    curve_laws = None if getattr(module, "FITS_CURVE_LAWS", False) else sweep_curves.section(df, out)
+    if curve_laws:   # None: no size's runs differ in schedule, or the study fits the laws its own way
+        sections.append(curve_laws)
     sections.append(held_out_section(df, out))
-    sections = [s for s in sections if s]
     (out / "report.md").write_text("\n\n".join(sections) + "\n")
     if echo:
         print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))

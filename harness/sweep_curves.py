@@ -123,7 +123,7 @@ def grid_points(runs: pd.DataFrame, fits: dict) -> pd.DataFrame:
     filled = [{"family": family, "N": N, **row, "source": "predicted"}
               for (family, N), entry in fits.items() for row in entry["filled"]]
     columns = ["family", "N", "shape", "D", "loss", "low", "high", "source"]
-    return pd.concat([measured[columns], pd.DataFrame(filled, columns=columns + ["steps"])[columns]], ignore_index=True)
+    return pd.concat([measured[columns], pd.DataFrame(filled, columns=columns)], ignore_index=True)
 
 
 def nd_fits(points: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
@@ -164,7 +164,8 @@ def section(df: pd.DataFrame, out: Path) -> str | None:
     for (family, N), group in runs.groupby(["family", "N"], sort=True):
         label = f"{family}, N = {N:.4g}"
         if group["shape"].nunique() < 2:
-            skipped.append(f"{label}: not applicable: one schedule shape ({group['shape'].iloc[0]}) to fit and none to predict.")
+            skipped.append(f"{label}: not applicable: one schedule shape ({group['shape'].iloc[0]}) to fit and none "
+                           "to predict.")
             continue
         why = too_sparse(group)
         if why:
@@ -177,21 +178,23 @@ def section(df: pd.DataFrame, out: Path) -> str | None:
     points = grid_points(runs[runs.set_index(["family", "N"]).index.isin(list(fits))], fits)
     points.to_csv(out / POINTS_FILE, index=False)
     laws, nd_lines = nd_fits(points)
-    lines += [_held_out_table(runs, fits), _parameter_table(fits), _filled_table(points)]
+    lines += [_held_out_table(fits), _parameter_table(fits), _filled_table(points)]
     lines.append("\n\n".join(filter(None, [
         f"### As points of the N-D laws\n\n{POINTS_FILE} holds every measured and predicted final loss "
         f"(`harness-fit {POINTS_FILE} --group shape --out DIR` fits it). Chinchilla's approach 3 on each shape's grid:",
         " ".join(nd_lines), markdown_table(laws) if len(laws) else ""])))
     _figure(runs, fits, out)
     lines.append("![measured and fitted curves per model size](curve_laws.png)")
-    (out / "curve_laws.json").write_text(json.dumps(
-        {f"{family} N={N:.6g}": {"identified": e["fit"].identified, "held_out_by_shape": e["scored"], "mean_held_out": e["means"], "better": e["best"],
-                                  "curve_law": law_entry(e["fit"], {}), "predicted": e["filled"]}
-         for (family, N), e in fits.items()} | {"nd_fits": laws.to_dict(orient="records")}, indent=1, default=float))
+    entries = {f"{family} N={N:.6g}": {"identified": e["fit"].identified, "held_out_by_shape": e["scored"],
+                                        "mean_held_out": e["means"], "better": e["best"],
+                                        "curve_law": law_entry(e["fit"], {}), "predicted": e["filled"]}
+               for (family, N), e in fits.items()}
+    (out / "curve_laws.json").write_text(json.dumps(entries | {"nd_fits": laws.to_dict(orient="records")}, indent=1,
+                                                    default=float))
     return "\n\n".join(lines)
 
 
-def _held_out_table(runs: pd.DataFrame, fits: dict) -> str:
+def _held_out_table(fits: dict) -> str:
     rows = [{"family": family, "N": N, "shape": shape, **{law: e["scored"][law][shape] for law in LAWS}}
             for (family, N), e in fits.items() for shape in e["scored"][LAWS[0]]]
     verdicts = " ".join(f"N = {N:.4g}: the {e['best']} law ({e['means'][e['best']]:.3%} mean relative error)."
@@ -231,8 +234,7 @@ def _figure(runs: pd.DataFrame, fits: dict, out: Path) -> None:
         for _, run in first.sort_values(["shape", "steps"]).iterrows():
             curve = run["curve"]
             steps = np.unique(np.linspace(e["fit"].from_step, curve.total_steps, 100).round().astype(int))
-            curves.append({"label": f"{run['shape']}, {run['steps']} steps", "shape": run["shape"], "steps": curve.steps,
-                           "loss": curve.loss, "predicted_steps": steps,
+            curves.append({"shape": run["shape"], "steps": curve.steps, "loss": curve.loss, "predicted_steps": steps,
                            "predicted": predicted(e["fit"], curve.lr, steps)})
         panels.append({"title": f"{family}, N = {N:.4g} ({e['best']} law)", "curves": curves})
     plots.curve_laws_by_size(panels, out, identified=all(e["fit"].identified for e in fits.values()))
