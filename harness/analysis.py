@@ -69,6 +69,18 @@ def interval_text(value: float, interval) -> str:
     return f"{value:.4g} [{interval[0]:.4g}, {interval[1]:.4g}]" if interval else f"{value:.4g}"
 
 
+def minimum_methods_line(by_method: dict, used: str) -> str:
+    """How far approach 2's a moves between the ways to locate a budget's minimum (harness.fit.a_by_method), in one
+    line for a report."""
+    found = {method: a for method, a in by_method.items() if a == a}
+    listed = ", ".join(f"{method} {a:.4g}" + (" (used)" if method == used else "") for method, a in found.items())
+    none = [method for method in by_method if method not in found]
+    spread = f"it moves {max(found.values()) - min(found.values()):.3g} between them" if len(found) > 1 else "one fits"
+    return (f"a by each way to locate a budget's minimum: {listed}"
+            + (f"; {', '.join(none)}: fewer than 2 interior minima" if none else "")
+            + f": {spread} (results/isoflop_bias measures each against known truth).")
+
+
 def markdown_table(table: pd.DataFrame) -> str:
     def cell(value):
         if isinstance(value, float):
@@ -144,8 +156,8 @@ def held_out_section(df: pd.DataFrame, out: Path) -> str:
     for family, group in points.groupby("family"):
         sizes, tokens = group["N"].nunique(), group["D"].nunique()
         if sizes < 3 or tokens < 3 or len(group) < 8:
-            lines.append(f"**{family}**: not applicable: {sizes} model size(s), {tokens} token count(s) and {len(group)} "
-                         "points; a law in N and D held out at the largest size needs at least 3 of each and 8 points.")
+            lines.append(f"**{family}**: no law applies yet ({sizes} model size(s), {tokens} token count(s), "
+                         f"{len(group)} points): {_what_to_add(sizes, tokens, len(group))}.")
             continue
         found[family], ranked, shown = held_out_tables(compare_laws(group, by="N", largest=1, intervals=HELD_OUT_RESAMPLES))
         best = (f"{ranked.iloc[0]['law']} ({ranked.iloc[0]['form']}) extrapolated best: mean |error| "
@@ -154,6 +166,17 @@ def held_out_section(df: pd.DataFrame, out: Path) -> str:
         lines.append(f"**{family}** ({len(group)} points, fitted on {sizes - 1} sizes): {best}.\n\n" + shown)
     (out / "held_out.json").write_text(json.dumps(found, indent=1, default=float))
     return "\n\n".join(lines)
+
+def _what_to_add(sizes: int, tokens: int, points: int) -> str:
+    """What a sweep needs for a law in N and D held out at its largest size: 3 sizes, 3 token counts, 8 points."""
+    more = [f"{3 - sizes} more model size(s)" if sizes < 3 else "", f"{3 - tokens} more token count(s)" if tokens < 3
+            else ""]
+    missing = max(8 - points, 3 - sizes, 3 - tokens)
+    if not any(more):
+        return f"add {missing} more run(s) at new (N, D) to fit a law in N and D and hold out its largest size"
+    return (f"add runs at {' and '.join(filter(None, more))} (at least {missing} more run(s)) to fit a law in N and D "
+            "and hold out its largest size")
+
 
 def record_schedule(run: pd.Series) -> Schedule:
     """A run's learning-rate schedule, exact, from its record's `schedule_info` (harness.schedules)."""

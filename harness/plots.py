@@ -59,16 +59,65 @@ def drawn_data(fig) -> list[list[dict]]:
     return axes
 
 
+class PowersOfTen(matplotlib.ticker.Formatter):
+    """Log-axis labels a paper prints: 10^k and m x 10^k outside 0.01-10^4, plain numbers inside, each with the
+    fewest significant digits (up to 6) that print every tick exactly and tell the labels apart."""
+
+    def __call__(self, value, pos=None):
+        return self.format_ticks([value])[0]
+
+    def format_ticks(self, values):
+        for digits in range(1, 7):
+            labels = [self._label(v, digits) for v in values]
+            exact = all(abs(float(f"{v:.{digits}g}") - v) <= 1e-9 * abs(v) for v in values)
+            if exact and len(set(labels)) == len(labels):
+                return labels
+        return labels
+
+    @staticmethod
+    def _label(value: float, digits: int) -> str:
+        if value <= 0 or not np.isfinite(value):
+            return ""
+        if 1e-2 <= value < 1e4:   # rounded to `digits`, printed without an exponent: 1000, 0.05
+            return f"{float(f'{value:.{digits}g}'):g}"
+        exponent = int(np.floor(np.log10(value) + 1e-9))
+        mantissa = float(f"{value / 10.0 ** exponent:.{digits}g}")
+        if mantissa >= 10:
+            mantissa, exponent = mantissa / 10, exponent + 1
+        return (f"$10^{{{exponent}}}$" if mantissa == 1 else
+                f"${mantissa:.{digits}g}\\times10^{{{exponent}}}$")
+
+
 def save(fig, out_dir: Path, name: str, identified: bool = True) -> list[Path]:
     """PNG and SVG, each carrying what it draws (drawn_data); `identified=False` marks a figure drawn from a fit
     that its points do not pin down (its curves move with the last bits of the arithmetic)."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    right = max((ax.get_position().x1 for ax in fig.axes), default=0)
     for ax in fig.axes:
-        for axis, scale in ((ax.xaxis, ax.get_xscale()), (ax.yaxis, ax.get_yscale())):
-            if scale == "log":  # label 1-2-5 steps: a decade's worth of data still gets several labels
+        for axis, scale, limits in ((ax.xaxis, ax.get_xscale(), ax.get_xlim()), (ax.yaxis, ax.get_yscale(), ax.get_ylim())):
+            formatter = axis.get_major_formatter()
+            if scale != "log" and type(formatter) is matplotlib.ticker.ScalarFormatter:
+                # a linear axis of large numbers (tokens, tokens/s): short labels times a power of ten, not
+                # six-digit labels that run into each other
+                formatter.set_useMathText(True)
+                formatter.set_powerlimits((-3, 4))
+            if scale != "log":
+                continue
+            span = max(limits) / min(limits)
+            if span >= 100:   # decades: one label per decade at most, as a power of ten
+                axis.set_major_locator(matplotlib.ticker.LogLocator(base=10, numticks=8))
+            elif span >= 3:   # a decade or so: 1-2-5 steps, so the axis still gets several labels
                 axis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-                axis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:.3g}"))
-                axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+            else:   # a narrow range (one budget's runs): evenly spaced labels, as many digits as tell them apart
+                axis.set_major_locator(matplotlib.ticker.MaxNLocator(nbins=4))
+            axis.set_major_formatter(PowersOfTen())
+            axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        legend = ax.get_legend()
+        if legend is not None and ax.get_position().x1 >= right - 1e-3:   # beside the rightmost axes, off the data
+            legend.set_loc("upper left")
+            legend.set_bbox_to_anchor((1.02, 1.0), transform=ax.transAxes)
+        elif legend is not None:   # between two panels there is no room: where it covers the fewest points
+            legend.set_loc("best")
     data = json.dumps({"axes": drawn_data(fig), **({} if identified else {"identified": False})}, separators=(",", ":"))
     paths = []
     for ext in ("png", "svg"):
@@ -111,8 +160,20 @@ def loss_vs_compute(runs: pd.DataFrame, out_dir: Path, name: str = "loss_vs_comp
     return save(fig, out_dir, name)
 
 
-def isoflop_curves(runs: pd.DataFrame, fit, out_dir: Path, name: str = "isoflop") -> list[Path]:
-    """Loss against model size at each compute budget, the fitted parabolas and their minima."""
+# Axis names for a table's quantities when its columns have no names of their own (labels= gives a user's columns).
+AXIS_NAMES = {"N": "non-embedding parameters N", "D": "training tokens D", "C": "training FLOPs C",
+              "loss": "final validation loss (nats/token)"}
+
+
+def axis_name(quantity: str, labels: dict | None) -> str:
+    """The axis name of N, D, C or loss: the user's column (labels[quantity], as `harness-fit` read it) or ours."""
+    column = (labels or {}).get(quantity)
+    return f"{quantity} ({column})" if column and column != quantity else AXIS_NAMES[quantity]
+
+
+def isoflop_curves(runs: pd.DataFrame, fit, out_dir: Path, name: str = "isoflop", labels: dict | None = None) -> list[Path]:
+    """Loss against model size at each compute budget, the fitted parabolas and their minima (with the bootstrap's
+    95% interval of each budget's N_opt when the fit has resamples)."""
     sns.set_theme(style="whitegrid")
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     budgets = sorted(runs["C"].unique())
@@ -124,18 +185,34 @@ def isoflop_curves(runs: pd.DataFrame, fit, out_dir: Path, name: str = "isoflop"
             grid = np.linspace(np.log(at["params"].min()), np.log(at["params"].max()), 100)
             ax.plot(np.exp(grid), np.polyval(fit.parabolas[float(budget)], grid), color=palette[budget], lw=1)
     best = fit.minima[fit.minima["interior"]]
-    ax.scatter(best["N_opt"], best["loss_opt"], marker="*", s=160, color="black", zorder=5, label="fitted minimum")
-    ax.set(xscale="log", xlabel="non-embedding parameters N", ylabel="final validation loss (nats/token)",
-           title="IsoFLOP profiles")
+    low, high = minimum_intervals(fit, best["C"])
+    if low is not None:
+        ax.errorbar(best["N_opt"], best["loss_opt"], xerr=[best["N_opt"] - low, high - best["N_opt"]], fmt="none",
+                    ecolor="black", elinewidth=1, capsize=3, zorder=5)
+    ax.scatter(best["N_opt"], best["loss_opt"], marker="*", s=160, color="black", zorder=6,
+               label="fitted minimum" + (" (95% interval)" if low is not None else ""))
+    ax.set(xscale="log", xlabel=axis_name("N", labels), ylabel=axis_name("loss", labels), title="IsoFLOP profiles")
     ax.legend(fontsize=8)
     return save(fig, out_dir, name)
 
 
-def optimal_size(fit, out_dir: Path, name: str = "n_opt_vs_compute") -> list[Path]:
-    """N_opt and D_opt against compute with the fitted power laws."""
+def minimum_intervals(fit, budgets) -> tuple:
+    """Each budget's N_opt 2.5th and 97.5th percentiles over the fit's bootstrap resamples ((None, None) without)."""
+    if not fit.resampled:
+        return None, None
+    draws = np.array([[r.minima.set_index("C")["N_opt"].get(c, np.nan) for c in budgets] for r in fit.resampled])
+    return tuple(np.nanpercentile(draws, [2.5, 97.5], axis=0))
+
+
+def optimal_size(fit, out_dir: Path, name: str = "n_opt_vs_compute", labels: dict | None = None) -> list[Path]:
+    """N_opt and D_opt against compute with the fitted power laws, N_opt with its bootstrap interval per budget."""
     sns.set_theme(style="whitegrid")
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     best = fit.minima[fit.minima["interior"]]
+    low, high = minimum_intervals(fit, best["C"])
+    if low is not None:
+        ax.errorbar(best["C"], best["N_opt"], yerr=[best["N_opt"] - low, high - best["N_opt"]], fmt="none",
+                    ecolor="C0", elinewidth=1, capsize=3)
     grid = np.geomspace(best["C"].min() / 2, best["C"].max() * 2, 50)
     ax.scatter(best["C"], best["N_opt"], color="C0", label="N_opt (parameters)")
     ax.plot(grid, fit.predict(grid), color="C0", lw=1, label=f"N_opt ~ C^{fit.a:.2f}")
@@ -151,14 +228,14 @@ def optimal_size(fit, out_dir: Path, name: str = "n_opt_vs_compute") -> list[Pat
     pivot = np.exp(np.log(best["C"]).mean())
     for slope, style, label in ((0.49, "--", "Chinchilla a = 0.49"), (0.73, ":", "Kaplan a = 0.73")):
         ax.plot(grid, fit.predict(pivot) * (grid / pivot) ** slope, color="grey", ls=style, lw=1, label=label)
-    ax.set(xscale="log", yscale="log", xlabel="training FLOPs C", ylabel="compute-optimal N, D",
+    ax.set(xscale="log", yscale="log", xlabel=axis_name("C", labels), ylabel="compute-optimal N, D",
            title="Compute-optimal allocation (approach 2)")
     ax.legend(fontsize=8)
     return save(fig, out_dir, name)
 
 
 def parametric_contours(runs: pd.DataFrame, law, out_dir: Path, name: str = "parametric_contours",
-                        flops_per_token=None) -> list[Path]:
+                        flops_per_token=None, labels: dict | None = None) -> list[Path]:
     """Iso-loss contours of the fitted L(N, D) in the N-D plane, the compute-optimal line (C counted with
     `flops_per_token`, 6N when None), and the runs."""
     sns.set_theme(style="white")
@@ -173,22 +250,23 @@ def parametric_contours(runs: pd.DataFrame, law, out_dir: Path, name: str = "par
     ax.plot(n_opt, d_opt, color="crimson", lw=1.5, label="compute-optimal")
     ax.scatter(runs["params"], runs["tokens"], c="black", s=14, zorder=5, label="runs")
     ax.set(xscale="log", yscale="log", xlim=(n_grid[0], n_grid[-1]), ylim=(d_grid[0], d_grid[-1]),
-           xlabel="non-embedding parameters N", ylabel="training tokens D", title="Fitted L(N, D): iso-loss contours")
-    ax.legend(fontsize=8, loc="lower right")
+           xlabel=axis_name("N", labels), ylabel=axis_name("D", labels), title="Fitted L(N, D): iso-loss contours")
+    ax.legend(fontsize=8)
     return save(fig, out_dir, name, identified=law.identified)
 
 
-def residuals(runs: pd.DataFrame, law, out_dir: Path, name: str = "residuals") -> list[Path]:
+def residuals(runs: pd.DataFrame, law, out_dir: Path, name: str = "residuals", labels: dict | None = None) -> list[Path]:
     """Relative residuals of the parametric fit against model size, one colour per budget."""
     sns.set_theme(style="whitegrid")
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
     frame = runs.assign(residual=runs["val_loss"] / law.predict(runs["params"], runs["tokens"]) - 1,
                         budget=runs["C"].map(lambda c: f"C = {c:.1e}"))
     by_budget = runs["C"].nunique() <= 12   # a colour per budget where the runs share a few budgets
-    sns.scatterplot(frame, x="params", y="residual", hue="budget" if by_budget else None,
+    order = [f"C = {c:.1e}" for c in sorted(runs["C"].unique())] if by_budget else None
+    sns.scatterplot(frame, x="params", y="residual", hue="budget" if by_budget else None, hue_order=order,
                     palette="magma" if by_budget else None, s=45 if by_budget else 14, ax=ax)
     ax.axhline(0, color="grey", lw=1)
-    ax.set(xscale="log", xlabel="non-embedding parameters N", ylabel="measured / fitted - 1", title="Residuals (approach 3)")
+    ax.set(xscale="log", xlabel=axis_name("N", labels), ylabel="measured / fitted - 1", title="Residuals (approach 3)")
     if by_budget:
         ax.legend(fontsize=8)
     return save(fig, out_dir, name, identified=law.identified)

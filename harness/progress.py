@@ -1,6 +1,7 @@
-"""Progress for a run: a tqdm bar on a terminal, a periodic plain line otherwise."""
+"""Progress for a run or a job of phases: a tqdm bar on a terminal, plain lines otherwise."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import time
@@ -33,6 +34,33 @@ class Progress:
                 eta = (self.total - self.done) / tokens_per_s if tokens_per_s > 0 else float("nan")
                 log.info("%s %5.1f%% %s/%s tokens  loss %.4f  %.0f tok/s  eta %.0fs", self.label,
                          100 * self.done / self.total, f"{self.done:,}", f"{self.total:,}", loss, tokens_per_s, eta)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+class Phases:
+    """The named phases of a job (a table's law fits): a tqdm bar over them on a terminal, one line per phase
+    otherwise, each with how long it took."""
+
+    def __init__(self, names: list[str], mode: str = "auto", label: str = "fit"):
+        if mode == "auto":
+            mode = "bar" if sys.stderr.isatty() else "lines"
+        self.mode, self.total, self.label, self.count = mode, len(names), label, 0
+        self.bar = tqdm(total=len(names), desc=label, unit="phase", leave=False) if mode == "bar" else None
+
+    @contextlib.contextmanager
+    def phase(self, name: str):
+        self.count += 1
+        if self.bar is not None:
+            self.bar.set_description(f"{self.label}: {name}")
+        start = time.perf_counter()
+        yield
+        if self.bar is not None:
+            self.bar.update(1)
+        elif self.mode == "lines":
+            log.info("%s %d/%d: %s (%.1f s)", self.label, self.count, self.total, name, time.perf_counter() - start)
 
     def close(self) -> None:
         if self.bar is not None:

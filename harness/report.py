@@ -18,7 +18,8 @@ import pandas as pd
 from harness.analysis import generic_analysis, held_out_section, markdown_table, runs_table
 from harness import sweep_curves, tracking
 from harness.config import CONF_DIR
-from harness.records import load_results
+from harness.progress import Phases
+from harness.records import load_results, write_atomically
 
 log = logging.getLogger("harness")
 
@@ -54,7 +55,9 @@ def _study_of(df: pd.DataFrame, study: str | None) -> str:
     return names[0] if len(names) == 1 else "none"
 
 
-def build_report(paths, out: Path, study: str | None = None, echo: bool = False) -> Path:
+def build_report(paths, out: Path, study: str | None = None, echo: bool = False, progress: str = "auto") -> Path:
+    """report.md, its tables and figures in `out`; report.md rewritten as each phase (the study's analysis, the
+    curve laws, the held-out comparison) finishes, so an interrupted report keeps what it finished."""
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -63,26 +66,39 @@ def build_report(paths, out: Path, study: str | None = None, echo: bool = False)
         raise SystemExit(f"error: no records under {', '.join(map(str, paths))}")
     study = _study_of(df, study)
     root = Path(paths[0]) if Path(paths[0]).is_dir() else Path(".")
-    _write_tables(df, out, root)
-    table = runs_table(df)
+    phases = Phases(["tables", f"analysis ({study if study != 'none' else 'generic'})", "curve laws",
+                     "held-out prediction"], mode=progress, label="report")
+    with phases.phase("tables"):
+        _write_tables(df, out, root)
+        table = runs_table(df)
     module = None
-    sections = [f"# Report: {study}", f"{len(df)} runs ({', '.join(f'{n} {s}' for s, n in df['status'].value_counts().items())}).",
+    # A sweep with no study is named after its directory (a first sweep's report is not "Report: none").
+    title = study if study != "none" else Path(paths[0]).resolve().name
+    sections = [f"# Report: {title}", f"{len(df)} runs ({', '.join(f'{n} {s}' for s, n in df['status'].value_counts().items())}).",
                 "## Runs\n\n" + markdown_table(table)]
     failed = not_ok_table(df, root)
     if not failed.empty:
         sections.append("## Runs that did not finish ok\n\n" + markdown_table(failed))
-    if not (df["status"] == "ok").any():   # a study's analysis reads measurements; there are none
-        sections.append("No run finished ok: nothing to analyse (the runs that did not finish ok say why).")
-    elif study != "none" and importlib.util.find_spec(f"studies.{study}") is not None:
-        module = importlib.import_module(f"studies.{study}")
-        sections += module.analyse(df, out)
-    else:
-        sections += generic_analysis(df, out)
-    curve_laws = None if getattr(module, "FITS_CURVE_LAWS", False) else sweep_curves.section(df, out)
+    write = lambda: write_atomically(out / "report.md", "w", lambda f: f.write("\n\n".join(sections) + "\n"))
+    write()
+    with phases.phase(f"analysis ({study if study != 'none' else 'generic'})"):
+        if not (df["status"] == "ok").any():   # a study's analysis reads measurements; there are none
+            sections.append("No run finished ok: nothing to analyse (the runs that did not finish ok say why).")
+        elif study != "none" and importlib.util.find_spec(f"studies.{study}") is not None:
+            module = importlib.import_module(f"studies.{study}")
+            sections += module.analyse(df, out)
+        else:
+            sections += generic_analysis(df, out)
+    write()
+    with phases.phase("curve laws"):
+        curve_laws = None if getattr(module, "FITS_CURVE_LAWS", False) else sweep_curves.section(df, out)
     if curve_laws:   # None: no size's runs differ in schedule, or the study fits the laws its own way
         sections.append(curve_laws)
-    sections.append(held_out_section(df, out))
-    (out / "report.md").write_text("\n\n".join(sections) + "\n")
+        write()
+    with phases.phase("held-out prediction"):
+        sections.append(held_out_section(df, out))
+    write()
+    phases.close()
     if echo:
         print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
         for section in sections[3:]:

@@ -13,7 +13,7 @@ import pandas as pd
 
 from harness import plots
 from models import families
-from harness.fit import FitError, fit_isoflop
+from harness.fit import FitError, a_by_method, fit_isoflop
 from harness.analysis import interval_text, markdown_table
 from studies.isoflop import RESAMPLES, runs_of
 
@@ -31,6 +31,8 @@ def analyse(df: pd.DataFrame, out: Path) -> list[str]:
             used = fit.minima[fit.minima["interior"]]
             row.update(a=interval_text(fit.a, fit.intervals["a"]), b=interval_text(fit.b, fit.intervals["b"]),
                        budgets_fitted=f"{len(used)} of {len(fit.minima)}",
+                       a_between_methods=_spread(a_by_method(table["C"], table["params"], table["val_loss"],
+                                                             table["tokens"])),
                        N_opt=", ".join(f"{n:.3g}" for n in used["N_opt"]),
                        left_out="; ".join(f"C={r.C:.3g}: {r.why}" for r in fit.minima.itertuples() if not r.interior))
             fits[family] = {"a": fit.a, "b": fit.b, "k": fit.k, "intervals": {k: v for k, v in fit.intervals.items()
@@ -46,7 +48,8 @@ def analyse(df: pd.DataFrame, out: Path) -> list[str]:
         "for every family.",
         "## Compute-optimal exponents per family\n\nN_opt ~ C^a and D_opt ~ C^b (D_opt: the tokens trained at N_opt) from "
         "each family's IsoFLOP minima (a quadratic weighted around each budget's lowest loss; 95% intervals from "
-        f"{RESAMPLES} bootstrap resamples of each budget's residuals). "
+        f"{RESAMPLES} bootstrap resamples of each budget's residuals); `a between methods`: how far a moves between "
+        "the four ways to locate a budget's minimum (results/isoflop_bias measures each against known truth). "
         "Chinchilla (decoder): a = 0.49, b = 0.51.\n\n"
         + markdown_table(pd.DataFrame(rows)),
         "These are CPU-sized budgets (5e10-4.5e11 FLOPs, one-layer models of 1e3-1e5 parameters), so the "
@@ -56,3 +59,11 @@ def analyse(df: pd.DataFrame, out: Path) -> list[str]:
         "the widths tried: widen the grid (`model.d_model=...`, more budgets) on a faster machine.",
         figures,
     ]
+
+
+def _spread(by_method: dict) -> str:
+    """How far a moves between the ways to locate a budget's minimum (harness.fit.a_by_method): max - min, and the
+    methods at either end."""
+    found = {method: a for method, a in by_method.items() if a == a}
+    low, high = min(found, key=found.get), max(found, key=found.get)
+    return f"{found[high] - found[low]:.3g} ({low} {found[low]:.4g} to {high} {found[high]:.4g})"

@@ -15,8 +15,9 @@ import pandas as pd
 
 from harness import plots
 from models import families
-from harness.analysis import curves_table, generic_analysis, interval_text, markdown_table, runs_table
-from harness.fit import (LOCAL_BANDWIDTH, RESAMPLE_STARTS, FitError, IsoFlopFit, ParametricFit, fit_envelope,
+from harness.analysis import (curves_table, generic_analysis, interval_text, markdown_table, minimum_methods_line,
+                              runs_table)
+from harness.fit import (LOCAL_BANDWIDTH, RESAMPLE_STARTS, FitError, IsoFlopFit, ParametricFit, a_by_method, fit_envelope,
                          fit_isoflop, fit_parametric, fit_power_law)
 
 RESAMPLES = 1000
@@ -27,7 +28,7 @@ MINIMUM_HOW = {
     "parabola": "parabola in ln N through every size (Hoffmann et al. 2022)",
     "window": "parabola through the sizes around its lowest loss",
     "akima": "Akima interpolant in ln N (Porian et al. 2024)"}
-# Approach 3 refits every resample from RESAMPLE_STARTS (64) starts, all resamples stepped together.
+# Approach 3 refits every resample from the RESAMPLE_STARTS distinct ends of its grid, all resamples stepped together.
 RESAMPLES_PARAMETRIC = 1000
 
 
@@ -184,16 +185,18 @@ def approach_2(df: pd.DataFrame, runs: pd.DataFrame, out: Path, fits: dict) -> t
     plots.loss_vs_compute(runs_table(df[df["status"] == "ok"]), out, frontier=(best["C"], best["loss_opt"]))
     plots.optimal_size(iso, out)
     minima = iso.minima[["C", "N_opt", "D_opt", "loss_opt", "interior", "why"]]
+    by_method = a_by_method(runs["C"], runs["params"], runs["val_loss"], runs["tokens"])
     fits["isoflop"] = {"a": iso.a, "b": iso.b, "k": iso.k, "a_interval": iso_ci["a"], "b_interval": iso_ci["b"],
-                       "resamples_failed": iso_ci["_failed"], "minima": minima.to_dict(orient="records")}
+                       "resamples_failed": iso_ci["_failed"], "a_by_minimum": by_method,
+                       "minima": minima.to_dict(orient="records")}
     return iso, [
         "## Approach 2: IsoFLOP profiles\n\n"
         f"Each budget's minimum from a {MINIMUM_HOW[iso.minimum]}. "
         f"N_opt = {iso.k:.3g} * C^a with a = {interval_text(iso.a, iso_ci['a'])}; D_opt, the tokens the budget's runs "
         f"trained at N_opt, ~ C^b with b = {interval_text(iso.b, iso_ci['b'])} (95% intervals from {RESAMPLES} "
         "bootstrap resamples of each budget's residuals about its fitted quadratic, "
-        f"{iso_ci['_failed']} without an interior minimum skipped). Chinchilla: a = 0.49, b = 0.51; Kaplan: a = 0.73.\n\n"
-        + markdown_table(minima),
+        f"{iso_ci['_failed']} without an interior minimum skipped). Chinchilla: a = 0.49, b = 0.51; Kaplan: a = 0.73. "
+        + minimum_methods_line(by_method, iso.minimum) + "\n\n" + markdown_table(minima),
         "![IsoFLOP profiles](isoflop.png)\n\n![N_opt and D_opt vs compute](n_opt_vs_compute.png)",
     ]
 
@@ -238,7 +241,7 @@ def approach_3(runs: pd.DataFrame, out: Path, fits: dict) -> tuple[ParametricFit
         "## Approach 3: L(N, D) = E + A / N^alpha + B / D^beta\n\n"
         "Huber loss (delta 1e-3) on log L, summed; L-BFGS from Chinchilla's 4500 starts; 95% intervals from "
         f"{RESAMPLES_PARAMETRIC} bootstrap resamples of each budget's log residuals about the fitted law, each refitted from "
-        f"the fit and the {RESAMPLE_STARTS - 1} grid starts whose fits ended lowest ({law_ci['_failed']} failed). a = beta / (alpha + beta) and b are the exponents under "
+        f"the {RESAMPLE_STARTS} distinct ends of the fit's grid of starts, its optimum first ({law_ci['_failed']} failed). a = beta / (alpha + beta) and b are the exponents under "
         f"C = 6ND; with C counted as these runs counted it, the fitted law's optimum moves as N_opt ~ C^{a_here:.3f}, "
         f"D_opt ~ C^{b_here:.3f} over these budgets. Chinchilla (Epoch's replication): alpha 0.35, beta 0.37, "
         "a = 0.51.\n\n" + markdown_table(table) + identification_note(law, runs),

@@ -62,13 +62,19 @@ def test_a_compute_column_adds_approach_2_and_groups_fit_apart(tmp_path):
     (lambda t: t.drop(columns="loss"), [], "no column 'loss' for loss"),
     (lambda t: t.assign(loss=t["loss"].where(t.index != 6, np.nan)), [], "column 'loss' row 7: nan is not a positive"),
     (lambda t: t.assign(D=t["D"].where(t.index != 2, -5.0)), [], "column 'D' row 3: -5.0 is not a positive"),
-    (lambda t: t.assign(N=1e9), [], "column 'N' holds one value (1e+09) in every row"),
+    (lambda t: t.assign(N=1e9), [], "the table holds 1 distinct value(s) of column 'N' (1e+09): a law in N needs "
+     "at least 3 sizes"),
+    (lambda t: t.assign(N=np.where(t["N"] < t["N"].median(), 1e8, 1e9)), ["--group", "lab"],
+     "group lab = 'x' holds 2 distinct value(s) of column 'N' (1e+08, 1e+09)"),
+    (lambda t: pd.concat([t, t.iloc[[4]]], ignore_index=True), [], "row 46 repeats row 5 in every column read"),
+    (lambda t: t.assign(N=t["N"].astype(object).where(t.index != 9, "7B")), [], "column 'N' row 10: '7B' is not"),
+    (lambda t: t.assign(loss=t["loss"].where(t.index != 3, np.inf)), [], "column 'loss' row 4: inf is not a positive"),
     (lambda t: t, ["--N", "size"], "no column 'size' for N"),
     (lambda t: t.drop(columns="D"), [], "neither a D (tokens) nor a C (FLOPs) column"),
 ])
 def test_a_bad_table_is_one_line_naming_the_column_and_row(tmp_path, edit, args, message):
     N, D, loss = synthetic_isoflop(noise=0.002)
-    edit(pd.DataFrame({"N": N, "D": D, "loss": loss})).to_csv(tmp_path / "t.csv", index=False)
+    edit(pd.DataFrame({"N": N, "D": D, "loss": loss, "lab": "x"})).to_csv(tmp_path / "t.csv", index=False)
     done = harness_fit("t.csv", *args, "--out", "out", "--resamples", "5", cwd=tmp_path)
     assert done.returncode != 0 and message in done.stderr, done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and not (tmp_path / "out" / "fits.json").exists()
@@ -84,6 +90,47 @@ def test_a_unique_tokens_column_adds_the_data_constrained_law(tmp_path):
     fits = json.loads((tmp_path / "out" / "fits.json").read_text())
     law = fits["data_constrained"]
     assert law["R_D_star"] == pytest.approx(15.4, rel=1e-3) and law["R_N_star"] == pytest.approx(5.3, rel=1e-3)
-    assert law["R_D_star_interval"][0] <= law["R_D_star"] <= law["R_D_star_interval"][1]
+    low, high = law["R_D_star_interval"]
+    assert low * (1 - 1e-4) <= law["R_D_star"] <= high * (1 + 1e-4)  # noise-free points: a near-zero-width interval
+    assert law["rows"] == len(N)
+    single_epoch = int(np.sum(D <= U))
+    assert fits["parametric"]["rows"] == single_epoch < len(N)
+    two_step = fits["data_constrained_two_step"]
+    assert two_step["rows"] == len(N) and two_step["R_D_star_interval"][0] > 0
     assert "data_constrained" in [row["law"] for row in fits["held_out"] if row["why"] == ""]
     assert "Muennighoff et al.'s data-constrained law" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_quick_gives_the_point_fits_with_a_line_per_phase_and_a_summary(tmp_path):
+    N, D, loss = synthetic_isoflop(noise=0.002, seed=1)
+    pd.DataFrame({"N": N, "D": D, "C": 6 * N * D, "loss": loss}).to_csv(tmp_path / "runs.csv", index=False)
+    done = harness_fit("runs.csv", "--quick", "--out", "out", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    fits = json.loads((tmp_path / "out" / "fits.json").read_text())
+    assert list(fits) == ["isoflop", "parametric", "tied", "kaplan"] and "held_out" not in fits
+    assert fits["parametric"]["alpha_interval"] is None and fits["parametric"]["rows"] == len(N)
+    assert fits["parametric"]["alpha"] == pytest.approx(0.34, abs=0.02)
+    phases = [line.split(": ", 1)[1].rsplit(" (", 1)[0] for line in done.stderr.splitlines() if line.startswith("fit ")]
+    assert phases == ["isoflop", "parametric", "tied", "kaplan"]
+    summary = done.stdout.splitlines()
+    assert summary[0].split() == ["law", "rows", "held-out", "error", "parameters", "[95%", "interval]"]
+    assert any(line.split()[:2] == ["parametric", str(len(N))] and f"alpha {fits['parametric']['alpha']:.4g}" in line
+               for line in summary)
+
+
+def test_an_interrupted_fit_keeps_the_laws_it_finished(tmp_path):
+    import signal
+    N, D, loss = synthetic_isoflop(noise=0.002, seed=1)
+    pd.DataFrame({"N": N, "D": D, "loss": loss}).to_csv(tmp_path / "runs.csv", index=False)
+    fit = subprocess.Popen([sys.executable, "-m", "harness.fit_table", "runs.csv", "--out", "out"], cwd=tmp_path,
+                           stderr=subprocess.PIPE, text=True)
+    for line in fit.stderr:
+        if line.startswith("fit 2/"):   # the first law is written; stop the fit after the second
+            fit.send_signal(signal.SIGINT)
+            break
+    fit.communicate(timeout=60)
+    assert fit.returncode != 0
+    fits = json.loads((tmp_path / "out" / "fits.json").read_text())
+    assert "parametric" in fits and "held_out" not in fits
+    assert fits["parametric"]["alpha"] == pytest.approx(0.34, abs=0.02)
+    assert "### Approach 3" in (tmp_path / "out" / "report.md").read_text()

@@ -177,3 +177,21 @@ def test_an_isoflop_point_is_its_seeds_mean_and_branches_count_what_they_saved()
     assert not agreement(fits, runs, Law(), spread)["each_inside_the_other"]
     fits["parametric"]["a_interval"] = (0.40, 0.72)
     assert agreement(fits, runs, Law(), spread)["each_inside_the_other"]
+
+
+def test_a_first_sweep_is_named_after_its_directory_and_told_what_to_add(tmp_path):
+    """Four widths at one token count (the committed mup_transfer study's runs, as a sweep with no study): the report is
+    titled after the sweep, names each phase as it finishes, and says what would make a law fit."""
+    sweep = tmp_path / "first-sweep"
+    for i, path in enumerate(sorted((Path("results") / "mup_transfer").rglob("record.json"))):
+        record = json.loads(path.read_text())
+        record["config"]["study"]["name"] = "none"
+        records.write_record(sweep / str(i), record)
+    done = report(sweep)
+    assert done.returncode == 0, done.stderr
+    text = (sweep / "report" / "report.md").read_text()
+    assert text.startswith("# Report: first-sweep\n")
+    assert "no law applies yet (4 model size(s), 1 token count(s), 4 points): add runs at 2 more token count(s) " \
+           "(at least 4 more run(s))" in text
+    assert [line.split(": ", 1)[1].rsplit(" (", 1)[0] for line in done.stderr.splitlines() if line.startswith("report ")] \
+        == ["tables", "analysis (generic)", "curve laws", "held-out prediction"]

@@ -2,7 +2,6 @@
 or a few ok among unsupported and failed ones. Each kind of run that did not finish ok is one line of the report,
 never a traceback."""
 import json
-import shutil
 from pathlib import Path
 
 import pytest

@@ -22,30 +22,31 @@ C is one quantity throughout: the training FLOPs a run spent, as the caller coun
 FLOPs, harness/flops.py). Approach 2 reads D_opt off the tokens trained, not C/(6 N_opt); approach 3's
 compute-optimal frontier takes the same FLOPs per token (`flops_per_token`), 6N only when none is given.
 """
-from harness.fit.bootstrap import (BATCH_ROWS, REFIT_TOLERANCES, RESAMPLE_STARTS, bootstrap, percentile_intervals,
-                                   refit_resamples, residual_resamples, with_interval)
+from harness.fit.bootstrap import (BATCH_ROWS, REFIT_TOLERANCES, RESAMPLE_STARTS, bootstrap, distinct_ends,
+                                   percentile_intervals, refit_resamples, residual_resamples, with_interval)
 from harness.fit.curves import Curve, CurveLawFit, checked_curve, fit_curve_law
 from harness.fit.data_constrained import (DATA_CONSTRAINED_STARTS, DataConstrainedFit, data_constrained_effective,
                                           data_constrained_log_loss, fit_data_constrained)
 from harness.fit.envelope import EnvelopeFit, fit_envelope
-from harness.fit.holdout import LAW_FORMS, LAW_NAMES, Holdout, applicable_laws, compare_laws, holdout
-from harness.fit.isoflop import IsoFlopFit, fit_isoflop
+from harness.fit.holdout import (LAW_FORMS, LAW_NAMES, Holdout, applicable_laws, compare_laws, fitted_rows, holdout,
+                                 single_epoch)
+from harness.fit.isoflop import IsoFlopFit, a_by_method, fit_isoflop
 from harness.fit.kaplan import KAPLAN_STARTS, KaplanFit, fit_kaplan_nd, kaplan_identification, kaplan_objectives
 from harness.fit.lr import LrLawFit, fit_lr_law
-from harness.fit.minimum import AXES, LOCAL_BANDWIDTH, LOCAL_POINTS, MINIMUM_METHODS
+from harness.fit.minimum import AXES, DEFAULT_MINIMUM, LOCAL_BANDWIDTH, LOCAL_POINTS, MINIMUM_METHODS
 from harness.fit.objective import SMALL_BATCH, summed_huber, torch_threads_for
 from harness.fit.parametric import (CHINCHILLA_STARTS, TIED_STARTS, ParametricFit, fit_parametric, grid_objectives,
                                     huber_objectives, identification, untied)
 from harness.fit.points import FitError
 from harness.fit.power import PowerLawFit, fit_power_law
 
-__all__ = ['Curve', 'CurveLawFit', 'checked_curve', 'fit_curve_law', 'BATCH_ROWS', 'REFIT_TOLERANCES', 'RESAMPLE_STARTS', 'bootstrap', 'percentile_intervals', 'refit_resamples',
+__all__ = ['Curve', 'CurveLawFit', 'checked_curve', 'fit_curve_law', 'BATCH_ROWS', 'REFIT_TOLERANCES', 'RESAMPLE_STARTS', 'bootstrap', 'distinct_ends', 'percentile_intervals', 'refit_resamples',
            'residual_resamples', 'with_interval', 'DATA_CONSTRAINED_STARTS', 'DataConstrainedFit',
            'data_constrained_effective', 'data_constrained_log_loss', 'fit_data_constrained', 'EnvelopeFit',
            'fit_envelope', 'LAW_FORMS', 'LAW_NAMES', 'Holdout', 'applicable_laws', 'compare_laws',
-           'holdout', 'IsoFlopFit', 'fit_isoflop', 'KAPLAN_STARTS', 'KaplanFit', 'fit_kaplan_nd',
+           'holdout', 'fitted_rows', 'single_epoch', 'IsoFlopFit', 'fit_isoflop', 'KAPLAN_STARTS', 'KaplanFit', 'fit_kaplan_nd',
            'kaplan_identification', 'kaplan_objectives', 'LrLawFit', 'fit_lr_law', 'AXES',
-           'LOCAL_BANDWIDTH', 'LOCAL_POINTS', 'MINIMUM_METHODS', 'SMALL_BATCH', 'summed_huber',
+           'LOCAL_BANDWIDTH', 'LOCAL_POINTS', 'MINIMUM_METHODS', 'DEFAULT_MINIMUM', 'a_by_method', 'SMALL_BATCH', 'summed_huber',
            'torch_threads_for', 'CHINCHILLA_STARTS', 'TIED_STARTS', 'ParametricFit', 'fit_parametric',
            'grid_objectives', 'huber_objectives', 'identification', 'untied', 'FitError', 'PowerLawFit',
            'fit_power_law']

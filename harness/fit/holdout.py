@@ -46,24 +46,26 @@ class Holdout:
 
 
 def holdout(frame: pd.DataFrame, law: str = "chinchilla", *, by: str = "N", largest: int = 1, interval: float = 0.95,
-            intervals: int = 200, seed: int = 0) -> Holdout:
-    """Fit `law` (LAW_FORMS) on every point but those at the `largest` largest values of column `by`, predict those,
-    and compare: per held-out point the prediction, its `interval` from `intervals` bootstrap resamples, the relative
-    error predicted / measured - 1 and whether the measured loss lies inside the interval (with intervals=0: no
-    interval, and `inside` is NaN)."""
+            intervals: int = 200, seed: int = 0, init=None) -> Holdout:
+    """Fit `law` (LAW_FORMS) on every point but those at the `largest` largest values of column `by` (of the rows the
+    law is fitted on: fitted_rows), predict those, and compare: per held-out point the prediction, its `interval`
+    from `intervals` bootstrap resamples, the relative error predicted / measured - 1 and whether the measured loss
+    lies inside the interval (with intervals=0: no interval, and `inside` is NaN). `init`: the law's fit of every
+    point, where the fit takes one, to start from (its optimum and the grid starts that score best here)."""
     if law not in LAW_FORMS:
         raise FitError(f"law={law!r} is not one of {', '.join(LAW_FORMS)}")
     fit_fn, columns = LAW_FORMS[law]
     missing = [c for c in (*columns, "loss", by) if c not in frame.columns]
     if missing:
         raise FitError(f"{law} needs the columns {', '.join(missing)}, which the table lacks")
+    frame = fitted_rows(frame, law)
     scales = np.sort(frame[by].unique())
     if len(scales) <= largest + 1:
         raise FitError(f"{by} takes {len(scales)} values: holding out the largest {largest} leaves too few scales to fit")
     held = frame[by] >= scales[-largest]
     train, test = frame[~held], frame[held]
     fit = fit_fn(*(train[c].to_numpy(float) for c in columns), train["loss"].to_numpy(float), intervals=intervals,
-                 seed=seed)
+                 seed=seed, **({"init": init} if init is not None else {}))
     at = [test[c].to_numpy(float) for c in columns]
     predicted, low, high = (fit.predict(*at, interval=interval) if intervals else
                             (fit.predict(*at), np.full(len(test), np.nan), np.full(len(test), np.nan)))
@@ -74,6 +76,18 @@ def holdout(frame: pd.DataFrame, law: str = "chinchilla", *, by: str = "N", larg
     return Holdout(law=law, by=by, fit=fit, points=points, n_fitted=len(train))
 
 
+def single_epoch(frame: pd.DataFrame) -> pd.Series:
+    """The rows that saw no token twice (D <= U); every row when the table has no U."""
+    return frame["D"] <= frame["U"] * (1 + 1e-9) if "U" in frame else pd.Series(True, index=frame.index)
+
+
+def fitted_rows(frame: pd.DataFrame, law: str) -> pd.DataFrame:
+    """The rows `law` is fitted on: a form without U treats every token as fresh, so where the table says how many
+    were unique it sees only the single-epoch rows (Muennighoff et al. 2023 fit their base law so); a form with U
+    sees every row."""
+    return frame if "U" in LAW_FORMS[law][1] else frame[single_epoch(frame)]
+
+
 def applicable_laws(frame: pd.DataFrame) -> dict[str, str]:
     """{law: why it cannot be fitted to this table} for the forms that cannot ("" for those that can)."""
     why = {}
@@ -81,7 +95,7 @@ def applicable_laws(frame: pd.DataFrame) -> dict[str, str]:
         missing = [c for c in columns if c not in frame.columns or frame[c].isna().any()]
         if missing:
             why[law] = f"no {', '.join(missing)} column"
-        elif law == "data_constrained" and not (frame["D"] > frame["U"] * (1 + 1e-9)).any():
+        elif law == "data_constrained" and single_epoch(frame).all():
             why[law] = "no run saw a token twice (D <= U everywhere)"
         else:
             why[law] = ""
@@ -89,11 +103,12 @@ def applicable_laws(frame: pd.DataFrame) -> dict[str, str]:
 
 
 def compare_laws(frame: pd.DataFrame, *, by: str = "N", largest: int = 1, intervals: int = 200,
-                 seed: int = 0) -> pd.DataFrame:
+                 seed: int = 0, inits: dict | None = None) -> pd.DataFrame:
     """Every applicable law form (LAW_FORMS) held out on the same points (see holdout), ranked by mean absolute
     relative error of the held-out predictions, best first: law, held_out (points), fitted (points), mean and max
     |error|, coverage of the 95% intervals, whether the fit is identified, and why a form could not be compared or
-    is not identified (its numbers then move with the last bits of the arithmetic)."""
+    is not identified (its numbers then move with the last bits of the arithmetic). `inits`: {law: its fit of every
+    point} to start each held-out fit from (the work of fitting them shared), where the form takes one."""
     rows = []
     for law, why in applicable_laws(frame).items():
         row = {"law": law, "form": LAW_NAMES[law]}
@@ -101,7 +116,8 @@ def compare_laws(frame: pd.DataFrame, *, by: str = "N", largest: int = 1, interv
             rows.append({**row, "why": why})
             continue
         try:
-            result = holdout(frame, law, by=by, largest=largest, intervals=intervals, seed=seed)
+            result = holdout(frame, law, by=by, largest=largest, intervals=intervals, seed=seed,
+                             init=(inits or {}).get(law))
         except FitError as error:
             rows.append({**row, "why": str(error)})
             continue

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from harness.fit.bootstrap import percentile_intervals, residual_resamples, with_interval
-from harness.fit.minimum import MINIMUM_METHODS, interior_minimum
+from harness.fit.minimum import DEFAULT_MINIMUM, MINIMUM_METHODS, interior_minimum
 from harness.fit.points import FitError, positive_array
 
 
@@ -19,7 +19,7 @@ class IsoFlopFit:
     k: float                 # N_opt = k * C^a
     minima: pd.DataFrame     # one row per budget: C, N_opt, D_opt, loss_opt, interior, curvature, why
     parabolas: dict = field(default_factory=dict)   # C -> (c2, c1, c0) of loss = c2 (ln N)^2 + c1 ln N + c0
-    minimum: str = "local"   # how each budget's minimum was located (MINIMUM_METHODS)
+    minimum: str = DEFAULT_MINIMUM   # how each budget's minimum was located (MINIMUM_METHODS)
     intervals: dict = field(default_factory=dict)   # parameter -> (low, high) when asked for
     resampled: list = field(default_factory=list, repr=False)   # the bootstrap resamples' fits
 
@@ -28,7 +28,7 @@ class IsoFlopFit:
         return with_interval(self, self.k * np.asarray(C, dtype=float) ** self.a, lambda fit: fit.predict(C), interval)
 
 
-def _budget_minimum(log_n: np.ndarray, loss: np.ndarray, log_d: np.ndarray, method: str = "local") -> dict:
+def _budget_minimum(log_n: np.ndarray, loss: np.ndarray, log_d: np.ndarray, method: str) -> dict:
     """One budget's minimum in ln N by `method` (MINIMUM_METHODS) and, where it is interior, N_opt and the tokens
     trained there."""
     row = interior_minimum(log_n, loss, method, "N")
@@ -42,8 +42,8 @@ def _budget_minimum(log_n: np.ndarray, loss: np.ndarray, log_d: np.ndarray, meth
             "loss_opt": float(np.polyval(row["parabola"], vertex))}
 
 
-def fit_isoflop(C, N, loss, D=None, *, minimum: str = "local", intervals: int = 0, seed: int = 0) -> IsoFlopFit:
-    """`minimum`: how each budget's minimum is located (MINIMUM_METHODS; "local" by default, "parabola" as Chinchilla).
+def fit_isoflop(C, N, loss, D=None, *, minimum: str = DEFAULT_MINIMUM, intervals: int = 0, seed: int = 0) -> IsoFlopFit:
+    """`minimum`: how each budget's minimum is located (MINIMUM_METHODS; DEFAULT_MINIMUM, "parabola" as Chinchilla).
     `D`: the tokens each run trained. D_opt is read off them at N_opt, so it lies within the tokens the budget's
     runs trained; without D it is taken as C/(6N) per run, the 6ND convention (right only when C was counted so).
     `intervals`: that many bootstrap resamples for 95% intervals on a, b and k (0: none): the sizes of each
@@ -69,8 +69,10 @@ def fit_isoflop(C, N, loss, D=None, *, minimum: str = "local", intervals: int = 
     minima = pd.DataFrame(rows)[["C", "N_opt", "D_opt", "loss_opt", "interior", "curvature", "why"]]
     good = minima[minima["interior"]]
     if len(good) < 2:
+        failed = [f"C={r.C:.3g}: {r.why}" for r in minima.itertuples() if not r.interior]
+        more = f"; and {len(failed) - 3} more" if len(failed) > 3 else ""
         raise FitError(f"only {len(good)} of {len(budgets)} budgets have an interior minimum; "
-                       f"a power law needs 2: {'; '.join(f'C={r.C:.3g}: {r.why}' for r in minima.itertuples() if not r.interior)}")
+                       f"a power law needs 2: {'; '.join(failed[:3])}{more}")
     a, log_k = np.polyfit(np.log(good["C"]), np.log(good["N_opt"]), 1)
     b, _ = np.polyfit(np.log(good["C"]), np.log(good["D_opt"]), 1)
     fit = IsoFlopFit(a=float(a), b=float(b), k=float(np.exp(log_k)), minima=minima, parabolas=parabolas, minimum=minimum)
@@ -83,3 +85,15 @@ def fit_isoflop(C, N, loss, D=None, *, minimum: str = "local", intervals: int = 
         fit.intervals = percentile_intervals(fit_isoflop, [(C, N, y, D) for y in datasets], params=["a", "b", "k"],
                                              workers=1, minimum=minimum, resampled=fit.resampled)
     return fit
+
+
+def a_by_method(C, N, loss, D=None) -> dict[str, float]:
+    """a from the same runs by each way to locate a budget's minimum (MINIMUM_METHODS); NaN where a method finds
+    fewer than two interior minima."""
+    found = {}
+    for method in MINIMUM_METHODS:
+        try:
+            found[method] = fit_isoflop(C, N, loss, D, minimum=method).a
+        except FitError:
+            found[method] = float("nan")
+    return found

@@ -38,20 +38,24 @@ def torch_threads_for(elements: int):
         torch.set_num_threads(threads)
 
 
-def autograd_huber(log_loss_of, targets: np.ndarray, delta: float, weights: np.ndarray | None = None):
+def autograd_huber(log_loss_of, targets: np.ndarray, delta: float, weights: np.ndarray | None = None,
+                   per_row: bool = False):
     """An objective for minimise.lbfgs from a law in torch: the summed Huber loss of log L(theta) - targets per
     row of theta, differentiated by autograd (a non-finite value rejects the step). `weights`: one row of point
-    counts per start (a bootstrap resample each)."""
+    counts per start (a bootstrap resample each). `per_row`: targets hold one row per start (a resample each), and
+    the law is called as log_loss_of(theta, rows), rows being the starts' indices (for per-start constants)."""
     targets = torch.as_tensor(targets)
     weights = torch.as_tensor(weights) if weights is not None else None
 
     def objective(theta: np.ndarray, rows: np.ndarray):
         with torch_threads_for(len(theta) * targets.shape[-1]):
-            return evaluate(theta, weights[torch.as_tensor(rows)] if weights is not None else None)
+            at = torch.as_tensor(rows)
+            return evaluate(theta, at, weights[at] if weights is not None else None)
 
-    def evaluate(theta: np.ndarray, row_weights):
+    def evaluate(theta: np.ndarray, rows: torch.Tensor, row_weights):
         theta = torch.tensor(theta, requires_grad=True)
-        value, _ = summed_huber(log_loss_of(theta) - targets, delta, row_weights)
+        log_loss = log_loss_of(theta, rows) if per_row else log_loss_of(theta)
+        value, _ = summed_huber(log_loss - (targets[rows] if per_row else targets), delta, row_weights)
         value.sum().backward()
         values = value.detach().numpy()
         return np.where(np.isnan(values), np.inf, values), torch.nan_to_num(theta.grad).numpy()

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from scipy import optimize
 
-from harness.fit.bootstrap import (REFIT_TOLERANCES, RESAMPLE_STARTS, percentiles, refit_resamples,
+from harness.fit.bootstrap import (REFIT_TOLERANCES, RESAMPLE_STARTS, distinct_ends, percentiles, refit_resamples,
                                    residual_resamples, with_interval)
 from harness.fit.minimise import lbfgs
 from harness.fit.objective import summed_huber, torch_threads_for
@@ -38,6 +38,7 @@ class ParametricFit:
     unidentified: str = ""      # why the points do not pin the five parameters down ("" when they do)
     tie_exponents: bool = False  # fitted with alpha = beta
     resampled: list = field(default_factory=list, repr=False)   # the bootstrap resamples' fits
+    resample_starts: np.ndarray | None = field(default=None, repr=False)   # where refits of resampled points start
 
     @property
     def identified(self) -> bool:
@@ -214,7 +215,7 @@ def fit_parametric(N, D, loss, *, tie_exponents: bool = False, huber_delta: floa
     if init is None:
         minima = lbfgs(objective, grid)
         best = int(np.argmin(minima.value))
-        resample_starts = np.vstack([minima.x[best], grid[np.argsort(minima.value)[:RESAMPLE_STARTS - 1]]])
+        resample_starts = distinct_ends(minima.x, minima.value)
     else:
         scores = grid_objectives(np.array([untied(start) for start in grid]), log_n, log_d, log_loss, huber_delta)
         nearest = grid[np.argsort(scores)[:RESAMPLE_STARTS - 1]]
@@ -222,6 +223,7 @@ def fit_parametric(N, D, loss, *, tie_exponents: bool = False, huber_delta: floa
         best = int(np.argmin(minima.value))
         resample_starts = np.vstack([minima.x[best], nearest])
     fit = parametric_fit_at(minima.x[best], float(minima.value[best]), log_n, log_d, log_loss, tie_exponents)
+    fit.resample_starts = resample_starts
     if intervals:
         fitted = np.log(fit.predict(N, D))
         datasets = residual_resamples(log_loss, fitted, strata, n_params=n_params, fit_per_stratum=False,
