@@ -20,7 +20,7 @@ import pandas as pd
 
 from harness import curve_table, plots
 from harness.analysis import HELD_OUT_RESAMPLES, held_out_tables, interval_text, markdown_table, minimum_methods_line
-from harness.fit import (RESAMPLE_STARTS, FitError, a_by_method, compare_laws, fit_data_constrained, fit_isoflop,
+from harness.fit import (FitError, a_by_method, compare_laws, fit_data_constrained, fit_isoflop,
                          fit_kaplan_nd, fit_parametric, single_epoch)
 from harness.progress import Phases
 from harness.records import write_atomically
@@ -164,7 +164,7 @@ def _fit_law(key, table, single, runs, out, prefix, intervals, names, labels, fi
         entry = entries | {"objective": law.objective, "resamples_failed": law.intervals.get("_failed"),
                            "identified": law.identified, "why": law.unidentified}
         section = (f"Summed Huber loss (delta 1e-3) of log L from Chinchilla's grid of starts; {resampled}, each "
-                   f"refitted from {RESAMPLE_STARTS} starts." + (f" Not identified: {law.unidentified}."
+                   f"refitted from {len(law.resample_starts)} starts." + (f" Not identified: {law.unidentified}."
                                                                  if not law.identified else "") + "\n\n" + shown)
         if key == "parametric":
             plots.parametric_contours(runs, law, out, name=f"{prefix}parametric_contours", labels=labels)
