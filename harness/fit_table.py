@@ -196,7 +196,7 @@ def _fit_law(key, table, single, runs, out, prefix, intervals, names, labels, fi
 
 
 def fit_file(path: Path, out: Path, names: dict, group: str | None = None, resamples: int = 1000,
-             quick: bool = False, progress: str = "auto") -> dict:
+             quick: bool = False) -> dict:
     """Every law the table's columns allow, per group; fits.json and report.md in `out` rewritten as each law
     finishes (an interrupted fit keeps what it finished). Returns the fits, as fits.json holds them."""
     table = read_table(path, names, group)

@@ -55,7 +55,7 @@ def _study_of(df: pd.DataFrame, study: str | None) -> str:
     return names[0] if len(names) == 1 else "none"
 
 
-def build_report(paths, out: Path, study: str | None = None, echo: bool = False, progress: str = "auto") -> Path:
+def build_report(paths, out: Path, study: str | None = None, echo: bool = False) -> Path:
     """report.md, its tables and figures in `out`; report.md rewritten as each phase (the study's analysis, the
     curve laws, the held-out comparison) finishes, so an interrupted report keeps what it finished."""
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
@@ -66,8 +66,8 @@ def build_report(paths, out: Path, study: str | None = None, echo: bool = False,
         raise SystemExit(f"error: no records under {', '.join(map(str, paths))}")
     study = _study_of(df, study)
     root = Path(paths[0]) if Path(paths[0]).is_dir() else Path(".")
-    phases = Phases(["tables", f"analysis ({study if study != 'none' else 'generic'})", "curve laws",
-                     "held-out prediction"], mode=progress, label="report")
+    analysis = f"analysis ({study if study != 'none' else 'generic'})"
+    phases = Phases(["tables", analysis, "curve laws", "held-out prediction"], label="report")
     with phases.phase("tables"):
         _write_tables(df, out, root)
         table = runs_table(df)
@@ -81,7 +81,7 @@ def build_report(paths, out: Path, study: str | None = None, echo: bool = False,
         sections.append("## Runs that did not finish ok\n\n" + markdown_table(failed))
     write = lambda: write_atomically(out / "report.md", "w", lambda f: f.write("\n\n".join(sections) + "\n"))
     write()
-    with phases.phase(f"analysis ({study if study != 'none' else 'generic'})"):
+    with phases.phase(analysis):
         if not (df["status"] == "ok").any():   # a study's analysis reads measurements; there are none
             sections.append("No run finished ok: nothing to analyse (the runs that did not finish ok say why).")
         elif study != "none" and importlib.util.find_spec(f"studies.{study}") is not None:
