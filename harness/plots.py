@@ -104,7 +104,9 @@ def save(fig, out_dir: Path, name: str, identified: bool = True) -> list[Path]:
             if scale != "log":
                 continue
             span = max(limits) / min(limits)
-            if span >= 100:   # decades: one label per decade at most, as a power of ten
+            if isinstance(axis.get_major_locator(), matplotlib.ticker.FixedLocator):
+                pass   # the figure chose its ticks (the values measured): only their labels change
+            elif span >= 100:   # decades: one label per decade at most, as a power of ten
                 axis.set_major_locator(matplotlib.ticker.LogLocator(base=10, numticks=8))
             elif span >= 3:   # a decade or so: 1-2-5 steps, so the axis still gets several labels
                 axis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))

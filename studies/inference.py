@@ -193,7 +193,8 @@ def inference_costs(table: pd.DataFrame, out_dir: Path) -> list[Path]:
         ax.plot(group["context"], group["decode_ms_per_token"], "o-", color=colour, label=f"decode, KV cache ({name})")
         ax.plot(group["context"], group["decode_ms_per_token_recompute"], "s--", color=colour, label=f"decode, recompute ({name})")
         ax.plot(group["context"], group["prefill_s"] * 1e3, "^:", color=colour, alpha=0.7, label=f"prefill, whole prompt ({name})")
-    ax.set(xscale="log", yscale="log", xlabel="context (tokens)", ylabel="milliseconds", title="Latency against context")
+    ax.set(xscale="log", yscale="log", xlabel="context (tokens)", ylabel="milliseconds", title="Latency against context",
+           xticks=sorted(table["context"].unique()))
     ax.legend(fontsize=7)
     paths += plots.save(fig, out_dir, "inference_latency")
 
@@ -202,7 +203,8 @@ def inference_costs(table: pd.DataFrame, out_dir: Path) -> list[Path]:
         ax.plot(group["context"], group["kv_cache_formula_mb"], "-", color=colour, label=f"formula ({name})")
         ax.plot(group["context"], group["kv_cache_mb"], "o", color=colour, label=f"measured ({name})")
     ax.axhline(table["weights_mb"].max(), color="black", linestyle="--", label="weights")
-    ax.set(xscale="log", yscale="log", xlabel="context (tokens)", ylabel="MB", title="KV cache memory against context")
+    ax.set(xscale="log", yscale="log", xlabel="context (tokens)", ylabel="MB", title="KV cache memory against context",
+           xticks=sorted(table["context"].unique()))
     ax.legend(fontsize=7)
     paths += plots.save(fig, out_dir, "inference_memory")
     return paths
@@ -219,8 +221,10 @@ def kv_heads_costs(table: pd.DataFrame, out_dir: Path) -> list[Path]:
             memory.plot(group["context"], group["kv_cache_mb"], marker + "-", color=colour, label=f"{kind}, batch {batch}")
             speed.plot(group["context"], group["decode_tokens_per_s"], marker + "-", color=colour, label=f"{kind}, batch {batch}")
         memory.axhline(table.loc[table["attention"] == kind, "weights_mb"].iloc[0], color=colour, linestyle=":", alpha=0.8)
+    contexts = sorted(table["context"].unique())
     memory.set(xscale="log", yscale="log", xlabel="context (tokens)", ylabel="MB",
-               title="KV cache (measured); dotted: each model's weights")
-    speed.set(xscale="log", yscale="log", xlabel="context (tokens)", ylabel="tokens / s", title="Decode with the KV cache")
+               title="KV cache (measured); dotted: each model's weights", xticks=contexts)
+    speed.set(xscale="log", yscale="log", xlabel="context (tokens)", ylabel="tokens / s", title="Decode with the KV cache",
+              xticks=contexts)
     memory.legend(fontsize=7)
     return plots.save(fig, out_dir, "inference_kv_heads")
