@@ -69,16 +69,25 @@ def interval_text(value: float, interval) -> str:
     return f"{value:.4g} [{interval[0]:.4g}, {interval[1]:.4g}]" if interval else f"{value:.4g}"
 
 
-def minimum_methods_line(by_method: dict, used: str) -> str:
-    """How far approach 2's a moves between the ways to locate a budget's minimum (harness.fit.a_by_method), in one
-    line for a report."""
+def minimum_methods_range(by_method: dict) -> str:
+    """How far approach 2's a moves between the ways to locate a budget's minimum (harness.fit.a_by_method): the
+    spread and the methods at either end, e.g. "0.109 (parabola 0.644 to akima 0.7497)"."""
     found = {method: a for method, a in by_method.items() if a == a}
-    listed = ", ".join(f"{method} {a:.4g}" + (" (used)" if method == used else "") for method, a in found.items())
-    none = [method for method in by_method if method not in found]
-    spread = f"it moves {max(found.values()) - min(found.values()):.3g} between them" if len(found) > 1 else "one fits"
+    if len(found) < 2:
+        return "none: fewer than two methods fit"
+    low, high = min(found, key=found.get), max(found, key=found.get)
+    return f"{found[high] - found[low]:.3g} ({low} {found[low]:.4g} to {high} {found[high]:.4g})"
+
+
+def minimum_methods_line(by_method: dict, used: str) -> str:
+    """minimum_methods_range with every method's a, in one line for a report."""
+    listed = ", ".join(f"{method} {a:.4g}" + (" (used)" if method == used else "") for method, a in by_method.items()
+                       if a == a)
+    none = [method for method, a in by_method.items() if a != a]
     return (f"a by each way to locate a budget's minimum: {listed}"
             + (f"; {', '.join(none)}: fewer than 2 interior minima" if none else "")
-            + f": {spread} (results/isoflop_bias measures each against known truth).")
+            + f". It moves {minimum_methods_range(by_method)} between them (results/isoflop_bias measures each "
+            "against known truth).")
 
 
 def markdown_table(table: pd.DataFrame) -> str:
@@ -166,6 +175,7 @@ def held_out_section(df: pd.DataFrame, out: Path) -> str:
         lines.append(f"**{family}** ({len(group)} points, fitted on {sizes - 1} sizes): {best}.\n\n" + shown)
     (out / "held_out.json").write_text(json.dumps(found, indent=1, default=float))
     return "\n\n".join(lines)
+
 
 def _what_to_add(sizes: int, tokens: int, points: int) -> str:
     """What a sweep needs for a law in N and D held out at its largest size: 3 sizes, 3 token counts, 8 points."""

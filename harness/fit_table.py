@@ -189,10 +189,10 @@ def _fit_law(key, table, single, runs, out, prefix, intervals, names, labels, fi
                                                            intervals=min(intervals, HELD_OUT_RESAMPLES)))
     verdict = (f"{ranked.iloc[0]['law']} extrapolated best (mean |error| {ranked.iloc[0]['mean_abs_error']:.2%})"
                if len(ranked) else "no form could be fitted")
-    return held_out, (f"Each form fitted on the smaller sizes predicts the largest "
-                                f"({table['N'].max():.4g}): {verdict}." + (
-                                    " With U, the forms without it are fitted and scored on the single-epoch rows."
-                                    if len(single) < len(table) else "") + "\n\n" + shown)
+    with_u = (" With U, the forms without it are fitted and scored on the single-epoch rows."
+              if len(single) < len(table) else "")
+    return held_out, (f"Each form fitted on the smaller sizes predicts the largest ({table['N'].max():.4g}): "
+                      f"{verdict}.{with_u}\n\n{shown}")
 
 
 def fit_file(path: Path, out: Path, names: dict, group: str | None = None, resamples: int = 1000,

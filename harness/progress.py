@@ -44,11 +44,9 @@ class Phases:
     """The named phases of a job (a table's law fits): a tqdm bar over them on a terminal, one line per phase
     otherwise, each with how long it took."""
 
-    def __init__(self, names: list[str], mode: str = "auto", label: str = "fit"):
-        if mode == "auto":
-            mode = "bar" if sys.stderr.isatty() else "lines"
-        self.mode, self.total, self.label, self.count = mode, len(names), label, 0
-        self.bar = tqdm(total=len(names), desc=label, unit="phase", leave=False) if mode == "bar" else None
+    def __init__(self, names: list[str], label: str = "fit"):
+        self.total, self.label, self.count = len(names), label, 0
+        self.bar = tqdm(total=len(names), desc=label, unit="phase", leave=False) if sys.stderr.isatty() else None
 
     @contextlib.contextmanager
     def phase(self, name: str):
@@ -59,7 +57,7 @@ class Phases:
         yield
         if self.bar is not None:
             self.bar.update(1)
-        elif self.mode == "lines":
+        else:
             log.info("%s %d/%d: %s (%.1f s)", self.label, self.count, self.total, name, time.perf_counter() - start)
 
     def close(self) -> None:

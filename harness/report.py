@@ -73,7 +73,7 @@ def build_report(paths, out: Path, study: str | None = None, echo: bool = False)
         table = runs_table(df)
     module = None
     # A sweep with no study is named after its directory (a first sweep's report is not "Report: none").
-    title = study if study != "none" else Path(paths[0]).resolve().name
+    title = study if study != "none" else root.resolve().name
     sections = [f"# Report: {title}", f"{len(df)} runs ({', '.join(f'{n} {s}' for s, n in df['status'].value_counts().items())}).",
                 "## Runs\n\n" + markdown_table(table)]
     failed = not_ok_table(df, root)

@@ -14,7 +14,7 @@ import pandas as pd
 from harness import plots
 from models import families
 from harness.fit import FitError, a_by_method, fit_isoflop
-from harness.analysis import interval_text, markdown_table
+from harness.analysis import interval_text, markdown_table, minimum_methods_range
 from studies.isoflop import RESAMPLES, runs_of
 
 
@@ -31,7 +31,7 @@ def analyse(df: pd.DataFrame, out: Path) -> list[str]:
             used = fit.minima[fit.minima["interior"]]
             row.update(a=interval_text(fit.a, fit.intervals["a"]), b=interval_text(fit.b, fit.intervals["b"]),
                        budgets_fitted=f"{len(used)} of {len(fit.minima)}",
-                       a_between_methods=_spread(a_by_method(table["C"], table["params"], table["val_loss"],
+                       a_between_methods=minimum_methods_range(a_by_method(table["C"], table["params"], table["val_loss"],
                                                              table["tokens"])),
                        N_opt=", ".join(f"{n:.3g}" for n in used["N_opt"]),
                        left_out="; ".join(f"C={r.C:.3g}: {r.why}" for r in fit.minima.itertuples() if not r.interior))
@@ -60,10 +60,3 @@ def analyse(df: pd.DataFrame, out: Path) -> list[str]:
         figures,
     ]
 
-
-def _spread(by_method: dict) -> str:
-    """How far a moves between the ways to locate a budget's minimum (harness.fit.a_by_method): max - min, and the
-    methods at either end."""
-    found = {method: a for method, a in by_method.items() if a == a}
-    low, high = min(found, key=found.get), max(found, key=found.get)
-    return f"{found[high] - found[low]:.3g} ({low} {found[low]:.4g} to {high} {found[high]:.4g})"

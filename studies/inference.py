@@ -182,6 +182,7 @@ def inference_costs(table: pd.DataFrame, out_dir: Path) -> list[Path]:
     sns.set_theme(style="whitegrid")
     paths = []
     keys = [key for key in ("kv_heads", "batch") if key in table.columns]   # a sweep over key-value heads: a line each
+    contexts = sorted(table["context"].unique())   # every context measured gets its tick
 
     def lines():
         for values, group in table.groupby(keys):
@@ -194,7 +195,7 @@ def inference_costs(table: pd.DataFrame, out_dir: Path) -> list[Path]:
         ax.plot(group["context"], group["decode_ms_per_token_recompute"], "s--", color=colour, label=f"decode, recompute ({name})")
         ax.plot(group["context"], group["prefill_s"] * 1e3, "^:", color=colour, alpha=0.7, label=f"prefill, whole prompt ({name})")
     ax.set(xscale="log", yscale="log", xlabel="context (tokens)", ylabel="milliseconds", title="Latency against context",
-           xticks=sorted(table["context"].unique()))
+           xticks=contexts)
     ax.legend(fontsize=7)
     paths += plots.save(fig, out_dir, "inference_latency")
 
@@ -204,7 +205,7 @@ def inference_costs(table: pd.DataFrame, out_dir: Path) -> list[Path]:
         ax.plot(group["context"], group["kv_cache_mb"], "o", color=colour, label=f"measured ({name})")
     ax.axhline(table["weights_mb"].max(), color="black", linestyle="--", label="weights")
     ax.set(xscale="log", yscale="log", xlabel="context (tokens)", ylabel="MB", title="KV cache memory against context",
-           xticks=sorted(table["context"].unique()))
+           xticks=contexts)
     ax.legend(fontsize=7)
     paths += plots.save(fig, out_dir, "inference_memory")
     return paths

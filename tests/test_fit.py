@@ -535,7 +535,8 @@ def test_approach_2s_default_minimum_is_the_one_the_committed_comparison_measure
     assert found == {m: fit_isoflop(6 * N * D, N, loss, D, minimum=m).a for m in MINIMUM_METHODS}
     line = minimum_methods_line(found, "local")
     assert f"local {found['local']:.4g} (used)" in line
-    assert f"moves {max(found.values()) - min(found.values()):.3g} between them" in line
+    low, high = min(found, key=found.get), max(found, key=found.get)
+    assert f"moves {found[high] - found[low]:.3g} ({low} {found[low]:.4g} to {high} {found[high]:.4g})" in line
 
 
 # --- held-out prediction --------------------------------------------------------------------------------------------

@@ -95,6 +95,9 @@ def test_a_unique_tokens_column_adds_the_data_constrained_law(tmp_path):
     assert law["rows"] == len(N)
     single_epoch = int(np.sum(D <= U))
     assert fits["parametric"]["rows"] == single_epoch < len(N)
+    from harness.fit import fit_parametric   # fitted on those rows alone, not on the repeated ones
+    alone = fit_parametric(N[D <= U], D[D <= U], loss[D <= U])
+    assert fits["parametric"]["alpha"] == pytest.approx(alone.alpha, rel=1e-6)
     two_step = fits["data_constrained_two_step"]
     assert two_step["rows"] == len(N) and two_step["R_D_star_interval"][0] > 0
     assert "data_constrained" in [row["law"] for row in fits["held_out"] if row["why"] == ""]

@@ -11,7 +11,8 @@ import torch
 from harness.fit.bootstrap import REFIT_TOLERANCES, percentiles, refit_resamples, residual_resamples, with_interval
 from harness.fit.minimise import lbfgs
 from harness.fit.objective import autograd_huber
-from harness.fit.parametric import ParametricFit, fit_parametric, huber_objectives, parametric_fit_at
+from harness.fit.parametric import (ParametricFit, fit_parametric, huber_objectives, parametric_fit_at,
+                                    parametric_from_theta)
 from harness.fit.points import FitError, check_points
 
 
@@ -28,6 +29,11 @@ from harness.fit.points import FitError, check_points
 # there runs to its own tolerances.
 STAGE_ITERATIONS = 500
 DATA_CONSTRAINED_STARTS = np.array(list(itertools.product(np.log([0.5, 2, 8, 32, 128]), np.log([0.5, 2, 8, 32, 128]))))
+
+
+def single_epoch_points(D, U) -> np.ndarray:
+    """Which runs saw no token twice: D <= U (to rounding in a table's printed numbers)."""
+    return np.asarray(D, float) <= np.asarray(U, float) * (1 + 1e-9)
 
 
 def data_constrained_effective(params: torch.Tensor, log_n, log_d, log_u) -> tuple[torch.Tensor, torch.Tensor]:
@@ -101,7 +107,7 @@ def fit_data_constrained(N, D, U, loss, *, two_step: bool = False, huber_delta: 
     the joint fit's from its optimum, all seven parameters at once; the two-step fit's as the fit itself (the base
     law on the single-epoch rows from the distinct ends of its grid, then R_D* and R_N* from the fit's)."""
     N, D, U, loss = check_points({"N": N, "D": D, "U": U, "loss": loss}, 7)
-    single = D <= U * (1 + 1e-9)
+    single = single_epoch_points(D, U)
     if single.sum() < 6 or single.all():
         raise FitError(f"a data-constrained fit needs at least 6 single-epoch points (D <= U) and some repeated ones; "
                        f"got {int(single.sum())} single-epoch of {len(N)}")
@@ -129,15 +135,10 @@ def fit_data_constrained(N, D, U, loss, *, two_step: bool = False, huber_delta: 
                                          huber_delta, per_row=True), np.repeat(theta[None], len(datasets), axis=0),
                           **REFIT_TOLERANCES)
             thetas, values = joint.x, joint.value
-        for row, value in zip(thetas, values):
-            log_a, log_b, log_e, alpha, beta = row[:5]
-            resample = DataConstrainedFit(base=ParametricFit(E=float(np.exp(log_e)), A=float(np.exp(log_a)),
-                                                             B=float(np.exp(log_b)), alpha=float(alpha),
-                                                             beta=float(beta), objective=np.nan, n_points=len(N)),
-                                          R_D_star=float(np.exp(row[5])), R_N_star=float(np.exp(row[6])),
-                                          objective=float(value), n_points=len(N))
-            if np.all(np.isfinite(row)):
-                fit.resampled.append(resample)
+        fit.resampled = [DataConstrainedFit(base=parametric_from_theta(row[:5], np.nan, len(N)),
+                                            R_D_star=float(np.exp(row[5])), R_N_star=float(np.exp(row[6])),
+                                            objective=float(value), n_points=len(N))
+                         for row, value in zip(thetas, values) if np.all(np.isfinite(row))]
         fit.intervals = percentiles(fit.resampled, intervals, ["R_D_star", "R_N_star", "E", "A", "B", "alpha", "beta"])
     return fit
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from harness.fit.data_constrained import fit_data_constrained
+from harness.fit.data_constrained import fit_data_constrained, single_epoch_points
 from harness.fit.kaplan import fit_kaplan_nd
 from harness.fit.parametric import fit_parametric
 from harness.fit.points import FitError
@@ -78,7 +78,7 @@ def holdout(frame: pd.DataFrame, law: str = "chinchilla", *, by: str = "N", larg
 
 def single_epoch(frame: pd.DataFrame) -> pd.Series:
     """The rows that saw no token twice (D <= U); every row when the table has no U."""
-    return frame["D"] <= frame["U"] * (1 + 1e-9) if "U" in frame else pd.Series(True, index=frame.index)
+    return pd.Series(single_epoch_points(frame["D"], frame["U"]) if "U" in frame else True, index=frame.index)
 
 
 def fitted_rows(frame: pd.DataFrame, law: str) -> pd.DataFrame:

@@ -244,10 +244,16 @@ def fit_parametric(N, D, loss, *, tie_exponents: bool = False, huber_delta: floa
     return fit
 
 
-def parametric_fit_at(theta, objective: float, log_n, log_d, log_loss, tied: bool) -> ParametricFit:
+def parametric_from_theta(theta, objective: float, n_points: int, tied: bool = False) -> ParametricFit:
+    """The law at theta = (log A, log B, log E, alpha[, beta])."""
     a, b, e, alpha, beta = untied(theta)
     with np.errstate(over="ignore"):  # an unidentified fit can run log A off to where A is inf: report it as such
-        fit = ParametricFit(E=float(np.exp(e)), A=float(np.exp(a)), B=float(np.exp(b)), alpha=float(alpha),
-                            beta=float(beta), objective=objective, n_points=len(log_n), tie_exponents=tied)
+        return ParametricFit(E=float(np.exp(e)), A=float(np.exp(a)), B=float(np.exp(b)), alpha=float(alpha),
+                             beta=float(beta), objective=objective, n_points=n_points, tie_exponents=tied)
+
+
+def parametric_fit_at(theta, objective: float, log_n, log_d, log_loss, tied: bool) -> ParametricFit:
+    """The law at theta, and whether these points pin it down."""
+    fit = parametric_from_theta(theta, objective, len(log_n), tied)
     fit.unidentified = identification(untied(theta), log_n, log_d, log_loss, tied=tied)
     return fit
