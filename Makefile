@@ -10,7 +10,7 @@ EXTRAS ?= dev,cluster,quant,peers,tracking
 # bench-compare fails when a median is this much slower than the machine's last baseline
 BENCH_FAIL ?= median:10%
 
-.PHONY: install demo test test-slow bench bench-compare publish clean
+.PHONY: install demo test test-slow bench bench-compare publish gpu-wheels clean
 
 install: $(BIN)/.installed
 
@@ -47,6 +47,10 @@ publish: install
 	rm -rf results/$(STUDY) && mkdir -p results/$(STUDY)
 	cd multirun/$(STUDY) && find . -name record.json -exec cp --parents {} ../../results/$(STUDY)/ \;
 	$(BIN)/harness-report results/$(STUDY)
+
+# The pure-Python wheels .ci/gpu-check installs where a GPU machine's image lacks Hydra and has no network: carry .whl/
+gpu-wheels: install
+	$(BIN)/python -m pip wheel --quiet --no-deps -w .whl hydra-core==1.3.2 omegaconf==2.3.0 antlr4-python3-runtime==4.9.3
 
 clean:
 	rm -rf $(VENV) multirun outputs .pytest_cache .benchmarks

@@ -18,8 +18,10 @@ def statuses(step_dir: Path) -> str:
 
 def training(d: Path) -> str:
     fits = json.loads((d / "report" / "fits.json").read_text())
-    best = ", ".join(f"{b['mode']} {b['mfu']:.1%} ({b['mfu_dense']:.1%} dense) MFU" for b in fits["best"])
-    faster = "; ".join(f"{s['attention']}: compiled {s['compiled_over_eager']:.2f}x eager" for s in fits["compiled_over_eager"])
+    best = ", ".join(f"{b.get('precision', 'bf16')} {b['mode']} {b['mfu']:.1%} ({b['mfu_dense']:.1%} dense) MFU"
+                     for b in fits["best"])
+    faster = "; ".join(f"{s['attention']}, {s.get('precision', 'bf16')}: compiled {s['compiled_over_eager']:.2f}x eager"
+                       for s in fits["compiled_over_eager"])
     return f"{best}; {faster}"
 
 
@@ -53,9 +55,14 @@ def kernels(d: Path) -> str:
 
 
 def gate(d: Path) -> str:
-    cases = json.loads((d / "gate.json").read_text())["cases"]
-    verdicts = pd.Series([c["verdict"] for c in cases]).value_counts()
-    return f"{len(cases)} cases against themselves: " + ", ".join(f"{n} {v}" for v, n in verdicts.items())
+    same = json.loads((d / "same.json").read_text())["cases"]
+    alarms = [c for c in same if c["verdict"] != "same"]
+    slowed = [c for c in json.loads((d / "slower.json").read_text())["cases"]
+              if "[dense-" in c["name"] and c["name"].endswith("-fwd]")]
+    caught = [c for c in slowed if c["verdict"] == "slower"]
+    ratios = ", ".join(f"{c['ratio']:.3f}" for c in slowed)
+    return (f"A/A: {len(alarms)} of {len(same)} cases flagged; dense made slower (ratios {ratios}): "
+            f"{len(caught)} of {len(slowed)} forward cases caught")
 
 
 HEADLINES = {"training": training, "attention": attention, "precision": precision, "inference": inference,

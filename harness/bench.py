@@ -2,8 +2,9 @@
 two Python environments, `--base-python PATH`) on this machine, in alternating processes, and judged case by case.
 
 Each revision is checked out into a worktree of its own and its processes import its code (PYTHONPATH), so the
-two sides time different code where they differ. The defaults (10 processes a side, times over the reference product,
-alpha 0.01, a 2% floor) come from the power study in results/bench_gate/ (tests/bench/bench_gate_power.py): on a
+two sides time different code where they differ. A side may also be a directory holding a copy of the project
+(`--base DIR`, `--head DIR`), timed as it is: this needs no git, as on a machine the project was copied to. The
+defaults (10 processes a side, times over the reference product, alpha 0.01, a 2% floor) come from the power study in results/bench_gate/ (tests/bench/bench_gate_power.py): on a
 2-core shared VM they flagged none of 270 unchanged kernel comparisons and caught a ~10% slowdown 98% of the time,
 a ~7% one 58%; 5% is below what 10 processes can see through a 3-5% spread between processes.
 
@@ -100,12 +101,39 @@ class Side:
 
 
 def _git(root: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True)
+    try:
+        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True)
+    except FileNotFoundError:   # no git on this machine: as if outside a repository
+        return subprocess.CompletedProcess(["git", *args], 127, "", "git: command not found")
 
 
 def _last_line(text: str) -> str:
     lines = [line for line in text.strip().splitlines() if line.strip()]
     return lines[-1].strip() if lines else "no output"
+
+
+def project_root() -> tuple[Path, bool]:
+    """The project the comparison runs in (its git top level, or the working directory) and whether git knows it."""
+    top = _git(Path.cwd(), "rev-parse", "--show-toplevel")
+    root = Path(top.stdout.strip()) if top.returncode == 0 else Path.cwd()
+    if not (root / SUITE).is_file():
+        raise BenchError(f"{root} holds no kernel suite ({SUITE}): run harness-bench in the project")
+    return root, top.returncode == 0
+
+
+def side(name: str, given: str | None, root: Path, in_git: bool, where: Path, worktrees: list[Path]) -> Side:
+    """`given` as one side: a directory holding the project (timed as it is), a revision (checked out into a
+    worktree at `where`, appended to `worktrees`), or None: the working tree."""
+    if given is None:
+        return Side(name, f"working tree under {sys.executable}", root, sys.executable)
+    if Path(given).is_dir():
+        if not (Path(given) / SUITE).is_file():
+            raise BenchError(f"--{name} {given!r} is a directory without the kernel suite ({SUITE})")
+        return Side(name, f"directory {Path(given).resolve()}", Path(given).resolve(), sys.executable)
+    if not in_git:
+        raise BenchError(f"--{name} {given!r}: {root} is not inside a git repository, so a side must be a directory")
+    worktrees.append(checkout(root, given, where))
+    return Side(name, given, worktrees[-1], sys.executable)
 
 
 def checkout(root: Path, revision: str, where: Path) -> Path:
@@ -258,8 +286,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="harness-bench", description=(
         "Compare the kernel suite's speed between two revisions (or two Python environments) on this machine, in "
         "alternating processes; exit 1 when a case is slower, 2 on bad input."))
-    parser.add_argument("--base", help="the revision to compare against (a worktree of it is timed)")
-    parser.add_argument("--head", help="the revision under test (default: the working tree)")
+    parser.add_argument("--base", help="the revision to compare against (a worktree of it is timed), or a directory "
+                                       "holding a copy of the project")
+    parser.add_argument("--head", help="the revision or directory under test (default: the working tree)")
     parser.add_argument("--base-python", help="compare environments: the base side runs the head's code under this interpreter")
     parser.add_argument("-k", dest="select", help="select cases as pytest -k does")
     parser.add_argument("--json", help="write the comparison here")
@@ -287,11 +316,8 @@ def _run(args) -> int:
     if not 0 < args.alpha < 1 or args.min_change < 0:
         raise BenchError(f"--alpha {args.alpha} must be in (0, 1) and --min-change {args.min_change} at least 0")
     if (args.base is None) == (args.base_python is None):
-        raise BenchError("give --base REV (two revisions) or --base-python PATH (two environments)")
-    top = _git(Path.cwd(), "rev-parse", "--show-toplevel")
-    if top.returncode:
-        raise BenchError(f"{Path.cwd()} is not inside a git repository")
-    root = Path(top.stdout.strip())
+        raise BenchError("give --base REV or DIR (two revisions or copies) or --base-python PATH (two environments)")
+    root, in_git = project_root()
     if args.base_python and not os.access(args.base_python, os.X_OK):
         raise BenchError(f"--base-python {args.base_python!r} is not an executable")
     with tempfile.TemporaryDirectory(prefix="harness-bench-") as scratch:
@@ -299,15 +325,10 @@ def _run(args) -> int:
         worktrees = []
         try:
             if args.base is not None:
-                worktrees.append(checkout(root, args.base, scratch / "base"))
-                base = Side("base", args.base, worktrees[-1], sys.executable)
+                base = side("base", args.base, root, in_git, scratch / "base", worktrees)
             else:
                 base = Side("base", f"working tree under {args.base_python}", root, args.base_python)
-            if args.head is not None:
-                worktrees.append(checkout(root, args.head, scratch / "head"))
-                head = Side("head", args.head, worktrees[-1], sys.executable)
-            else:
-                head = Side("head", f"working tree under {sys.executable}", root, sys.executable)
+            head = side("head", args.head, root, in_git, scratch / "head", worktrees)
             (scratch / "out").mkdir()
             measured = measure_sides((base, head), args.processes, args.rounds, args.select, scratch / "out",
                                      args.threads)
@@ -320,7 +341,8 @@ def _run(args) -> int:
         finally:
             for tree in worktrees:
                 _git(root, "worktree", "remove", "--force", str(tree))
-            _git(root, "worktree", "prune")
+            if worktrees:
+                _git(root, "worktree", "prune")
     rows = comparisons(measured, min_change=args.min_change, alpha=args.alpha, normalized=not args.raw,
                        instructions=counted)
     print(table(rows))

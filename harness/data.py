@@ -3,7 +3,7 @@
   stdlib  the running interpreter's standard-library .py sources, byte-level (vocab 256)
   text    the user's text files or globs, byte-level
   tokens  the user's uint16/uint32 .bin token files (nanoGPT / Megatron convention), memory-mapped
-  markov  a random order-k Markov source whose exact entropy rate is known
+  markov  a random order-k Markov source whose exact entropy rate is known (order 0: independent tokens, any vocabulary)
 
 Splits are deterministic: a file goes to validation when a hash of its path says so,
 so the split does not depend on the order the file system lists files in.
@@ -135,8 +135,14 @@ def load_tokens(cfg) -> TokenData:
 
 # --- markov -------------------------------------------------------------------------------
 
+# The largest transition table (contexts x next tokens) a source may hold: 2^24 float64s, 128 MB. A vocabulary of
+# 50,304 (GPT-2's, padded) fits at order 0, where each token is drawn independently from one Dirichlet draw.
+MARKOV_TABLE_MAX = 2**24
+
+
 def markov_chain(vocab_size: int, order: int, concentration: float, seed: int) -> np.ndarray:
-    """Transition table P[context, next] with context = the last `order` tokens in base vocab_size."""
+    """Transition table P[context, next] with context = the last `order` tokens in base vocab_size (order 0: one
+    row, every token drawn independently)."""
     rng = np.random.default_rng(seed)
     return rng.dirichlet(np.full(vocab_size, concentration), size=vocab_size**order)
 
@@ -166,8 +172,11 @@ def markov_sample(transitions: np.ndarray, vocab_size: int, order: int, n_tokens
     n_contexts = transitions.shape[0]
     cumulative = np.cumsum(transitions, axis=1)
     cumulative[:, -1] = 1.0
+    dtype = np.uint16 if vocab_size <= 65535 else np.uint32
+    if order == 0:   # independent draws: one search per token, not one pass over the vocabulary
+        return np.searchsorted(cumulative[0], rng.random(n_tokens), side="left").astype(dtype)
     steps = -(-n_tokens // n_chains)
-    out = np.empty((n_chains, steps), dtype=np.uint16 if vocab_size <= 65535 else np.uint32)
+    out = np.empty((n_chains, steps), dtype=dtype)
     context = rng.integers(0, n_contexts, size=n_chains)
     for _ in range(64 * order):  # burn-in towards the stationary distribution
         nxt = (cumulative[context] < rng.random(n_chains)[:, None]).sum(axis=1)
@@ -181,8 +190,9 @@ def markov_sample(transitions: np.ndarray, vocab_size: int, order: int, n_tokens
 
 def load_markov(cfg) -> TokenData:
     vocab, order = int(cfg.vocab_size), int(cfg.order)
-    if vocab < 2 or order < 1 or vocab**order > 2**20:
-        raise DataError(f"data.vocab_size={vocab}, data.order={order}: need vocab >= 2, order >= 1, vocab^order <= 2^20")
+    if vocab < 2 or order < 0 or vocab ** (order + 1) > MARKOV_TABLE_MAX:
+        raise DataError(f"data.vocab_size={vocab}, data.order={order}: need vocab >= 2, order >= 0 and a transition "
+                        f"table of vocab^(order+1) <= 2^{MARKOV_TABLE_MAX.bit_length() - 1} entries")
     transitions = markov_chain(vocab, order, float(cfg.concentration), int(cfg.seed))
     n_train, n_val = int(cfg.train_tokens), int(cfg.val_tokens)
     return TokenData(

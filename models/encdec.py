@@ -22,7 +22,7 @@ from torch import nn
 
 from models import attention as attention_registry
 from models import gpt, mup
-from models.common import KVCache, init_weights
+from models.common import KVCache, head_views, init_weights
 from models.gpt import MLP, RESIDUAL_WRITERS, Block, GPTConfig, SelfAttention, scaled_sinusoids, sinusoid_rows
 from models.positions import KINDS as POSITION_KINDS
 from models.spec import FlopsPerToken, ModelSpec, embedding_split
@@ -127,8 +127,7 @@ class CrossAttention(nn.Module):
         if cache is not None and cache.cross_ready:
             k, v = cache.cross_k[self.layer], cache.cross_v[self.layer]
         else:
-            m = memory_bmd.shape[1]
-            k, v = self.kv(memory_bmd).view(b, m, -1, 2, self.head_dim).permute(3, 0, 2, 1, 4)
+            k, v = head_views(self.kv(memory_bmd), 2, self.head_dim)
             if cache is not None:
                 cache.cross_k[self.layer], cache.cross_v[self.layer] = k, v
         return self.proj(self.attend(q, k, v).transpose(1, 2).reshape(b, n, -1))

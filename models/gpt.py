@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models import attention as attention_registry, mup
-from models.common import KVCache, decoding, decoding_attention, init_weights, training_flops
+from models.common import KVCache, decoding, decoding_attention, head_views, init_weights, training_flops
 from models.positions import KINDS as POSITION_KINDS, TABLE_KINDS, Rotary, alibi_bias, alibi_slopes, sinusoidal_table
 from models.spec import FlopsPerToken, ModelSpec, embedding_split, next_token_examples
 
@@ -86,9 +86,7 @@ class SelfAttention(nn.Module):
 
     def forward(self, x_bnd: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         b, n, _ = x_bnd.shape
-        # The fused projection's columns are grouped by head ([q k v] of head 0, then head 1, ...), so a
-        # column split across tensor-parallel ranks gives each rank whole heads (Megatron's layout).
-        q, k, v = self.qkv(x_bnd).view(b, n, -1, 3, self.head_dim).permute(3, 0, 2, 1, 4)
+        q, k, v = head_views(self.qkv(x_bnd), 3, self.head_dim)
         if self.q_scale != 1.0:
             q = q * self.q_scale
         start = cache.length if cache is not None else 0

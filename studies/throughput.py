@@ -38,7 +38,8 @@ def runs(df: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for _, m in ok.iterrows():
         step = m["metrics.step_time_median_s"]
-        row = {"attention": attention_kernel(m), "compiled": bool(m.get("compile_info.compiled")),
+        row = {"attention": attention_kernel(m), "precision": m["precision.name"],
+               "compiled": bool(m.get("compile_info.compiled")),
                "batch": int(m["task.batch_size"]), "tokens_per_s": m["metrics.tokens_per_s"],
                "mfu": m["metrics.mfu"], "mfu_dense": m.get("metrics.mfu_dense"),
                "step_ms": 1e3 * step, "step_p10_ms": 1e3 * m["metrics.step_time_p10_s"],
@@ -50,13 +51,14 @@ def runs(df: pd.DataFrame) -> pd.DataFrame:
                         "host_wall_ms": m.get("profile_info.host_wall_per_step_ms"),
                         **{f"share_{kind}": m.get(f"profile_info.by_kind.{kind}", 0.0) for kind in KINDS}})
         rows.append(row)
-    return pd.DataFrame(rows).sort_values(["attention", "compiled"]).reset_index(drop=True) if rows else pd.DataFrame()
+    return (pd.DataFrame(rows).sort_values(["attention", "precision", "compiled"]).reset_index(drop=True)
+            if rows else pd.DataFrame())
 
 
 def where_time_goes(table: pd.DataFrame, out: Path) -> list[Path]:
     """Each run's device time per step, stacked by kind of kernel, beside its measured step time."""
     shares = [f"share_{kind}" for kind in KINDS if f"share_{kind}" in table.columns]
-    labels = [f"{r.attention}\n{'compiled' if r.compiled else 'eager'}" for r in table.itertuples()]
+    labels = [f"{r.attention}\n{r.precision}, {'compiled' if r.compiled else 'eager'}" for r in table.itertuples()]
     fig, ax = plt.subplots(figsize=(1.6 * len(table) + 2, 4.2))
     bottom = pd.Series(0.0, index=table.index)
     colors = plt.get_cmap("tab10")
@@ -78,18 +80,18 @@ def analyse(df: pd.DataFrame, out: Path) -> list[str]:
     if not profiled.empty:
         where_time_goes(profiled, out)
     speedups = []
-    for kernel, pair in table.groupby("attention"):
+    for (kernel, precision), pair in table.groupby(["attention", "precision"]):
         by = {bool(r.compiled): r for r in pair.itertuples()}
         if True in by and False in by:
-            speedups.append({"attention": kernel, "eager_tokens_per_s": by[False].tokens_per_s,
+            speedups.append({"attention": kernel, "precision": precision, "eager_tokens_per_s": by[False].tokens_per_s,
                              "compiled_tokens_per_s": by[True].tokens_per_s,
                              "compiled_over_eager": by[True].tokens_per_s / by[False].tokens_per_s})
     best = table.loc[table["mfu"].idxmax()] if table["mfu"].notna().any() else None
-    verdicts = [{"mode": "eager" if not compiled else "compiled",
+    verdicts = [{"mode": "eager" if not compiled else "compiled", "precision": precision,
                  "best_attention": table.loc[part["mfu"].idxmax(), "attention"], "mfu": part["mfu"].max(),
                  "mfu_dense": table.loc[part["mfu"].idxmax(), "mfu_dense"], "target": TARGET,
                  "met": bool(part["mfu"].max() >= TARGET)}
-                for compiled, part in table.groupby("compiled") if part["mfu"].notna().any()]
+                for (precision, compiled), part in table.groupby(["precision", "compiled"]) if part["mfu"].notna().any()]
     (out / "fits.json").write_text(json.dumps({"runs": table.to_dict(orient="records"), "best": verdicts,
                                                "compiled_over_eager": speedups}, indent=1, default=float))
     first = df[df["status"] == "ok"].iloc[0]
@@ -99,13 +101,14 @@ def analyse(df: pd.DataFrame, out: Path) -> list[str]:
         f"Device: {first['env.device_name']} ({first['env.device']}), torch {first['env.torch']}. Model: "
         f"{int(first['model_info.n_layer'])} layers, d_model {int(first['model_info.d_model'])}, "
         f"{int(first['model_info.n_head'])} heads, sequences of {int(first['model_info.seq_len'])}, "
-        f"{int(first['model_info.params_total']):,} parameters; {first['precision.name']}; "
+        f"{int(first['model_info.params_total']):,} parameters, vocabulary {int(first['model_info.vocab_size']):,}; "
+        f"{', '.join(sorted(df.loc[df['status'] == 'ok', 'precision.name'].unique()))}; "
         f"{int(first['metrics.steps'])} steps of {int(first['task.batch_size'])} sequences; step times are medians "
         f"of the steps after the first {int(first['task.timing_warmup_steps'])}, the profiled ones left out. "
         f"MFU against {peak}; mfu counts causal attention's half, mfu_dense all of it (the field's count).",
     ]
     if verdicts:
-        sections.append(f"## Best MFU, eager and compiled (target: {TARGET:.0%})\n\n" + markdown_table(pd.DataFrame(verdicts)))
+        sections.append(f"## Best MFU, eager and compiled, by precision (target: {TARGET:.0%})\n\n" + markdown_table(pd.DataFrame(verdicts)))
     if speedups:
         sections.append("## Compiled against eager\n\n" + markdown_table(pd.DataFrame(speedups)))
     sections.append("## Every run\n\ndevice_ms: the kernels' time per profiled step; host_wall_ms: the host's time per "
@@ -114,7 +117,7 @@ def analyse(df: pd.DataFrame, out: Path) -> list[str]:
     if not profiled.empty:
         sections.append("![where a step's device time goes](throughput.png)")
     if best is not None:
-        sections.append(f"Best: {best['attention']}, {'compiled' if best['compiled'] else 'eager'}: "
+        sections.append(f"Best: {best['attention']}, {best['precision']}, {'compiled' if best['compiled'] else 'eager'}: "
                         f"{best['tokens_per_s']:,.0f} tokens/s, MFU {best['mfu']:.1%} ({best['mfu_dense']:.1%} "
                         "counted densely).")
     return sections

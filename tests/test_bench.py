@@ -4,6 +4,7 @@ is `same`), and end to end in a scratch clone: each side times its own revision'
 exit 2, and no worktree is left behind. Timing stays out of pass/fail tests, but for a kernel that sleeps 0.5 s."""
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -136,9 +137,21 @@ def commit_change(repo, path, old, new, message):
 
 
 def scratch_clone(where: Path) -> Path:
-    """A clone of this project's last commit, with a head commit that makes the dense kernel sleep 0.5 s a call."""
+    """A clone of this project with its working tree committed (the code under test, committed or not), and a head
+    commit that makes the dense kernel sleep 0.5 s a call."""
     repo = where / "repo"
     subprocess.run(["git", "clone", "-q", str(ROOT), str(repo)], check=True)
+    files = git(ROOT, "ls-files", "-z", "--cached", "--others", "--exclude-standard").split("\0")
+    for name in filter(None, files):
+        source, target = ROOT / name, repo / name
+        if source.is_file():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+        elif target.exists():   # deleted in the working tree
+            target.unlink()
+    git(repo, "add", "-A")
+    if git(repo, "status", "--porcelain"):
+        git(repo, "commit", "-qm", "the working tree")
     dense = "models/attention/dense.py"
     commit_change(repo, dense, "import math\n", "import math\nimport time\n", "import time")
     commit_change(repo, dense, *SLOW_DENSE, "a slower dense kernel")
@@ -181,7 +194,7 @@ def test_each_side_times_its_own_revisions_code_and_no_worktree_is_left(scratch,
 @pytest.mark.parametrize("args, message", [
     (["--base", "nope"], "'nope' is not a revision of"),
     (["--base", "HEAD", "-k", "no_such_case"], "-k 'no_such_case' selects no case of tests/bench/test_attention_kernels.py"),
-    ([], "give --base REV (two revisions) or --base-python PATH (two environments)"),
+    ([], "give --base REV or DIR (two revisions or copies) or --base-python PATH (two environments)"),
     (["--base-python", "/no/python"], "--base-python '/no/python' is not an executable"),
     (["--base", "HEAD", "--processes", "1"], "--processes 1 --rounds 7: at least 2 processes and 1 round"),
 ])
@@ -191,6 +204,58 @@ def test_bad_input_is_one_line_exit_2_and_leaves_no_worktree(untouched_scratch, 
     assert result.returncode == 2 and message in result.stderr, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
     assert worktrees(scratch) == 1
+
+
+@pytest.fixture(scope="module")
+def copies(tmp_path_factory):
+    """The project copied twice outside any git repository (as onto a GPU machine): as it is, and with a dense
+    kernel that sleeps 0.5 s a call."""
+    where = tmp_path_factory.mktemp("copies")
+    repo = scratch_clone(where)
+    for name, revision in (("plain", "HEAD~2"), ("slow", "HEAD")):
+        (where / name).mkdir()
+        archive = subprocess.run(["git", "-C", str(repo), "archive", revision], capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(where / name)], input=archive, check=True)
+    return where / "plain", where / "slow"
+
+
+def test_directories_compare_without_git(copies, tmp_path):
+    plain, slow = copies
+    result = harness_bench(plain, "--base", ".", "--head", str(slow), "-k", "dense and s256 and not fwd_bwd",
+                           "--processes", "2", "--rounds", "1", "--json", str(tmp_path / "out.json"))
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "out.json").read_text())
+    assert report["base"] == f"directory {plain.resolve()}" and report["head"] == f"directory {slow.resolve()}"
+    (case,) = report["cases"]
+    assert case["head_median_s"] - case["base_median_s"] > 0.4   # the head's copy sleeps, the base's does not
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--base", "HEAD"], "--base 'HEAD': {plain} is not inside a git repository, so a side must be a directory"),
+    (["--base", ".", "--head", "{empty}"], "--head '{empty}' is a directory without the kernel suite"),
+])
+def test_outside_git_a_side_that_is_not_a_copy_is_one_line(copies, tmp_path, args, message):
+    plain, _ = copies
+    result = harness_bench(plain, *[a.format(empty=tmp_path) for a in args])
+    assert result.returncode == 2 and message.format(plain=plain, empty=tmp_path) in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_the_slowed_copy_adds_its_work_to_the_dense_kernel_only(copies, tmp_path):
+    plain, _ = copies
+    run = lambda out: subprocess.run([sys.executable, "-m", "tests.bench.bench_gate_power", "slowed", "--slowdown",  # noqa: E731
+                                      "0.05", "--out", str(out)], cwd=plain, capture_output=True, text=True,
+                                     env={**os.environ, "PYTHONPATH": str(plain)})
+    made = run(tmp_path / "slowed")
+    assert made.returncode == 0, made.stderr
+    changed = [p.relative_to(tmp_path / "slowed") for p in (tmp_path / "slowed").rglob("*.py")
+               if p.read_text() != (plain / p.relative_to(tmp_path / "slowed")).read_text()]
+    assert changed == [Path("models/attention/dense.py")]
+    wasted = re.search(r"extra = round\(([0-9.e-]+) \* q.shape\[-2\]\)", (tmp_path / "slowed" / changed[0]).read_text())
+    assert float(wasted.group(1)) == pytest.approx(0.05 * 1.15)   # the power study's calibration
+    refused = run(plain / "inside")
+    assert refused.returncode == 1 and "give a directory outside the project" in refused.stderr
+    assert not (plain / "inside").exists()
 
 
 def test_a_suite_that_fails_on_one_side_names_the_side(scratch):

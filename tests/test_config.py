@@ -213,7 +213,8 @@ SOURCES = [
     (["data=tokens", "data.dtype=int8", "data.vocab_size=50"], "data.dtype='int8'; known: uint16, uint32"),
     (["data=tokens", "data.train_path=TRAIN"], "data.vocab_size=None: token files need a positive vocab size"),
     (["data=tokens", "data.train_path=TRAIN", "data.vocab_size=50"], "data.vocab_size=50 but the train tokens hold id 94"),
-    (["data=markov", "data.vocab_size=1"], "data.vocab_size=1, data.order=2: need vocab >= 2, order >= 1, vocab^order <= 2^20"),
+    (["data=markov", "data.vocab_size=1"], "data.vocab_size=1, data.order=2: need vocab >= 2, order >= 0 and a transition table of vocab^(order+1) <= 2^24 entries"),
+    (["data=markov", "data.vocab_size=50304", "data.order=1"], "data.vocab_size=50304, data.order=1: need vocab >= 2, order >= 0 and a transition table of vocab^(order+1) <= 2^24 entries"),
     (["data.name=web"], "data.name='web'; known: stdlib, text, tokens, markov"),
 ]
 

@@ -71,6 +71,21 @@ def test_markov_samples_have_the_stated_entropy_rate():
     assert empirical == pytest.approx(rate, rel=0.01)
 
 
+def test_an_order_0_source_at_gpt2s_vocabulary_draws_its_unigram():
+    # Order 0: one Dirichlet draw over 50,304 tokens, every token independent; the rate is that draw's entropy.
+    transitions = data.markov_chain(vocab_size=50304, order=0, concentration=0.3, seed=5)
+    probabilities = transitions[0]
+    entropy = -(probabilities[probabilities > 0] * np.log(probabilities[probabilities > 0])).sum()
+    assert data.markov_entropy_rate(transitions, 50304) == pytest.approx(entropy, rel=1e-12)
+    tokens = data.markov_sample(transitions, 50304, 0, 2_000_000, seed=6)
+    assert tokens.dtype == np.uint16 and len(tokens) == 2_000_000
+    assert -np.log(probabilities[tokens.astype(np.int64)]).mean() == pytest.approx(entropy, rel=0.005)
+    frequent = np.argsort(probabilities)[-20:]   # each of the 20 likeliest tokens drawn in its proportion
+    counts = np.bincount(tokens.astype(np.int64), minlength=50304)[frequent]
+    expected = probabilities[frequent] * len(tokens)
+    assert np.all(np.abs(counts - expected) < 5 * np.sqrt(expected))
+
+
 def test_batches_wrap_into_epochs_with_a_fresh_order():
     tokens = np.arange(1001, dtype=np.uint16)
     batches = data.Batches(tokens, seq_len=10, batch_size=25, seed=0)

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from models.common import KVCache
+from models.common import KVCache, head_views
 from models.gpt import GPT, GPTConfig, param_counts
 from models.spec import token_loss
 from models.positions import Rotary, alibi_bias, alibi_slopes, sinusoidal_table
@@ -110,3 +110,24 @@ def test_a_learned_table_refuses_positions_past_it_and_the_others_extend():
         else:
             with pytest.raises(ValueError, match="exceeds the learned table of model.seq_len=8"):
                 model(torch.zeros(1, 20, dtype=torch.long))
+
+
+def test_head_views_read_each_heads_columns_and_their_backward_copies_once():
+    from torch.profiler import ProfilerActivity, profile
+
+    b, n, heads, head_dim = 2, 5, 4, 8
+    packed = torch.randn(b, n, heads * 3 * head_dim, dtype=torch.float64, requires_grad=True)
+    q, k, v = head_views(packed, 3, head_dim)
+    for part, view in enumerate((q, k, v)):   # head h's [q k v] are columns h*3*hd .. (h+1)*3*hd, in that order
+        for h in range(heads):
+            start = (3 * h + part) * head_dim
+            assert torch.equal(view[:, h], packed[:, :, start:start + head_dim])
+    grads = [torch.randn(q.shape, dtype=torch.float64) for _ in range(3)]
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        torch.autograd.backward((q, k, v), grads)
+    copies = {e.key: e.count for e in prof.key_averages() if e.key in ("aten::copy_", "aten::clone", "aten::stack")}
+    assert copies == {"aten::stack": 1}, copies   # a permute before the unbind adds a strided clone
+    for part, grad in enumerate(grads):
+        for h in range(heads):
+            start = (3 * h + part) * head_dim
+            assert torch.equal(packed.grad[:, :, start:start + head_dim], grad[:, h])

@@ -42,10 +42,26 @@ def test_the_gpu_checks_summary_has_a_headline_for_every_step():
     lines = result.stdout.strip().splitlines()[1:]
     assert [line.split()[0] for line in lines] == [step.split(":")[0] for step in steps]
     assert not any("no headline" in line for line in lines), result.stdout
-    assert "compiled 39.0% (42.9% dense) MFU" in result.stdout and "sdpa (cudnn) 72% of matmul" in result.stdout
+    assert "bf16 compiled 39.0% (42.9% dense) MFU" in result.stdout and "sdpa (cudnn) 72% of matmul" in result.stdout
     failed = subprocess.run([sys.executable, ".ci/gpu_summary.py", str(H200), "kernels:timeout:300"], cwd=ROOT,
                             capture_output=True, text=True)
     assert failed.returncode == 1
+
+
+def test_the_gate_steps_headline_counts_false_alarms_and_caught_slowdowns(tmp_path):
+    def case(name, verdict, ratio):
+        return {"name": f"test_attention_kernel[{name}]", "verdict": verdict, "ratio": ratio}
+    (tmp_path / "gate").mkdir()
+    same = [case("dense-s1024-d64-fwd", "same", 1.004), case("sdpa-auto-s4096-d64-fwd", "faster", 0.97)]
+    slower = [case("dense-s1024-d64-fwd", "slower", 1.052), case("dense-s4096-d64-fwd", "same", 1.031),
+              case("dense-s1024-d64-fwd_bwd", "slower", 1.02), case("sdpa-auto-s4096-d64-fwd", "slower", 1.1)]
+    for name, cases in (("same", same), ("slower", slower)):
+        (tmp_path / "gate" / f"{name}.json").write_text(json.dumps({"cases": cases}))
+    result = subprocess.run([sys.executable, ".ci/gpu_summary.py", str(tmp_path), "gate:ok:200"], cwd=ROOT,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert ("A/A: 1 of 2 cases flagged; dense made slower (ratios 1.052, 1.031): 1 of 2 forward cases caught"
+            in result.stdout), result.stdout
 
 
 def test_the_gpu_check_says_in_a_line_when_there_is_no_gpu():

@@ -20,12 +20,14 @@ them is less precise than n independent comparisons would make it.
     .venv/bin/python -m tests.bench.bench_gate_power pool --rounds 24 --select "dense or performer or auto"   # ~21 min
     .venv/bin/python -m tests.bench.bench_gate_power analyse               # seconds
     .venv/bin/python -m tests.bench.bench_gate_power instructions          # ~15 min: callgrind counts of every variant
+    python -m tests.bench.bench_gate_power slowed --slowdown 0.05 --out DIR  # a copy of the project, dense made ~5% slower
 Writes results/bench_gate/pool.json, then power.json, power.md and power.png/svg; instructions.json (or --out).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -256,9 +258,24 @@ def instructions(args) -> None:
                                              "instructions_ratio", "process_seconds")}, indent=1))
 
 
+def slowed(args) -> None:
+    """A copy of this project (its code, not its results or environments) at args.out whose dense kernel does
+    args.slowdown more work, for `harness-bench --head DIR` where there is no git (.ci/gpu-check gate)."""
+    root, _ = bench.project_root()
+    out = args.out.resolve()
+    if out == root.resolve() or root.resolve() in out.parents:
+        raise SystemExit(f"--out {args.out}: give a directory outside the project (it is replaced)")
+    shutil.rmtree(args.out, ignore_errors=True)
+    shutil.copytree(root, args.out, ignore=shutil.ignore_patterns(
+        ".git", ".venv", ".whl", ".devwork", "results", "multirun", "outputs", "__pycache__", "*.egg-info"))
+    path = args.out / DENSE
+    path.write_text(inject(path.read_text(), args.slowdown * WORK_PER_SLOWDOWN))
+    print(f"{args.out}: {DENSE} does {args.slowdown:.0%} more work (nominal)")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("step", choices=["pool", "analyse", "instructions"])
+    parser.add_argument("step", choices=["pool", "analyse", "instructions", "slowed"])
     parser.add_argument("--rounds", type=int, default=40)
     parser.add_argument("--bench-rounds", type=int, default=7)
     parser.add_argument("--threads", type=int)
@@ -269,8 +286,9 @@ def main(argv=None) -> None:
     parser.add_argument("--default-min-change", type=float, default=0.02)
     parser.add_argument("--default-alpha", type=float, default=0.01)
     parser.add_argument("--out", type=Path, default=Path("results/bench_gate"))
+    parser.add_argument("--slowdown", type=float, default=0.05, help="slowed: the nominal slowdown of the dense kernel")
     args = parser.parse_args(argv)
-    {"pool": pool, "analyse": analyse, "instructions": instructions}[args.step](args)
+    {"pool": pool, "analyse": analyse, "instructions": instructions, "slowed": slowed}[args.step](args)
 
 
 if __name__ == "__main__":

@@ -7,8 +7,9 @@ matrix-product rate it reaches, and `reference_s`: the median time of a fixed ma
 round of the case, in the same process, so a comparison can divide out how fast the machine happened to be.
 
 Between rounds (untimed) the reference product runs; on CUDA a 256 MB buffer is also rewritten, flushing the L2
-cache, and the kernel is timed with CUDA events (`event_median_s`) besides the host clock, which also counts the
-launch. BENCH_ROUNDS and BENCH_THREADS (torch's CPU threads) are set per process by harness-bench.
+cache before every timed call, and the kernel is timed with CUDA events (`event_median_s`, what harness-bench
+compares) besides the host clock, which also counts the launch and a ~1 ms spin the GPU runs first (so that the
+events time the device's work alone). BENCH_ROUNDS and BENCH_THREADS (torch's CPU threads) are set per process by harness-bench.
 
 Under callgrind (`harness-bench --instructions` sets BENCH_CALLGRIND_OUT to its --callgrind-out-file prefix), each
 case runs one call and then counts the instructions of the next (`instructions` in extra_info,
@@ -40,6 +41,7 @@ if CALLGRIND_OUT:
 WINDOW = {"cpu": 256, "cuda": 512}[DEVICE]   # longformer's, a quarter of the longest CPU sequence
 REFERENCE_SIZE = {"cpu": 256, "cuda": 4096}[DEVICE]
 L2_FLUSH_BYTES = 256 * 2**20
+SPIN_CYCLES = 2_000_000   # ~1 ms at a GPU's ~2 GHz: longer than any case here takes to launch
 
 CASES = [
     ("sdpa", {"backend": "auto"}), ("sdpa", {"backend": "math"}), ("sdpa", {"backend": "flash"}),
@@ -107,6 +109,9 @@ def test_attention_kernel(benchmark, matmul_rate, case, shape, mode):
     def call():
         if DEVICE == "cuda":
             events.append((torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)))
+            # nvbench's blocking kernel: the GPU spins while the host queues the start event and the kernel's
+            # launches behind it, so the events time the device's work, not how fast the host launched it
+            torch.cuda._sleep(SPIN_CYCLES)
             events[-1][0].record()
         with torch.set_grad_enabled(backward):
             out = attn(q, k, v)
