@@ -201,6 +201,8 @@ def _check_training(cfg: DictConfig, spec: ModelSpec) -> None:
     if (isinstance(t.lr, str) or isinstance(t.batch_size, str)) and spec.unsupported("sizing"):
         raise ConfigError(f"task.lr={t.lr}, task.batch_size={t.batch_size}: a rule in N needs the family's parameter "
                           f"count; model.family={spec.name} has {spec.unsupported('sizing')}")
+    if t.get("micro_batch_size") is not None:
+        _positive(t.micro_batch_size, "task.micro_batch_size", integer=True)
     _positive(t.eval_points, "task.eval_points", integer=True)
     _positive(t.eval_tokens, "task.eval_tokens", integer=True)
     _positive(t.check_every, "task.check_every", integer=True)
@@ -281,7 +283,9 @@ def _check_parallel(cfg: DictConfig, machine: distributed.Machine | None, model:
                                 heads={f"model.{key}": shape[key] for key in spec.tp_divides},
                                 n_layer=shape.get("n_layer"),
                                 batch_size=1 if isinstance(cfg.task.batch_size, str) else int(cfg.task.batch_size),
-                                microbatches=int(p.get("microbatches", 1)), schedule=str(p.get("schedule", "1f1b")))
+                                microbatches=int(p.get("microbatches", 1)), schedule=str(p.get("schedule", "1f1b")),
+                                # a rule's batch is known per model size: checked with the data (check_data_fits)
+                                micro_batch=None if isinstance(cfg.task.batch_size, str) else cfg.task.get("micro_batch_size"))
     if problem:
         raise ConfigError(problem)
 
@@ -358,11 +362,16 @@ def check_data(cfg: DictConfig, dataset) -> None:
 
 
 def check_data_fits(cfg: DictConfig, train_len: int, val_len: int, tokens: float, batch: int | None = None) -> None:
-    """`batch`: the run's batch size in sequences (default task.batch_size; a rule's, resolved)."""
+    """`batch`: the run's batch size in sequences (default task.batch_size; a rule's, resolved, which is also where
+    a rule's batch is checked against task.micro_batch_size)."""
     seq_len, batch = int(cfg.model.seq_len), int(batch if batch is not None else cfg.task.batch_size)
     for split, length in (("train", train_len), ("validation", val_len)):
         if length < seq_len + 1:
             raise ConfigError(f"model.seq_len={seq_len} is longer than the {split} split of data={cfg.data.name} ({length} tokens)")
+    micro = cfg.task.get("micro_batch_size")
+    if isinstance(cfg.task.batch_size, str) and parallel.micro_batch_problem(batch, 1, micro):  # rules: one rank
+        raise ConfigError(f"task.micro_batch_size={micro} does not divide the {batch} sequences "
+                          f"task.batch_size={cfg.task.batch_size} gives this model")
     if tokens < batch * seq_len:
         key = "compute" if cfg.compute is not None else "data.tokens"
         raise ConfigError(f"{key}: {tokens:.4g} training tokens is less than one batch "

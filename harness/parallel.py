@@ -67,7 +67,7 @@ def degrees(name: str, world: int, tp_degree: int | None = None) -> Degrees:
 
 
 def problems(name: str, world: int, deg: Degrees, *, heads: dict[str, int], n_layer: int | None, batch_size: int,
-             microbatches: int, schedule: str) -> str | None:
+             microbatches: int, schedule: str, micro_batch: int | None = None) -> str | None:
     """What makes this layout impossible for this model shape and batch, as one line; None when it fits."""
     if name not in STRATEGIES:
         return f"parallel.name={name!r}; known: {', '.join(STRATEGIES)}"
@@ -84,12 +84,26 @@ def problems(name: str, world: int, deg: Degrees, *, heads: dict[str, int], n_la
         return f"parallel=pp: {deg.pp} pipeline stages (world_size) is more than model.n_layer={n_layer}"
     if batch_size % deg.dp:
         return f"task.batch_size={batch_size} does not split evenly over {deg.dp} data-parallel ranks"
+    if micro_batch is not None and name == "pp":
+        return (f"task.micro_batch_size={micro_batch} with parallel=pp: the pipeline splits the batch itself "
+                "(parallel.microbatches)")
+    problem = micro_batch_problem(batch_size, deg.dp, micro_batch)
+    if problem:
+        return problem
     if name == "pp":
         if schedule not in SCHEDULES:
             return f"parallel.schedule={schedule!r}; known: {', '.join(SCHEDULES)}"
         if microbatches < 1 or batch_size % microbatches:
             return f"parallel.microbatches={microbatches} does not divide task.batch_size={batch_size}"
     return None
+
+
+def micro_batch_problem(batch_size: int, dp: int, micro_batch: int | None) -> str | None:
+    """Whether each of `dp` ranks' share of the batch splits into micro-batches of `micro_batch` sequences."""
+    if micro_batch is None or (batch_size // dp) % micro_batch == 0:
+        return None
+    share = f"each of {dp} data-parallel ranks' {batch_size // dp} sequences" if dp > 1 else f"task.batch_size={batch_size}"
+    return f"task.micro_batch_size={micro_batch} does not divide {share}"
 
 
 def unsupported(name: str, precision: str) -> str | None:
@@ -279,21 +293,42 @@ def _pipeline(parts: tuple, make_optimizer, device, deg: Degrees, rank: int, bat
 
 
 def forward_backward(layout: Layout, x: torch.Tensor, y: torch.Tensor, cast, scaler=None, *,
-                     measure_params: bool = False) -> torch.Tensor:
-    """Forward and backward on this rank's rows; returns the loss averaged over the whole global batch."""
+                     micro_batch: int | None = None, measure_params: bool = False) -> torch.Tensor:
+    """Forward and backward on this rank's rows, `micro_batch` sequences at a time (None: all at once), the
+    gradients accumulated; returns the loss averaged over the whole global batch."""
     if layout.name == "pp":
         return _pipeline_step(layout, x, y)
     x, y = x[layout.rows], y[layout.rows]
-    with cast():
-        loss = token_loss(layout.model(x), y)
-    if measure_params:  # what the parameters occupy mid-step (FSDP has gathered them by now)
-        layout.params_in_step_bytes = held_bytes(layout.model.parameters())
-    (scaler.scale(loss) if scaler is not None else loss).backward()
+    parts = accumulation_steps(x.shape[0], micro_batch)
+    losses = []
+    for i, (x_part, y_part) in enumerate(zip(x.chunk(parts), y.chunk(parts))):
+        # equal parts: the mean of their mean losses is the batch's mean loss, and so are the summed gradients
+        with gradient_sync(layout, last=i == parts - 1):
+            with cast():
+                part_loss = token_loss(layout.model(x_part), y_part) / parts
+            if measure_params and i == 0:  # what the parameters occupy mid-step (FSDP has gathered them by now)
+                layout.params_in_step_bytes = held_bytes(layout.model.parameters())
+            (scaler.scale(part_loss) if scaler is not None else part_loss).backward()
+        losses.append(part_loss.detach())
+    loss = losses[0] if parts == 1 else torch.stack(losses).sum()
     if layout.degrees.dp > 1:  # every rank must see the same loss, or one rank's NaN stops it alone mid-collective
         loss = loss.detach().clone()
         dist.all_reduce(loss, group=layout.dp_group)
         loss /= layout.degrees.dp
     return loss
+
+
+def accumulation_steps(rows: int, micro_batch: int | None) -> int:
+    """Forwards and backwards per optimizer step for a rank's `rows` sequences."""
+    return rows // micro_batch if micro_batch else 1
+
+
+def gradient_sync(layout: Layout, last: bool):
+    """DDP all-reduces the gradients in the backward of the last micro-batch only (no_sync before it); the other
+    layouts reduce each micro-batch's (FSDP accumulates the reduced shards)."""
+    if layout.name in ("ddp", "zero1") and not last:
+        return layout.model.no_sync()
+    return contextlib.nullcontext()
 
 
 def _pipeline_step(layout: Layout, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

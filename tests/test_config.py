@@ -121,6 +121,12 @@ CHECKS = [
     (['parallel=pp', 'parallel.microbatches=3', 'task.batch_size=8'],
      'parallel.microbatches=3 does not divide task.batch_size=8'),
     (['parallel=ddp', 'task.batch_size=7'], 'task.batch_size=7 does not split evenly over 2 data-parallel ranks'),
+    (['task.micro_batch_size=0'], 'task.micro_batch_size=0 must be a positive integer'),
+    (['task.batch_size=16', 'task.micro_batch_size=3'], 'task.micro_batch_size=3 does not divide task.batch_size=16'),
+    (['parallel=ddp', 'task.batch_size=8', 'task.micro_batch_size=3'],
+     "task.micro_batch_size=3 does not divide each of 2 data-parallel ranks' 4 sequences"),
+    (['parallel=pp', 'task.micro_batch_size=2'],
+     'task.micro_batch_size=2 with parallel=pp: the pipeline splits the batch itself (parallel.microbatches)'),
     (['parallel=single', 'parallel.world_size=2'], 'parallel=single runs one rank, got parallel.world_size=2'),
     (['parallel=fsdp_tp', 'parallel.tp_degree=4', 'parallel.world_size=2'],
      'parallel.tp_degree=4 does not divide parallel.world_size=2'),
@@ -194,6 +200,8 @@ DATA_CHECKS = [
      "model.seq_len=2048 is longer than the train split of data=markov (2000 tokens)"),
     (["data.tokens=100"], "data.tokens: 100 training tokens is less than one batch (task.batch_size=8 x model.seq_len=32 = 256)"),
     (["compute=1e6"], "compute: 0.2069 training tokens is less than one batch (task.batch_size=8 x model.seq_len=32 = 256)"),
+    (["task.batch_size=porian", "task.micro_batch_size=7", "data.tokens=1e6"],
+     "task.micro_batch_size=7 does not divide the 387 sequences task.batch_size=porian gives this model"),
 ]
 
 

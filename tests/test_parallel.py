@@ -13,7 +13,7 @@ import torch.distributed as dist
 from harness import distributed, load_results, parallel
 from models.gpt import GPT, SPEC, GPTConfig, tp_plan
 from models.spec import token_loss
-from tests.conftest import harness_cmd
+from tests.conftest import TINY, harness_cmd
 
 # Six optimizer steps, the loss recorded after every one of them (eval_points = steps).
 STEPS = ["data=markov", "data.train_tokens=2e5", "data.val_tokens=2e4", "data.tokens=1536", "model.n_layer=2",
@@ -197,9 +197,10 @@ def test_pipeline_gradients_match_the_full_batch_gradients():
         assert "wte.weight" in results[0]["errors"] and "wte.weight" in results[1]["errors"]
 
 
-def _data_parallel_gradient_errors(names: list[str]) -> dict:
-    """For each layout, this rank's gradients after one step on the global batch against one full-batch backward of
-    the unsharded model: a wrong average (a sum, a missing all-reduce, one rank's rows counted twice) shows at once."""
+def _data_parallel_gradient_errors(names: list[str], micro_batch: int | None = None) -> dict:
+    """For each layout, this rank's gradients after one step on the global batch (`micro_batch` rows per forward and
+    backward) against one full-batch backward of the unsharded model: a wrong average (a sum, a missing all-reduce,
+    one rank's rows counted twice, a micro-batch's gradients left out or never reduced) shows at once."""
     from omegaconf import OmegaConf
 
     from harness.optimizer import make_optimizer
@@ -215,7 +216,7 @@ def _data_parallel_gradient_errors(names: list[str]) -> dict:
         layout = parallel.build(name, tiny_model(), SPEC, lambda m, zero=False: make_optimizer(m, t, zero), torch.device("cpu"),
                                 8, tp_degree=2)
         step_loss = parallel.forward_backward(layout, x, y, cast=lambda: torch.autocast("cpu", enabled=False),
-                                              measure_params=True)
+                                              micro_batch=micro_batch, measure_params=True)
         errors = {}
         for key, p in getattr(layout.model, "module", layout.model).named_parameters():
             grad = p.grad.full_tensor() if hasattr(p.grad, "full_tensor") else p.grad
@@ -238,6 +239,52 @@ def test_data_parallel_gradients_equal_one_full_batch_backward(data_parallel_ran
             assert result["loss"][0] == pytest.approx(result["loss"][1], rel=1e-6), name
             assert len(result["errors"]) == len(list(tiny_model().parameters())), name
             assert max(result["errors"].values()) < 1e-5, (name, result["errors"])
+
+
+def test_accumulated_micro_batches_give_every_data_parallel_layout_the_full_batch_gradients():
+    # 8 rows, 2 ranks, micro-batches of 2: each rank runs 2 forwards and backwards (DDP's first without its all-reduce)
+    ranks = distributed.launch(_data_parallel_gradient_errors, (["ddp", "zero1", "fsdp_zero2", "fsdp_zero3"], 2), 2, "cpu",
+                               timeout_s=300)
+    for rank in ranks:
+        for name, result in rank.items():
+            assert result["loss"][0] == pytest.approx(result["loss"][1], rel=1e-6), name
+            assert max(result["errors"].values()) < 1e-5, (name, result["errors"])
+
+
+def test_micro_batches_are_what_the_model_sees_and_their_gradients_sum_to_the_batchs():
+    from omegaconf import OmegaConf
+
+    from harness.optimizer import make_optimizer
+    x = torch.randint(0, 64, (8, 16), generator=torch.Generator().manual_seed(1))
+    y = torch.randint(0, 64, (8, 16), generator=torch.Generator().manual_seed(2))
+    reference = tiny_model()
+    loss = token_loss(reference(x), y)
+    loss.backward()
+    t = OmegaConf.create({"lr": 1e-3, "weight_decay": 0.1, "beta1": 0.9, "beta2": 0.95})
+    layout = parallel.build("single", tiny_model(), SPEC, lambda m, zero=False: make_optimizer(m, t, zero),
+                            torch.device("cpu"), 8)
+    seen = []
+    layout.model.register_forward_pre_hook(lambda module, args: seen.append(args[0].shape[0]))
+    step_loss = parallel.forward_backward(layout, x, y, cast=lambda: torch.autocast("cpu", enabled=False), micro_batch=2)
+    assert seen == [2, 2, 2, 2]
+    assert step_loss.item() == pytest.approx(loss.item(), rel=1e-6)
+    for (name, p), (_, q) in zip(layout.model.named_parameters(), reference.named_parameters()):
+        assert torch.allclose(p.grad, q.grad, rtol=1e-5, atol=1e-7), name
+
+
+def test_a_run_in_micro_batches_trains_as_one_in_whole_batches(tmp_path):
+    result = harness_cmd("-m", *TINY, "data.tokens=1e4", "task.micro_batch_size=null,2", "hydra.sweep.dir=sweep",
+                         cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    records = {r["config"]["task"]["micro_batch_size"]: r
+               for r in (json.loads(p.read_text()) for p in (tmp_path / "sweep").glob("*/record.json"))}
+    whole, parts = records[None], records[2]
+    assert (whole["hparams_info"]["accumulation_steps"], parts["hparams_info"]["accumulation_steps"]) == (1, 4)
+    assert parts["hparams_info"]["micro_batch_size"] == 2
+    # the same steps on the same batches: only the order of float32 sums differs
+    assert parts["metrics"]["steps"] == whole["metrics"]["steps"] > 30
+    assert parts["metrics"]["val_loss"] == pytest.approx(whole["metrics"]["val_loss"], rel=1e-4)
+    assert parts["metrics"]["train_loss"] == pytest.approx(whole["metrics"]["train_loss"], rel=1e-4)
 
 
 def test_bytes_each_data_parallel_rank_holds_match_the_zero_model(data_parallel_ranks):

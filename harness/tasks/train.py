@@ -37,12 +37,14 @@ log = logging.getLogger("harness")
 
 
 def train_step(layout: parallel.Layout, x: torch.Tensor, y: torch.Tensor, grad_clip: float,
-               cast=contextlib.nullcontext, scaler: torch.amp.GradScaler | None = None, *, measure_params: bool = False):
-    """One optimizer step on the global batch (x, y); returns (mean loss, whether the gradient scaler skipped it),
-    both as device tensors (the skip None without a scaler): nothing here waits for the device."""
+               cast=contextlib.nullcontext, scaler: torch.amp.GradScaler | None = None, *,
+               micro_batch: int | None = None, measure_params: bool = False):
+    """One optimizer step on the global batch (x, y), `micro_batch` sequences per forward and backward (None: a
+    rank's whole share); returns (mean loss, whether the gradient scaler skipped it), both as device tensors (the
+    skip None without a scaler): nothing here waits for the device."""
     optimizer = layout.optimizer
     optimizer.zero_grad(set_to_none=True)
-    loss = parallel.forward_backward(layout, x, y, cast, scaler, measure_params=measure_params)
+    loss = parallel.forward_backward(layout, x, y, cast, scaler, micro_batch=micro_batch, measure_params=measure_params)
     if scaler is None:
         if grad_clip > 0:
             parallel.clip_grad_norm(layout, grad_clip)
@@ -168,6 +170,7 @@ class Setup:
     chosen: Hyperparameters       # the learning rate and batch size, and how they were chosen
     seq_len: int
     batch_size: int
+    micro_batch: int | None       # sequences per forward and backward on a rank (None: its whole share)
     total_steps: int
     schedule: schedules.Schedule
     digest: str                   # the config hash the checkpoints belong to
@@ -263,7 +266,8 @@ def setup(plan: Plan, dataset: data_sources.TokenData, cooldown: schedules.Coold
         t=t, device=device, multi_rank=job.layout != "single", mode=mode, dataset=dataset, spec=spec,
         model_cfg=model_cfg, per_token=plan.flops_per_token, tokens_requested=plan.tokens_requested,
         chosen=plan.hyperparameters, seq_len=seq_len,
-        batch_size=batch_size, total_steps=total_steps, schedule=schedule, digest=digest, branch_starts=branch_starts,
+        batch_size=batch_size, micro_batch=t.get("micro_batch_size"), total_steps=total_steps, schedule=schedule,
+        digest=digest, branch_starts=branch_starts,
         eval_steps=eval_steps, cooldown=cooldown, layout=layout,
         scaler=precision.grad_scaler(mode.name, device, job.init_scale),
         batches=data_sources.Batches(dataset.train, seq_len, batch_size, seed=job.seed),
@@ -313,7 +317,8 @@ def loop(run: Setup, state: TrainingState, checkpoint_dir: Path | None) -> profi
             clock.start()
             x, y = (part.to(device, non_blocking=True) for part in state.batch)
             # Mid-step parameter bytes are read on the first step, which step-time statistics leave out.
-            loss, skipped = train_step(layout, x, y, grad_clip, run.cast, run.scaler, measure_params=step == first)
+            loss, skipped = train_step(layout, x, y, grad_clip, run.cast, run.scaler, micro_batch=run.micro_batch,
+                                       measure_params=step == first)
             clock.stop()
             if step + 1 < run.total_steps:
                 state.batch = next_examples(run)  # on a GPU the host makes it while the device still runs the step
@@ -381,7 +386,10 @@ def record(run: Setup, state: TrainingState, profiler: profiling.StepProfiler, s
     return {**saved, "metrics": metrics, "model_info": _model_info(run), "data_info": _data_info(run),
             "precision_info": _precision_info(run, int(state.skipped_steps)),
             "parallel_info": _parallel_info(run, per_rank), "schedule_info": run.schedule.info(),
-            "hparams_info": {**run.chosen.info, "optimizer_fused": bool(layout.optimizer.defaults.get("fused"))},
+            "hparams_info": {**run.chosen.info, "optimizer_fused": bool(layout.optimizer.defaults.get("fused")),
+                             "micro_batch_size": run.micro_batch,
+                             "accumulation_steps": parallel.accumulation_steps(
+                                 run.batch_size // layout.degrees.dp, None if layout.name == "pp" else run.micro_batch)},
             "compile_info": compile_info, "quantized": quantized,
             **({"profile_info": profiler.info(run.total_steps - started_at)} if profiler.steps else {}),
             "length_extrapolation": extrapolation, "curve": state.curve,
