@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -130,6 +131,7 @@ class Layout:
     tied_copies: list = field(default_factory=list)   # pp, last stage: its copies of weights tied to the first's
     params_in_step_bytes: int = 0
     extra: dict = field(default_factory=dict)
+    loss: Callable = token_loss          # the training loss (compile=true: compiled, harness/compiling.py)
 
 
 def local(model: nn.Module, device: torch.device) -> Layout:
@@ -305,7 +307,7 @@ def forward_backward(layout: Layout, x: torch.Tensor, y: torch.Tensor, cast, sca
         # equal parts: the mean of their mean losses is the batch's mean loss, and so are the summed gradients
         with gradient_sync(layout, last=i == parts - 1):
             with cast():
-                part_loss = token_loss(layout.model(x_part), y_part) / parts
+                part_loss = layout.loss(layout.model(x_part), y_part) / parts
             if measure_params and i == 0:  # what the parameters occupy mid-step (FSDP has gathered them by now)
                 layout.params_in_step_bytes = held_bytes(layout.model.parameters())
             (scaler.scale(part_loss) if scaler is not None else part_loss).backward()

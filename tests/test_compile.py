@@ -7,7 +7,7 @@ import torch
 
 from harness import compiling
 from models import families
-from models.spec import Examples, token_loss
+from models.spec import IGNORE, Examples, token_loss
 from tests.conftest import TINY, harness_cmd
 
 RUN = [*TINY, "data.tokens=1e4", "task.save_model=true"]
@@ -39,6 +39,26 @@ def test_one_compiled_step_gives_eagers_logits_and_gradients(family):
         assert ((p.grad - reference[name].grad).norm() / reference[name].grad.norm()).item() < 1e-5, name
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_compiled_loss_is_the_loss_and_its_gradient(dtype):
+    # bf16 logits, as autocast's lm_head gives them, with ignored targets (an encoder's unmasked positions)
+    logits = torch.randn(3, 17, 50, generator=torch.Generator().manual_seed(0)).mul(3).to(dtype)
+    targets = torch.randint(0, 50, (3, 17), generator=torch.Generator().manual_seed(1))
+    targets[0, :5] = IGNORE
+    losses, grads = [], []
+    for loss_fn in (token_loss, compiling.compiled_loss()):
+        x = logits.clone().requires_grad_()
+        loss = loss_fn(x, targets)
+        loss.backward()
+        losses.append(loss)
+        grads.append(x.grad.float())
+    assert losses[1].dtype == torch.float32
+    assert losses[1].item() == pytest.approx(losses[0].item(), rel=1e-6)
+    tolerance = 1e-6 if dtype == torch.float32 else 1e-2   # bf16 gradients: one rounding apart at most
+    assert ((grads[1] - grads[0]).norm() / grads[0].norm()).item() < tolerance
+    assert grads[0][0, :5].abs().max() == grads[1][0, :5].abs().max() == 0
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     cwd = tmp_path_factory.mktemp("compile")
@@ -52,6 +72,7 @@ def test_compiled_blocks_train_what_eager_trains(runs):
     (eager, _), (compiled, _) = runs["eager"], runs["compiled"]
     info = compiled["compile_info"]
     assert info["compiled"] and info["units"] == 1 and info["fallback"] is None and info["graph_breaks"] == 0
+    assert info["loss"]
     assert eager["compile_info"] == {"requested": False, "compiled": False, "fallback": None}
     # fused kernels round differently, so close, not equal
     for key in ("train_loss", "val_loss"):

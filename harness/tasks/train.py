@@ -261,6 +261,9 @@ def setup(plan: Plan, dataset: data_sources.TokenData, cooldown: schedules.Coold
     layout = parallel.build(p["name"], model, spec, functools.partial(make_optimizer, t=t, lr_scales=lr_scales), device,
                             batch_size, tp_degree=p.get("tp_degree"), schedule=p.get("schedule", "1f1b"),
                             microbatches=int(p.get("microbatches", 1)), cast=cast)
+    if compile_info["compiled"] and layout.name != "pp":   # a pipeline's schedule holds its own loss
+        layout.loss = compiling.compiled_loss()
+        compile_info["loss"] = True
     del model  # a pipeline stage keeps only its own blocks
     return Setup(
         t=t, device=device, multi_rank=job.layout != "single", mode=mode, dataset=dataset, spec=spec,
