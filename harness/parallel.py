@@ -40,7 +40,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from models.spec import ModelSpec, token_loss
+from models.spec import IGNORE, ModelSpec, token_loss
 
 STRATEGIES = ("single", "ddp", "zero1", "fsdp_zero2", "fsdp_zero3", "tp", "pp", "fsdp_tp")
 ZERO_STAGE = {"single": 0, "ddp": 0, "zero1": 1, "fsdp_zero2": 2, "fsdp_zero3": 3, "tp": 0, "pp": 0, "fsdp_tp": 3}
@@ -302,12 +302,12 @@ def forward_backward(layout: Layout, x: torch.Tensor, y: torch.Tensor, cast, sca
         return _pipeline_step(layout, x, y)
     x, y = x[layout.rows], y[layout.rows]
     parts = accumulation_steps(x.shape[0], micro_batch)
+    predicted = (y != IGNORE).sum() if parts > 1 else None   # each part's loss: its summed loss over the batch's count
     losses = []
     for i, (x_part, y_part) in enumerate(zip(x.chunk(parts), y.chunk(parts))):
-        # equal parts: the mean of their mean losses is the batch's mean loss, and so are the summed gradients
         with gradient_sync(layout, last=i == parts - 1):
             with cast():
-                part_loss = layout.loss(layout.model(x_part), y_part) / parts
+                part_loss = layout.loss(layout.model(x_part), y_part, predicted)
             if measure_params and i == 0:  # what the parameters occupy mid-step (FSDP has gathered them by now)
                 layout.params_in_step_bytes = held_bytes(layout.model.parameters())
             (scaler.scale(part_loss) if scaler is not None else part_loss).backward()

@@ -23,10 +23,14 @@ from torch import nn
 IGNORE = -100  # a target that is not predicted (an unmasked position of a masked-token batch)
 
 
-def token_loss(logits_bnv: torch.Tensor, targets_bn: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy over the predicted targets (IGNORE adds nothing), in fp32 whatever the logits' dtype."""
-    return F.cross_entropy(logits_bnv.float().reshape(-1, logits_bnv.shape[-1]), targets_bn.reshape(-1),
-                           ignore_index=IGNORE)
+def token_loss(logits_bnv: torch.Tensor, targets_bn: torch.Tensor, predicted: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean cross-entropy over the predicted targets (IGNORE adds nothing), in fp32 whatever the logits' dtype.
+    `predicted`: the summed cross-entropy over this count instead (a micro-batch's share of its whole batch's mean,
+    right also when masked objectives predict more targets in one micro-batch than in another)."""
+    logits, targets = logits_bnv.float().reshape(-1, logits_bnv.shape[-1]), targets_bn.reshape(-1)
+    if predicted is None:
+        return F.cross_entropy(logits, targets, ignore_index=IGNORE)
+    return F.cross_entropy(logits, targets, ignore_index=IGNORE, reduction="sum") / predicted
 
 
 def next_token_examples(windows_bn: torch.Tensor, data_vocab: int, generator: torch.Generator,

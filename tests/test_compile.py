@@ -39,8 +39,9 @@ def test_one_compiled_step_gives_eagers_logits_and_gradients(family):
         assert ((p.grad - reference[name].grad).norm() / reference[name].grad.norm()).item() < 1e-5, name
 
 
+@pytest.mark.parametrize("predicted", [None, 100])   # 100: a micro-batch's summed loss over its batch's count
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_the_compiled_loss_is_the_loss_and_its_gradient(dtype):
+def test_the_compiled_loss_is_the_loss_and_its_gradient(dtype, predicted):
     # bf16 logits, as autocast's lm_head gives them, with ignored targets (an encoder's unmasked positions)
     logits = torch.randn(3, 17, 50, generator=torch.Generator().manual_seed(0)).mul(3).to(dtype)
     targets = torch.randint(0, 50, (3, 17), generator=torch.Generator().manual_seed(1))
@@ -48,12 +49,14 @@ def test_the_compiled_loss_is_the_loss_and_its_gradient(dtype):
     losses, grads = [], []
     for loss_fn in (token_loss, compiling.compiled_loss()):
         x = logits.clone().requires_grad_()
-        loss = loss_fn(x, targets)
+        loss = loss_fn(x, targets, None if predicted is None else torch.tensor(predicted))
         loss.backward()
         losses.append(loss)
         grads.append(x.grad.float())
     assert losses[1].dtype == torch.float32
     assert losses[1].item() == pytest.approx(losses[0].item(), rel=1e-6)
+    if predicted:   # the summed loss over the count given: 46 targets predicted here, against 100
+        assert losses[0].item() == pytest.approx(token_loss(logits, targets).item() * 46 / 100, rel=1e-6)
     tolerance = 1e-6 if dtype == torch.float32 else 1e-2   # bf16 gradients: one rounding apart at most
     assert ((grads[1] - grads[0]).norm() / grads[0].norm()).item() < tolerance
     assert grads[0][0, :5].abs().max() == grads[1][0, :5].abs().max() == 0

@@ -12,7 +12,7 @@ import torch.distributed as dist
 
 from harness import distributed, load_results, parallel
 from models.gpt import GPT, SPEC, GPTConfig, tp_plan
-from models.spec import token_loss
+from models.spec import IGNORE, token_loss
 from tests.conftest import TINY, harness_cmd
 
 # Six optimizer steps, the loss recorded after every one of them (eval_points = steps).
@@ -257,6 +257,7 @@ def test_micro_batches_are_what_the_model_sees_and_their_gradients_sum_to_the_ba
     from harness.optimizer import make_optimizer
     x = torch.randint(0, 64, (8, 16), generator=torch.Generator().manual_seed(1))
     y = torch.randint(0, 64, (8, 16), generator=torch.Generator().manual_seed(2))
+    y[:2, :12] = IGNORE   # as a masked objective: the first micro-batch predicts 8 targets, the others 32 each
     reference = tiny_model()
     loss = token_loss(reference(x), y)
     loss.backward()
@@ -265,7 +266,7 @@ def test_micro_batches_are_what_the_model_sees_and_their_gradients_sum_to_the_ba
                             torch.device("cpu"), 8)
     seen, losses = [], []
     layout.model.register_forward_pre_hook(lambda module, args: seen.append(args[0].shape[0]))
-    layout.loss = lambda logits, targets: losses.append(targets.shape[0]) or token_loss(logits, targets)  # compile=true's
+    layout.loss = lambda logits, targets, predicted: losses.append(targets.shape[0]) or token_loss(logits, targets, predicted)
     step_loss = parallel.forward_backward(layout, x, y, cast=lambda: torch.autocast("cpu", enabled=False), micro_batch=2)
     assert seen == losses == [2, 2, 2, 2]
     assert step_loss.item() == pytest.approx(loss.item(), rel=1e-6)
