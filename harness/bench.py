@@ -4,9 +4,10 @@ two Python environments, `--base-python PATH`) on this machine, in alternating p
 Each revision is checked out into a worktree of its own and its processes import its code (PYTHONPATH), so the
 two sides time different code where they differ. A side may also be a directory holding a copy of the project
 (`--base DIR`, `--head DIR`), timed as it is: this needs no git, as on a machine the project was copied to. The
-defaults (10 processes a side, times over the reference product, alpha 0.01, a 2% floor) come from the power study in results/bench_gate/ (tests/bench/bench_gate_power.py): on a
-2-core shared VM they flagged none of 270 unchanged kernel comparisons and caught a ~10% slowdown 98% of the time,
-a ~7% one 58%; 5% is below what 10 processes can see through a 3-5% spread between processes.
+defaults (10 processes a side, times over the reference product, alpha 0.01, a 2% floor) come from the power study
+in results/bench_gate/ (tests/bench/bench_gate_power.py): on a 2-core shared VM they flagged none of 270 unchanged
+kernel comparisons and caught a ~10% slowdown 98% of the time, a ~7% one 58%; 5% is below what 10 processes can see
+through a 3-5% spread between processes.
 
 A comparison's unit of evidence is a process. Each side's suite runs in several processes, alternating with the
 other side's (A B B A ...), and each process's median time of a case is one sample. The rounds inside one process

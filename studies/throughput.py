@@ -91,7 +91,8 @@ def analyse(df: pd.DataFrame, out: Path) -> list[str]:
                  "best_attention": table.loc[part["mfu"].idxmax(), "attention"], "mfu": part["mfu"].max(),
                  "mfu_dense": table.loc[part["mfu"].idxmax(), "mfu_dense"], "target": TARGET,
                  "met": bool(part["mfu"].max() >= TARGET)}
-                for (precision, compiled), part in table.groupby(["precision", "compiled"]) if part["mfu"].notna().any()]
+                for (precision, compiled), part in table.groupby(["precision", "compiled"])
+                if part["mfu"].notna().any()]
     (out / "fits.json").write_text(json.dumps({"runs": table.to_dict(orient="records"), "best": verdicts,
                                                "compiled_over_eager": speedups}, indent=1, default=float))
     first = df[df["status"] == "ok"].iloc[0]
@@ -108,7 +109,8 @@ def analyse(df: pd.DataFrame, out: Path) -> list[str]:
         f"MFU against {peak}; mfu counts causal attention's half, mfu_dense all of it (the field's count).",
     ]
     if verdicts:
-        sections.append(f"## Best MFU, eager and compiled, by precision (target: {TARGET:.0%})\n\n" + markdown_table(pd.DataFrame(verdicts)))
+        sections.append(f"## Best MFU, eager and compiled, by precision (target: {TARGET:.0%})\n\n"
+                        + markdown_table(pd.DataFrame(verdicts)))
     if speedups:
         sections.append("## Compiled against eager\n\n" + markdown_table(pd.DataFrame(speedups)))
     sections.append("## Every run\n\ndevice_ms: the kernels' time per profiled step; host_wall_ms: the host's time per "
@@ -117,7 +119,8 @@ def analyse(df: pd.DataFrame, out: Path) -> list[str]:
     if not profiled.empty:
         sections.append("![where a step's device time goes](throughput.png)")
     if best is not None:
-        sections.append(f"Best: {best['attention']}, {best['precision']}, {'compiled' if best['compiled'] else 'eager'}: "
+        mode = "compiled" if best["compiled"] else "eager"
+        sections.append(f"Best: {best['attention']}, {best['precision']}, {mode}: "
                         f"{best['tokens_per_s']:,.0f} tokens/s, MFU {best['mfu']:.1%} ({best['mfu_dense']:.1%} "
                         "counted densely).")
     return sections
