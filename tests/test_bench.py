@@ -207,27 +207,30 @@ def test_bad_input_is_one_line_exit_2_and_leaves_no_worktree(untouched_scratch, 
 
 
 @pytest.fixture(scope="module")
-def copies(tmp_path_factory):
+def copies(untouched_scratch, tmp_path_factory):
     """The project copied twice outside any git repository (as onto a GPU machine): as it is, and with a dense
     kernel that sleeps 0.5 s a call."""
     where = tmp_path_factory.mktemp("copies")
-    repo = scratch_clone(where)
     for name, revision in (("plain", "HEAD~2"), ("slow", "HEAD")):
         (where / name).mkdir()
-        archive = subprocess.run(["git", "-C", str(repo), "archive", revision], capture_output=True, check=True).stdout
+        archive = subprocess.run(["git", "-C", str(untouched_scratch), "archive", revision], capture_output=True,
+                                 check=True).stdout
         subprocess.run(["tar", "-x", "-C", str(where / name)], input=archive, check=True)
     return where / "plain", where / "slow"
 
 
-def test_directories_compare_without_git(copies, tmp_path):
+def test_outside_git_the_project_is_the_working_directory_and_a_directory_side_is_timed_as_it_is(copies, monkeypatch,
+                                                                                                  tmp_path):
+    # the processes a side runs import its root's code, as a revision's worktree's (the test above times that)
     plain, slow = copies
-    result = harness_bench(plain, "--base", ".", "--head", str(slow), "-k", "dense and s256 and not fwd_bwd",
-                           "--processes", "2", "--rounds", "1", "--json", str(tmp_path / "out.json"))
-    assert result.returncode == 0, result.stderr
-    report = json.loads((tmp_path / "out.json").read_text())
-    assert report["base"] == f"directory {plain.resolve()}" and report["head"] == f"directory {slow.resolve()}"
-    (case,) = report["cases"]
-    assert case["head_median_s"] - case["base_median_s"] > 0.4   # the head's copy sleeps, the base's does not
+    monkeypatch.chdir(plain)
+    root, in_git = bench.project_root()
+    assert (root, in_git) == (plain, False)
+    worktrees = []
+    head = bench.side("head", str(slow), root, in_git, tmp_path / "head", worktrees)
+    assert head == bench.Side("head", f"directory {slow.resolve()}", slow.resolve(), sys.executable)
+    assert bench.side("base", ".", root, in_git, tmp_path / "base", worktrees).root == plain.resolve()
+    assert worktrees == [] and not (tmp_path / "head").exists()
 
 
 @pytest.mark.parametrize("args, message", [
