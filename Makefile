@@ -26,8 +26,9 @@ demo: install
 
 # One pytest worker per core, each on one thread: a worker waiting on a subprocess (most tests run the CLI) leaves
 # its core to the other, and no worker's threads fight another's for a core (measured on 2 cores: serial ~1400 s,
-# two workers on torch's default threads 903 s).
-PYTEST := OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n auto
+# two workers on torch's default threads 903 s). --dist loadgroup: tests marked xdist_group share a module fixture
+# and go to one worker, which runs it once (spread over both, each ran it).
+PYTEST := OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n auto --dist loadgroup
 
 test: install
 	$(PYTEST) -m "not slow" tests

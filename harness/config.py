@@ -5,6 +5,7 @@ Every error is one line that names the bad key, its value, and what would be val
 from __future__ import annotations
 
 import difflib
+import functools
 import importlib.util
 from pathlib import Path
 
@@ -35,15 +36,21 @@ def group_options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
 
 
+@functools.cache
+def _yaml(path: Path) -> DictConfig:
+    """A config file of the package, read once per process (checking a study's overrides read ~180 of them)."""
+    return OmegaConf.load(path)
+
+
 def group_keys(group: str, option: str | None = None) -> list[str]:
     """The top-level keys of a config group's option (conf/GROUP/OPTION.yaml); without an option, of every option
     and of what the studies set in that group."""
     if option is not None:
         path = CONF_DIR / group / f"{option}.yaml"
-        return list(OmegaConf.load(path)) if path.exists() else []
+        return list(_yaml(path)) if path.exists() else []
     keys = {key for name in group_options(group) for key in group_keys(group, name)}
     for study in (CONF_DIR / "study").glob("*.yaml"):
-        keys |= set(OmegaConf.load(study).get(group) or {})
+        keys |= set(_yaml(study).get(group) or {})
     return sorted(keys)
 
 
@@ -55,7 +62,7 @@ def chosen_option(group: str, args: list[str]) -> str | None:
         return given[-1] if "," not in given[-1] else None
     if any(arg.partition("=")[0] == "study" for arg in args):
         return None
-    defaults = [entry for entry in OmegaConf.to_container(OmegaConf.load(CONF_DIR / "config.yaml").defaults)
+    defaults = [entry for entry in OmegaConf.to_container(_yaml(CONF_DIR / "config.yaml").defaults)
                 if isinstance(entry, dict)]
     return next((entry[group] for entry in defaults if group in entry), None)
 

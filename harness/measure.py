@@ -287,15 +287,20 @@ def instructions(fn, callgrind_out: str) -> int:
 
 def matmul_flops_per_s(device: torch.device, dtype: torch.dtype, size: int | None = None) -> float:
     """This device's measured rate for a square matrix product in `dtype` (median of 5 after warm-up), under the
-    matmul precision in effect now: the ceiling an attention kernel's achieved FLOP/s is read against. Measured
-    anew by each job (a rate cached from an earlier job could be another precision's). Default size: 8192 on a
-    GPU; on a CPU 2048, or smaller where one product of 2048 would take over CPU_MATMUL_SECONDS: a CPU without
-    kernels for the dtype (bf16 on an AVX2-only CPU runs at ~0.3 GFLOP/s, a minute per product) is sized from the
-    rate of a first product of 512."""
-    n = size or (8192 if device.type == "cuda" else _cpu_matmul_size(dtype))
-    return _matmul_rate(device, dtype, n, repeats=5)
+    matmul precision in effect now: the ceiling an attention kernel's achieved FLOP/s is read against. Measured once
+    per process for each device, dtype, size, float32 matmul precision and CPU thread count, the settings that move
+    it, so the jobs of a sweep in one process share it (on a CPU it took 3 s of each attention point's 3.3 s) and a
+    tf32 job never reads an fp32 job's rate. Default size: 8192 on a GPU; on a CPU 2048, or smaller where one product
+    of 2048 would take over CPU_MATMUL_SECONDS: a CPU without kernels for the dtype (bf16 on an AVX2-only CPU runs
+    at ~0.3 GFLOP/s, a minute per product) is sized from the rate of a first product of 512."""
+    key = (str(device), dtype, size, torch.get_float32_matmul_precision(), torch.get_num_threads())
+    if key not in _MATMUL_RATES:
+        n = size or (8192 if device.type == "cuda" else _cpu_matmul_size(dtype))
+        _MATMUL_RATES[key] = _matmul_rate(device, dtype, n, repeats=5)
+    return _MATMUL_RATES[key]
 
 
+_MATMUL_RATES: dict[tuple, float] = {}
 CPU_MATMUL_SECONDS = 2.0
 
 

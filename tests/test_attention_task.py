@@ -87,12 +87,27 @@ def test_attention_kernels_study_reads_each_exact_kernel_against_the_matmul_rate
     assert {("sdpa (flash)", True), ("sdpa (math)", False), ("dense", True)} <= ran  # the CPU's kernels
     for row in found["kernels"]:
         assert row["fraction_of_matmul"] == pytest.approx(row["tflops_per_s"] / row["matmul_tflops_per_s"])
+    assert len({row["matmul_tflops_per_s"] for row in found["kernels"]}) == 1   # measured once by the sweep's process
     for best in found["best"]:
         mine = [row for row in found["kernels"] if row["causal"] == best["causal"]]
         assert best["fraction_of_matmul"] == max(row["fraction_of_matmul"] for row in mine)
         assert best["met"] == (best["fraction_of_matmul"] >= 0.5)
     report = (tmp_path / "sweep" / "report" / "report.md").read_text()
     assert "sdpa backend 'cudnn' has no kernel on cpu" in report and "xformers has no cpu kernels" in report
+
+
+def test_the_matmul_rate_is_measured_once_per_process_for_each_precision():
+    import torch
+
+    from harness import measure
+    cpu, before = torch.device("cpu"), torch.get_float32_matmul_precision()
+    rate = measure.matmul_flops_per_s(cpu, torch.float32, size=96)
+    assert measure.matmul_flops_per_s(cpu, torch.float32, size=96) == rate   # the same measurement, not a second one
+    try:
+        torch.set_float32_matmul_precision("medium" if before != "medium" else "high")
+        assert measure.matmul_flops_per_s(cpu, torch.float32, size=96) != rate   # another precision: measured anew
+    finally:
+        torch.set_float32_matmul_precision(before)
 
 
 def test_a_pinned_sdpa_backend_that_cannot_take_the_inputs_says_why():

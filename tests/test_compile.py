@@ -71,6 +71,7 @@ def runs(tmp_path_factory):
     return {mode: (json.loads((cwd / mode / "record.json").read_text()), cwd / mode) for mode in ("eager", "compiled")}
 
 
+@pytest.mark.xdist_group("compile_runs")   # one worker compiles the runs fixture
 def test_compiled_blocks_train_what_eager_trains(runs):
     (eager, _), (compiled, _) = runs["eager"], runs["compiled"]
     info = compiled["compile_info"]
@@ -82,6 +83,7 @@ def test_compiled_blocks_train_what_eager_trains(runs):
         assert [p[key] for p in compiled["curve"]] == pytest.approx([p[key] for p in eager["curve"]], rel=1e-4)
 
 
+@pytest.mark.xdist_group("compile_runs")
 def test_a_compiled_models_saved_weights_keep_their_names(runs):
     (_, eager_dir), (_, compiled_dir) = runs["eager"], runs["compiled"]
     eager = torch.load(eager_dir / "model.pt", weights_only=True)

@@ -225,9 +225,10 @@ def test_a_law_the_curves_cannot_pin_down_says_so():
 
 
 def test_harness_fit_curves_reads_a_sweep_directory_with_each_runs_exact_schedule(tmp_path):
-    # The committed schedule_law study through the command line: the same fit and held-out errors as the study's report
-    # (to 1%: neither law is identified on those curves, so another machine's last bits move its errors a little; a
-    # wrong schedule or curve moves them far more).
+    # The committed schedule_law study through the command line: the same fits as the study's report, to 1%. Neither
+    # law is identified on those curves, so only what their optimum pins down is compared: each law's objective, and
+    # the annealing law's held-out error. The multi-power law's B and beta run off along a valley (B ~1e16, beta
+    # ~1e-16) and where its starts stop there moved its held-out error by 8% between two CPUs (0.3% in objective).
     from pathlib import Path
     study = Path(__file__).resolve().parent.parent / "results" / "schedule_law"
     result = harness_fit("--curves", study, "--fit-runs", "cosine-1953-seed0,constant-1953-seed0,wsd-linear391-1953-seed0",
@@ -237,8 +238,10 @@ def test_harness_fit_curves_reads_a_sweep_directory_with_each_runs_exact_schedul
     committed = json.loads((study / "report" / "fits.json").read_text())["curve_law"]
     for law in ("multi_power", "annealing"):
         mine = entry if entry["law"] == law else entry["compared"][law]
-        assert mine["held_out"]["cosine-3906-seed0"]["mean_rel_error"] == pytest.approx(
-            committed[law]["held_out"]["cosine, 4e+06 tokens"]["mean_rel_error"], rel=0.01)
+        assert mine["objective"] == pytest.approx(committed[law]["objective"], rel=0.01)
+    annealing = entry if entry["law"] == "annealing" else entry["compared"]["annealing"]
+    assert annealing["held_out"]["cosine-3906-seed0"]["mean_rel_error"] == pytest.approx(
+        committed["annealing"]["held_out"]["cosine, 4e+06 tokens"]["mean_rel_error"], rel=0.01)
     empty = harness_fit("--curves", tmp_path / "fit", "--out", "again", cwd=tmp_path)
     assert "no training run finished ok there" in empty.stderr and len(empty.stderr.strip().splitlines()) == 1
 

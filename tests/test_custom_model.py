@@ -27,6 +27,10 @@ def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([str(BIN / args[0]), *args[1:]], cwd=cwd, capture_output=True, text=True, timeout=TIMEOUT_S)
 
 
+# one pytest-xdist worker runs the module, so its sweep fixture runs once
+pytestmark = pytest.mark.xdist_group("custom_sweep")
+
+
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
     cwd = tmp_path_factory.mktemp("custom")

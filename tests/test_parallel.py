@@ -232,6 +232,7 @@ def data_parallel_ranks():
     return distributed.launch(_data_parallel_gradient_errors, (list(DATA_PARALLEL),), 2, "cpu", timeout_s=300)
 
 
+@pytest.mark.xdist_group("data_parallel_ranks")   # one worker runs the ranks fixture
 def test_data_parallel_gradients_equal_one_full_batch_backward(data_parallel_ranks):
     ranks = [*data_parallel_ranks, *distributed.launch(_data_parallel_gradient_errors, (["fsdp_tp"],), 4, "cpu", timeout_s=300)]
     for rank in ranks:
@@ -289,6 +290,7 @@ def test_a_run_in_micro_batches_trains_as_one_in_whole_batches(tmp_path):
     assert parts["metrics"]["train_loss"] == pytest.approx(whole["metrics"]["train_loss"], rel=1e-4)
 
 
+@pytest.mark.xdist_group("data_parallel_ranks")
 def test_bytes_each_data_parallel_rank_holds_match_the_zero_model(data_parallel_ranks):
     # fp32 AdamW: 4 bytes per parameter and gradient, 8 of optimizer state. What the ZeRO stage shards is halved on
     # each of the 2 ranks; the rest every rank holds whole. Parameters are compared mid-step, when ZeRO-2 (FSDP2

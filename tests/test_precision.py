@@ -23,6 +23,7 @@ def fp32_reference(tmp_path_factory):
     return train(tmp_path_factory.mktemp("fp32"), list(TINY))
 
 
+@pytest.mark.xdist_group("fp32_reference")   # one worker trains the fp32 reference
 @pytest.mark.parametrize("mode,params,autocast", [("bf16", "float32", "bfloat16"), ("fp16", "float32", "float16"),
                                                    ("bf16_pure", "bfloat16", None)])
 def test_mixed_precision_trains_and_records_what_was_in_effect(tmp_path, tiny, fp32_reference, mode, params, autocast):

@@ -16,6 +16,8 @@ from harness.records import RECORD_NAME, read_record
 MISSING = [name for name in ("mlflow", "tensorboard", "wandb") if importlib.util.find_spec(name) is None]
 needs_trackers = pytest.mark.skipif(bool(MISSING), reason=f"the tracking extra is not installed ({', '.join(MISSING)}): "
                                                           "pip install -e '.[tracking]'")
+# one pytest-xdist worker runs the module, so its sweep fixture runs once (it ran on both: 24 s twice)
+pytestmark = pytest.mark.xdist_group("tracking_sweep")
 ALL = "logger=[mlflow,tensorboard,wandb]"
 WIDTHS = "model.d_model=16,24"
 
