@@ -90,8 +90,12 @@ def minimum_methods_line(by_method: dict, used: str) -> str:
             "against known truth).")
 
 
-def markdown_table(table: pd.DataFrame) -> str:
+def markdown_table(table: pd.DataFrame, missing: str | None = None) -> str:
+    """The table in Markdown, floats to 4 significant digits; `missing`: what an empty cell (NaN, None) shows
+    (filling a float column with text first is deprecated in pandas 3)."""
     def cell(value):
+        if missing is not None and pd.api.types.is_scalar(value) and pd.isna(value):
+            return missing
         if isinstance(value, float):
             return f"{value:.4g}"
         return str(value)

@@ -228,7 +228,7 @@ def fit_curve_group(curves: list[Curve], fit_runs: list[str] | None, resamples: 
     if predict:
         shown = pd.DataFrame(entry["predictions"]).rename(columns={"final_loss": "final loss", "low": "95% low",
                                                                      "high": "95% high"})
-        sections.append("### Schedules not run: the final loss the law predicts\n\n" + markdown_table(shown.fillna("")))
+        sections.append("### Schedules not run: the final loss the law predicts\n\n" + markdown_table(shown, missing=""))
     if optimise:
         entry["optimised_schedule"], section = optimised(fits[best], optimise, fitted, out, prefix)
         sections.append(section)

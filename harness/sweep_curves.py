@@ -212,7 +212,7 @@ def _parameter_table(fits: dict) -> str:
         if not fit.identified:
             flat.append(f"At N = {N:.4g} the {fit.law} law is not identified: {fit.unidentified}.")
     return ("### Parameters per size [95% interval]\n\n" + (" ".join(flat) + "\n\n" if flat else "")
-            + markdown_table(pd.DataFrame(rows).fillna("")))
+            + markdown_table(pd.DataFrame(rows), missing=""))
 
 
 def _filled_table(points: pd.DataFrame) -> str:

@@ -84,7 +84,7 @@ def analyse(df: pd.DataFrame, out: Path) -> list[str]:
         "task.grad_clip=0 DDP, ZeRO-1 and FSDP agree bit for bit, and every strategy matches single within 1e-5 "
         "over six steps (tests/test_parallel.py); the gradient norm summed in another order (over shards, stages "
         "or ranks) moves the clipping factor by ~1e-7, and a run's loss spikes amplify that.\n\n"
-        + markdown_table(table.fillna("")),
+        + markdown_table(table, missing=""),
         "## Memory per rank: measured against the ZeRO model\n\n"
         f"Bytes per parameter in effect: {widths['param']} (parameters), {widths['grad']} (gradients), {widths['optimizer']} "
         "(AdamW's two moments). Parameters are measured mid-step (after forward: FSDP has gathered what it gathers); "

@@ -52,8 +52,8 @@ def analyse(df: pd.DataFrame, out: Path) -> list[str]:
         f"Device: {first['env.device_name']}. GPT {int(first['model_info.n_layer'])} layers, d_model "
         f"{int(first['model_info.d_model'])}, trained on {int(first['metrics.tokens']):,} tokens of data={first['data.name']} "
         f"at sequence length {int(first['model_info.seq_len'])}; the same data, initialisation seed and batches for every encoding.",
-        "## Validation loss by evaluation length\n\n" + finding + "\n\n" + markdown_table(wide.reset_index().fillna("unsupported")),
-        "## Every evaluation\n\n" + markdown_table(table.fillna("")),
+        "## Validation loss by evaluation length\n\n" + finding + "\n\n" + markdown_table(wide.reset_index(), missing="unsupported"),
+        "## Every evaluation\n\n" + markdown_table(table, missing=""),
         "![loss against evaluation length](length_extrapolation.png)",
     ]
 

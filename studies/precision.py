@@ -83,11 +83,11 @@ def analyse(df: pd.DataFrame, out: Path) -> list[str]:
         f"{int(first['model_info.d_model'])}, {int(first['model_info.params_total']):,} parameters; "
         f"{int(first['metrics.tokens']):,} tokens at batch {int(first['task.batch_size'])} x {int(first['model_info.seq_len'])}.",
         "## Modes\n\nspeed_vs_fp32 and loss_change are against the fp32 run (same data, same initialisation).\n\n"
-        + markdown_table(table.fillna("")),
+        + markdown_table(table, missing=""),
     ]
     if not q.empty:
         sections.append("## Weight-only quantized evaluation (the fp32 model)\n\nmodel_mb counts every parameter and "
-                        "buffer; the output head tied to the embedding stays in full precision.\n\n" + markdown_table(q.fillna("")))
+                        "buffer; the output head tied to the embedding stays in full precision.\n\n" + markdown_table(q, missing=""))
     sections.append("![speed, memory and loss per precision mode](precision.png)")
     return sections
 

@@ -33,7 +33,7 @@ def test_a_killed_run_continues_from_its_checkpoint_and_ends_bit_for_bit(tmp_pat
     assert not saved.exists() and not checkpoint.path(tmp_path / "whole").exists()   # removed once the run is ok
 
 
-MULTI_RANK = ["data=markov", "data.train_tokens=5e4", "data.val_tokens=2e4", "data.tokens=1.024e5", "model.n_layer=2",
+MULTI_RANK = ["data=markov", "data.train_tokens=3e4", "data.val_tokens=2e4", "data.tokens=1.024e5", "model.n_layer=2",
               "model.d_model=32", "model.n_head=2", "model.seq_len=32", "task.batch_size=8", "task.eval_points=4",
               "task.eval_tokens=2048", "task.checkpoint_every=50", "progress=off"]
 
