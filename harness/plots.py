@@ -189,13 +189,24 @@ def isoflop_curves(runs: pd.DataFrame, fit, out_dir: Path, name: str = "isoflop"
     best = fit.minima[fit.minima["interior"]]
     low, high = minimum_intervals(fit, best["C"])
     if low is not None:
-        ax.errorbar(best["N_opt"], best["loss_opt"], xerr=[best["N_opt"] - low, high - best["N_opt"]], fmt="none",
-                    ecolor="black", elinewidth=1, capsize=3, zorder=5)
+        interval_bars(ax, best["loss_opt"], low, high, axis="x", ecolor="black", elinewidth=1, capsize=3, zorder=5)
     ax.scatter(best["N_opt"], best["loss_opt"], marker="*", s=160, color="black", zorder=6,
                label="fitted minimum" + (" (95% interval)" if low is not None else ""))
     ax.set(xscale="log", xlabel=axis_name("N", labels), ylabel=axis_name("loss", labels), title="IsoFLOP profiles")
     ax.legend(fontsize=8)
     return save(fig, out_dir, name)
+
+
+def interval_bars(ax, at, low, high, axis: str = "y", **style) -> None:
+    """Each interval as a bar from its low end to its high end, at positions `at` (along x for axis="y", along y for
+    axis="x"). Drawn from the low end: a percentile interval need not hold its estimate (a few resamples, a skewed
+    bootstrap), and offsets about the estimate would then be negative, which matplotlib refuses."""
+    low, high = np.asarray(low, dtype=float), np.asarray(high, dtype=float)
+    span = [np.zeros(len(low)), high - low]
+    if axis == "x":
+        ax.errorbar(low, at, xerr=span, fmt="none", **style)
+    else:
+        ax.errorbar(at, low, yerr=span, fmt="none", **style)
 
 
 def minimum_intervals(fit, budgets) -> tuple:
@@ -213,8 +224,7 @@ def optimal_size(fit, out_dir: Path, name: str = "n_opt_vs_compute", labels: dic
     best = fit.minima[fit.minima["interior"]]
     low, high = minimum_intervals(fit, best["C"])
     if low is not None:
-        ax.errorbar(best["C"], best["N_opt"], yerr=[best["N_opt"] - low, high - best["N_opt"]], fmt="none",
-                    ecolor="C0", elinewidth=1, capsize=3)
+        interval_bars(ax, best["C"], low, high, ecolor="C0", elinewidth=1, capsize=3)
     grid = np.geomspace(best["C"].min() / 2, best["C"].max() * 2, 50)
     ax.scatter(best["C"], best["N_opt"], color="C0", label="N_opt (parameters)")
     ax.plot(grid, fit.predict(grid), color="C0", lw=1, label=f"N_opt ~ C^{fit.a:.2f}")

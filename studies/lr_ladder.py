@@ -69,8 +69,8 @@ def lr_ladder(points: pd.DataFrame, fit, out_dir: Path, name: str = "lr_ladder")
     plots.loss_against_lr(left, points, "N", lambda n: f"N = {plots.label_params(n)}", fit)
     left.set(title="Loss against learning rate (stars: fitted optima)")
     optima = fit.optima[fit.optima["interior"]]
-    right.errorbar(optima["N"], optima["lr_opt"], yerr=[optima["lr_opt"] - optima["low"], optima["high"] - optima["lr_opt"]],
-                   fmt="o", color="black", capsize=3, label="optimum, 95% interval")
+    right.plot(optima["N"], optima["lr_opt"], "o", color="black", label="optimum, 95% interval")
+    plots.interval_bars(right, optima["N"], optima["low"], optima["high"], ecolor="black", capsize=3)
     grid = np.geomspace(optima["N"].min() / 2, optima["N"].max() * 2, 50)
     right.plot(grid, fit.predict(grid), color="crimson", lw=1.5, label=f"{fit.c:.3g} N^-{fit.gamma:.3f}")
     right.set(xscale="log", yscale="log", xlabel="non-embedding parameters N", ylabel="optimal learning rate",

@@ -249,6 +249,7 @@ def test_an_fp32_job_after_a_tf32_job_in_one_sweep_runs_in_full_fp32(tmp_path, t
     assert df.loc["fp32", "precision_info.matmul_precision"] == "highest"
 
 
+@pytest.mark.slow   # the fast suite sweeps through submitit_local in test_tracking and resumes in the growing-sweep test
 def test_the_cluster_path_runs_and_resumes_through_submitit(tmp_path, tiny):
     # submitit's local executor: the SLURM launcher's plugin, job pickling and result collection, on this machine
     sweep = ["-m", "hydra/launcher=submitit_local", *tiny, "hydra.sweep.dir=sweep"]

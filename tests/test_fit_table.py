@@ -46,7 +46,7 @@ def test_a_compute_column_adds_approach_2_and_groups_fit_apart(tmp_path):
     table = pd.DataFrame({"N": N, "C": C, "loss": loss, "lab": "a"})
     table = pd.concat([table, table.assign(lab="b", loss=loss * 1.01)])   # a second lab, 1% worse everywhere
     table.to_parquet(tmp_path / "runs.parquet")
-    done = harness_fit("runs.parquet", "--group", "lab", "--out", "out", "--resamples", "20", cwd=tmp_path)
+    done = harness_fit("runs.parquet", "--group", "lab", "--out", "out", "--resamples", "4", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     fits = json.loads((tmp_path / "out" / "fits.json").read_text())
     truth = 0.28 / (0.34 + 0.28)
