@@ -286,6 +286,9 @@ def instructions(fn, callgrind_out: str) -> int:
     raise RuntimeError(f"{latest} has no totals line")
 
 
+_MATMUL_RATES: dict[tuple, float] = {}   # matmul_flops_per_s's measurements in this process
+
+
 def matmul_flops_per_s(device: torch.device, dtype: torch.dtype, size: int | None = None) -> float:
     """This device's measured rate for a square matrix product in `dtype` (median of 5 after warm-up), under the
     matmul precision in effect now: the ceiling an attention kernel's achieved FLOP/s is read against. Measured once
@@ -299,9 +302,6 @@ def matmul_flops_per_s(device: torch.device, dtype: torch.dtype, size: int | Non
         n = size or (8192 if device.type == "cuda" else _cpu_matmul_size(dtype))
         _MATMUL_RATES[key] = _matmul_rate(device, dtype, n, repeats=5)
     return _MATMUL_RATES[key]
-
-
-_MATMUL_RATES: dict[tuple, float] = {}
 CPU_MATMUL_SECONDS = 2.0
 
 

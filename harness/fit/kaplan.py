@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from harness.fit.bootstrap import (REFIT_TOLERANCES, distinct_ends, percentiles, refit_resamples,
+from harness.fit.bootstrap import (REFIT_TOLERANCES, distinct_ends, percentiles, refit_resamples, run_on,
                                    residual_resamples, with_interval)
 from harness.fit.minimise import lbfgs
 from harness.fit.objective import summed_huber, torch_threads_for
@@ -113,12 +113,11 @@ def fit_kaplan_nd(N, D, loss, *, huber_delta: float = 1e-3, init: KaplanFit | No
 
     # From `init`, the distinct ends of its grid (its basins): on six tables with the largest size held out these
     # reached the grid's optimum to 6e-14 where init and the grid starts scoring best here stalled 1.8e-8 above it
-    # (a held-out prediction 12% off). The distinct ends are then run on to tight tolerances: on another CPU the
-    # ends from `init` stalled on the default ones 1.8e-5 (in units of delta) above the grid's, and the held-out
-    # prediction moved 12% again; run on, both reach the same optimum (to 1e-9), for ~25% more evaluations of them.
+    # (a held-out prediction 12% off); either way the ends are then run on (run_on), to an ftol below the refits'
+    # (1e-11 still stopped that fit from init short along its valley).
     objective = objectives(log_loss)
-    minima = lbfgs(objective, KAPLAN_STARTS if init is None else init.resample_starts)
-    minima = lbfgs(objective, distinct_ends(minima.x, minima.value), gtol=1e-8, ftol=1e-12)
+    minima = run_on(objective, lbfgs(objective, KAPLAN_STARTS if init is None else init.resample_starts),
+                    tolerances={"gtol": 1e-8, "ftol": 1e-12})
     best = int(np.argmin(minima.value))
 
     def kaplan_fit(theta, objective: float, _log_loss) -> KaplanFit:
