@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from harness.fit.bootstrap import (REFIT_TOLERANCES, distinct_ends, percentiles, refit_resamples, run_on,
-                                   residual_resamples, with_interval)
+from harness.fit.bootstrap import (REFIT_TOLERANCES, RESAMPLE_STARTS, distinct_ends, percentiles, refit_resamples,
+                                   residual_resamples, run_on, with_interval)
 from harness.fit.minimise import lbfgs
 from harness.fit.objective import summed_huber, torch_threads_for
 from harness.fit.parametric import loose_exponent, standard_errors
@@ -97,10 +97,10 @@ def fit_kaplan_nd(N, D, loss, *, huber_delta: float = 1e-3, init: KaplanFit | No
                   seed: int = 0) -> KaplanFit:
     """Kaplan et al.'s L(N, D) (eq. 1.5) by the same estimator as approach 3: the summed Huber loss (delta 1e-3) of
     log residuals, L-BFGS from all of KAPLAN_STARTS stepped together (exponents kept positive); `init` (a fit of
-    nearby points) starts from the distinct ends of its grid instead. `intervals`: that
-    many resamples of the log residuals about the fit for 95% percentile intervals, each refitted from
-    RESAMPLE_STARTS distinct ends of the grid, as approach 3's. `unidentified` says why, when the points do not pin the exponents down
-    (see kaplan_identification)."""
+    nearby points) starts from the distinct ends of its grid and the grid starts that score best here instead.
+    `intervals`: that many resamples of the log residuals about the fit for 95% percentile intervals, each refitted
+    from RESAMPLE_STARTS distinct ends of the grid, as approach 3's. `unidentified` says why, when the points do not
+    pin the exponents down (see kaplan_identification)."""
     N, D, loss = check_points({"N": N, "D": D, "loss": loss}, 4)
     log_n, log_d, log_loss = np.log(N), np.log(D), np.log(loss)
 
@@ -111,13 +111,18 @@ def fit_kaplan_nd(N, D, loss, *, huber_delta: float = 1e-3, init: KaplanFit | No
         objective = kaplan_objectives(log_n, log_d, targets, huber_delta)
         return lambda theta, rows: tuple(part / huber_delta for part in objective(theta, rows))
 
-    # From `init`, the distinct ends of its grid (its basins): on six tables with the largest size held out these
-    # reached the grid's optimum to 6e-14 where init and the grid starts scoring best here stalled 1.8e-8 above it
-    # (a held-out prediction 12% off); either way the ends are then run on (run_on), to an ftol below the refits'
-    # (1e-11 still stopped that fit from init short along its valley).
+    # From `init`, the distinct ends of its grid (its basins) and the RESAMPLE_STARTS grid starts that score lowest
+    # on these points: the law has near-equal local minima that extrapolate apart (one held-out table: two minima
+    # 1.8e-5 apart in units of delta, Hessian positive definite at both, predictions 12% apart), and on one CPU
+    # none of init's ends lay in the deeper basin while the 7th-scoring grid start did. Either way the ends are
+    # then run on (run_on), to an ftol below the refits' (1e-11 stopped a fit short along its valley).
     objective = objectives(log_loss)
-    minima = run_on(objective, lbfgs(objective, KAPLAN_STARTS if init is None else init.resample_starts),
-                    tolerances={"gtol": 1e-8, "ftol": 1e-12})
+    if init is None:
+        starts = KAPLAN_STARTS
+    else:
+        scores, _ = objective(KAPLAN_STARTS, np.arange(len(KAPLAN_STARTS)))
+        starts = np.vstack([init.resample_starts, KAPLAN_STARTS[np.argsort(scores)[:RESAMPLE_STARTS]]])
+    minima = run_on(objective, lbfgs(objective, starts), tolerances={"gtol": 1e-8, "ftol": 1e-12})
     best = int(np.argmin(minima.value))
 
     def kaplan_fit(theta, objective: float, _log_loss) -> KaplanFit:
