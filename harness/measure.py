@@ -287,6 +287,7 @@ def instructions(fn, callgrind_out: str) -> int:
 
 
 _MATMUL_RATES: dict[tuple, float] = {}   # matmul_flops_per_s's measurements in this process
+CPU_MATMUL_SECONDS = 2.0
 
 
 def matmul_flops_per_s(device: torch.device, dtype: torch.dtype, size: int | None = None) -> float:
@@ -302,7 +303,6 @@ def matmul_flops_per_s(device: torch.device, dtype: torch.dtype, size: int | Non
         n = size or (8192 if device.type == "cuda" else _cpu_matmul_size(dtype))
         _MATMUL_RATES[key] = _matmul_rate(device, dtype, n, repeats=5)
     return _MATMUL_RATES[key]
-CPU_MATMUL_SECONDS = 2.0
 
 
 def _matmul_rate(device: torch.device, dtype: torch.dtype, n: int, repeats: int) -> float:

@@ -555,18 +555,17 @@ def test_held_out_fits_started_from_the_full_fits_find_the_grids_optimum():
     np.testing.assert_allclose(shared["mean_abs_error"][:3], grid["mean_abs_error"][:3], rtol=1e-5)
 
 
-
 def test_kaplan_from_a_nearby_fit_whose_basins_miss_the_deepest_minimum_still_reaches_it():
-    # The table above without its largest size has two minima 1.2e-5 apart (relative) whose predictions there differ
-    # 12%; `shallow` is the shallower one (a strict local minimum: L-BFGS from it stays put). A nearby fit whose basins
-    # hold only that one must not decide the held-out fit.
+    # The table above without its largest size has two minima 1.2e-5 apart (relative) whose predictions at that size
+    # differ 0.5%; `shallow` is the shallower one (a strict local minimum: L-BFGS from it stays put). A nearby fit
+    # whose basins hold only that one must not decide the held-out fit.
     import dataclasses
     from harness.fit import fit_kaplan_nd
     from harness.fit.kaplan import kaplan_objectives
     from harness.fit.minimise import lbfgs
     N, D, loss = synthetic_isoflop(noise=0.003, seed=2)
     fitted = N < N.max()
-    held_out = N[~fitted], D[~fitted]          # where the two minima's predictions differ 0.5%
+    held_out = N[~fitted], D[~fitted]
     N, D, loss = N[fitted], D[fitted], loss[fitted]
     shallow = np.array([[28.14151312, 32.05266205, 0.1102993, 0.1074705]])
     grid = fit_kaplan_nd(N, D, loss)
@@ -575,6 +574,7 @@ def test_kaplan_from_a_nearby_fit_whose_basins_miss_the_deepest_minimum_still_re
     started = fit_kaplan_nd(N, D, loss, init=dataclasses.replace(grid, resample_starts=shallow))
     assert started.objective == pytest.approx(grid.objective, rel=1e-9)
     assert started.predict(*held_out) == pytest.approx(grid.predict(*held_out), rel=1e-6)
+
 
 def test_trusting_compare_laws_predicts_over_trained_runs_17x_larger_within_1_percent():
     # tests/bench/overtraining.py: runs of 11M-411M parameters at 20-640 tokens per parameter, 0.3% noise; the

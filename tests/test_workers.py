@@ -23,7 +23,7 @@ def test_free(i):
 def test_tests_marked_xdist_group_run_on_one_worker(tmp_path):
     # pytest 9.2 with pytest-xdist 3.8 spread them over every worker, silently (pytest-xdist#1386)
     (tmp_path / "test_grouped.py").write_text(GROUPED)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "COV_"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
     done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "2",
                            "--dist", "loadgroup", "test_grouped.py"],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)

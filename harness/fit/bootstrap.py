@@ -9,7 +9,7 @@ from dataclasses import fields
 import numpy as np
 import torch
 
-from harness.fit.minimise import Minima, lbfgs
+from harness.fit.minimise import lbfgs
 from harness.fit.points import FitError
 
 
@@ -56,13 +56,6 @@ def distinct_ends(ends: np.ndarray, values: np.ndarray, count: int = RESAMPLE_ST
             if len(kept) == count:
                 break
     return ends[kept]
-
-
-def run_on(objective, minima: Minima, count: int = RESAMPLE_STARTS, tolerances: dict = REFIT_TOLERANCES) -> Minima:
-    """A multi-start fit's `count` distinct ends (distinct_ends) minimised on to `tolerances`. On the default
-    tolerances starts stop where the summed Huber loss is nearly flat, and which set of starts got deepest (a grid,
-    or a nearby fit's basins) decided the fit (Chinchilla's two paths agreed to 9e-5 before, 1.4e-6 after)."""
-    return lbfgs(objective, distinct_ends(minima.x, minima.value, count), **tolerances)
 
 
 def refit_resamples(objective_of, fit_of, log_losses: np.ndarray, starts: np.ndarray,

@@ -51,8 +51,7 @@ def holdout(frame: pd.DataFrame, law: str = "chinchilla", *, by: str = "N", larg
     law is fitted on: fitted_rows), predict those, and compare: per held-out point the prediction, its `interval`
     from `intervals` bootstrap resamples, the relative error predicted / measured - 1 and whether the measured loss
     lies inside the interval (with intervals=0: no interval, and `inside` is NaN). `init`: the law's fit of every
-    point, where the fit takes one, to start from (Chinchilla's forms: its optimum and the grid starts that score best
-    here; Kaplan's: its basins and the whole grid)."""
+    point, where the fit takes one, to start from (each law's fit says how it uses it)."""
     if law not in LAW_FORMS:
         raise FitError(f"law={law!r} is not one of {', '.join(LAW_FORMS)}")
     fit_fn, columns = LAW_FORMS[law]

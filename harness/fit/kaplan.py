@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from harness.fit.bootstrap import (REFIT_TOLERANCES, distinct_ends, percentiles, refit_resamples,
-                                   residual_resamples, run_on, with_interval)
+                                   residual_resamples, with_interval)
 from harness.fit.minimise import lbfgs
 from harness.fit.objective import summed_huber, torch_threads_for
 from harness.fit.parametric import loose_exponent, standard_errors
@@ -114,13 +114,10 @@ def fit_kaplan_nd(N, D, loss, *, huber_delta: float = 1e-3, init: KaplanFit | No
     # With `init`, its basins (the distinct ends of its grid) as well as the grid: the law has near-equal local
     # minima that extrapolate apart, and which one a start reaches moves with the last bits of the arithmetic. On one
     # held-out table two minima lay 1.2e-5 apart (relative; Hessian positive definite at both), their predictions
-    # 12% apart; init's 14 basins all missed the deeper one, and of the grid's 576 starts 31 reached it, but the 7th
-    # best-scoring start did when stepped with the whole grid and did not when stepped with the 15 best (the batch
-    # size changes the arithmetic). Either way the ends are run on (run_on), to an ftol below the refits' (1e-11
-    # stopped a fit short along its valley).
+    # 0.5% apart; init's 14 basins all led to the shallower one, and of the grid's 576 starts 31 reached the deeper,
+    # but the 7th best-scoring start did so only when stepped with the whole grid (the batch changes the arithmetic).
     objective = objectives(log_loss)
-    starts = KAPLAN_STARTS if init is None else np.vstack([init.resample_starts, KAPLAN_STARTS])
-    minima = run_on(objective, lbfgs(objective, starts), tolerances={"gtol": 1e-8, "ftol": 1e-12})
+    minima = lbfgs(objective, KAPLAN_STARTS if init is None else np.vstack([init.resample_starts, KAPLAN_STARTS]))
     best = int(np.argmin(minima.value))
 
     def kaplan_fit(theta, objective: float, _log_loss) -> KaplanFit:
