@@ -129,6 +129,10 @@ def test_block_resamples_keep_each_curves_size_and_draw_runs_of_steps():
     # blocks of 10 consecutive points: a point drawn means (almost always) its neighbour drawn as often
     drawn = weights[:, :100] > 0
     assert np.mean(drawn[:, 1:] == drawn[:, :-1]) > 0.85
+    # every point, a curve's first and last included, is drawn once a resample on average (blocks that stopped at the
+    # end drew those two ~0.1 times)
+    mean = block_weights(curves, 4000, np.random.default_rng(0)).mean(axis=0)
+    assert mean == pytest.approx(np.ones(125), abs=0.06)
     whole = block_weights(curves, 20, np.random.default_rng(0), resample="curves")
     assert set(np.unique(whole[:, :100] / 1)) <= {0, 1, 2} and np.all(np.ptp(whole[:, :100], axis=1) == 0)
 

@@ -298,8 +298,14 @@ class CurveLawFit:
 
 def block_weights(curves: list[Curve], resamples: int, rng: np.random.Generator, resample: str = "blocks") -> np.ndarray:
     """(resamples, points) counts of each measured point in each bootstrap resample. "blocks": within each curve,
-    blocks of sqrt(points) consecutive points drawn with replacement (a moving-block bootstrap: a curve's residuals
-    are not independent); "curves": whole curves drawn with replacement."""
+    blocks of sqrt(points) consecutive points drawn with replacement (a curve's residuals are not independent);
+    "curves": whole curves drawn with replacement.
+
+    The blocks are circular (Politis and Romano 1992, "A Circular Block-Resampling Procedure for Stationary Data"):
+    one may wrap from a curve's last point to its first, so every point is drawn once a resample on average. Blocks
+    that stop at the end draw a curve's first and last points ~1/block as often as the rest, and the refits lean
+    away from the curve's end, where its final loss is.
+    """
     sizes = [len(c.steps) for c in curves]
     weights = np.zeros((resamples, sum(sizes)))
     if resample == "curves":
@@ -313,8 +319,8 @@ def block_weights(curves: list[Curve], resamples: int, rng: np.random.Generator,
     for size in sizes:
         block = max(1, int(round(np.sqrt(size))))
         count = -(-size // block)
-        first = rng.integers(0, size - block + 1, size=(resamples, count))
-        taken = (first[:, :, None] + np.arange(block)).reshape(resamples, -1)[:, :size]
+        first = rng.integers(0, size, size=(resamples, count))
+        taken = ((first[:, :, None] + np.arange(block)) % size).reshape(resamples, -1)[:, :size]
         for r in range(resamples):
             np.add.at(weights[r], offset + taken[r], 1)
         offset += size
