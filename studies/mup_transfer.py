@@ -53,8 +53,8 @@ def analyse(df: pd.DataFrame, out: Path) -> list[str]:
         rows += [{"parametrization": name, "width": int(r.width), "lr_opt": r.lr_opt, "low": r.low, "high": r.high,
                   "interior": r.interior, "why": r.why} for r in optima.itertuples()]
         lines.append(f"- {name}: the optimum moves by a factor {2 ** steps:.2f} ({steps:.2f} grid steps) from width "
-                     f"{inside['width'].min()} to {inside['width'].max()}; as a law in N, lr_opt ~ N^-{fit.gamma:.3f} "
-                     f"[{fit.intervals['gamma'][0]:.3f}, {fit.intervals['gamma'][1]:.3f}]")
+                     f"{inside['width'].min()} to {inside['width'].max()}; as a law in N, lr_opt ~ N^-gamma with gamma = "
+                     f"{fit.gamma:.3f} [{fit.intervals['gamma'][0]:.3f}, {fit.intervals['gamma'][1]:.3f}]")
     (out / "fits.json").write_text(json.dumps(fits, indent=1, default=float))
     mup_transfer(points, laws, out)
     verdict = ""
