@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from harness import distributed, hparams, parallel, precision, quantize, schedules, tracking
+from harness import distributed, hparams, measure, parallel, precision, quantize, schedules, tracking
 from harness.errors import ConfigError, Unsupported
 from harness.plan import ModelPlan, attention_options, model_spec, parametrization, resolve, resolve_model
 
@@ -127,7 +127,7 @@ def validate(cfg: DictConfig, machine: distributed.Machine | None = None) -> Non
 
 
 def _check_job(cfg: DictConfig) -> None:
-    """The task's name and the job's own options: loggers, compile, profile, threads."""
+    """The task's name and the job's own options: loggers, compile, profile, threads, device."""
     if cfg.task.name not in TASKS:
         raise ConfigError(f"task.name={cfg.task.name!r}; known: {', '.join(TASKS)}")
     for problem in filter(None, map(tracking.unsupported, cfg.get("logger") or {})):
@@ -142,6 +142,7 @@ def _check_job(cfg: DictConfig) -> None:
                           f"parallel={cfg.parallel.name}")
     if cfg.get("threads", "auto") != "auto":
         _positive(cfg.threads, "threads", integer=True)
+    measure.resolve_device(cfg.get("device", "auto"))
 
 
 def _check_model(cfg: DictConfig, spec: ModelSpec) -> ModelPlan:

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 import harness
+from harness.errors import ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -71,9 +72,28 @@ def now_iso() -> str:
 
 
 def resolve_device(name: str) -> torch.device:
+    """device=: auto (cuda where there is one, else cpu), cpu, cuda or cuda:N, the devices the harness times and
+    measures on; anything else a ConfigError."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(str(name))
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device={name!r}: one of auto, cpu, cuda, cuda:N")
+    return device
+
+
+def unavailable(device: torch.device, setting: str) -> str | None:
+    """Why this machine has no `device` (the `unsupported` record's reason), or None."""
+    if device.type != "cuda":
+        return None
+    if not torch.cuda.is_available():
+        return f"device={setting!r} but CUDA is not available"
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        return f"device={setting!r} but this machine has {torch.cuda.device_count()} CUDA device(s)"
+    return None
 
 
 def synchronize(device: torch.device) -> None:

@@ -5,7 +5,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from harness import data
+from harness import data, measure
 from harness.config import CONF_DIR, check_data, check_group_overrides, validate
 from harness.errors import ConfigError, Unsupported
 
@@ -16,6 +16,12 @@ CHECKS = [
      "model.mlp_ratio: did you mean model.aspect_ratio? (model.family=llama takes no 'mlp_ratio')"),
     (['threads=0'],
      'threads=0 must be a positive integer'),
+    (['device=tpu'],
+     "device='tpu': one of auto, cpu, cuda, cuda:N"),
+    (['device=mps'],
+     "device='mps': one of auto, cpu, cuda, cuda:N"),
+    (['task=attention', 'device=cuda:x'],
+     "device='cuda:x': one of auto, cpu, cuda, cuda:N"),
     (['task.name=fly'],
      "task.name='fly'; known: train, attention, inference"),
     (['model.family=mamba'],
@@ -191,6 +197,17 @@ def test_what_a_family_cannot_do_is_unsupported(overrides, message):
     with pytest.raises(Unsupported) as raised:
         validate(config(overrides))
     assert str(raised.value) == message
+
+
+def test_a_cuda_device_this_machine_lacks_is_unsupported(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert measure.unavailable(torch.device("cuda:2"), "cuda:2") == "device='cuda:2' but this machine has 2 CUDA device(s)"
+    assert measure.unavailable(torch.device("cuda:1"), "cuda:1") is None
+    assert measure.unavailable(torch.device("cuda"), "auto") is None
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert measure.unavailable(torch.device("cuda"), "cuda") == "device='cuda' but CUDA is not available"
+    assert measure.unavailable(torch.device("cpu"), "cpu") is None
 
 
 MARKOV = ["data=markov", "data.train_tokens=2e4", "data.val_tokens=1000", "model.seq_len=32", "task.batch_size=8"]

@@ -61,8 +61,9 @@ def run(cfg: DictConfig) -> dict:
     device = measure.resolve_device(cfg.device)
     dtype = ATTENTION_DTYPES[t.dtype]
     name, options = cfg.attention.name, attention_options(cfg)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise Unsupported(f"device={cfg.device!r} but CUDA is not available")
+    missing = measure.unavailable(device, cfg.device)
+    if missing:
+        raise Unsupported(missing)
     refused = attention_registry.unsupported(name, device, dtype, **options)
     if refused:
         raise Unsupported(f"attention={name}: {refused}")

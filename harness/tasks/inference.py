@@ -168,8 +168,9 @@ def run(cfg: DictConfig, trained_weights: Callable[[DictConfig], Path]) -> dict:
 
 def check_runnable(cfg: DictConfig, device: torch.device) -> None:
     """What this machine cannot run of the point: an `unsupported` record before any work."""
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise Unsupported(f"device={cfg.device!r} but CUDA is not available")
+    missing = measure.unavailable(device, cfg.device)
+    if missing:
+        raise Unsupported(missing)
     weights = cfg.task.weights
     if weights in quantize.METHODS and quantize.unsupported(weights):  # the point's own weights: nothing to measure
         raise Unsupported(f"task.weights={weights}: {quantize.unsupported(weights)}")
