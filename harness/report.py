@@ -10,6 +10,7 @@ import importlib
 import json
 import logging
 import os
+import pkgutil
 import sys
 from pathlib import Path
 
@@ -120,6 +121,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--option", action="append", default=[], metavar="TRACKER.KEY=VALUE",
                         help="a tracker setting from conf/logger/, e.g. mlflow.tracking_uri=sqlite:///runs.db")
     args = parser.parse_args(argv)
+    import studies
+    known = sorted(module.name for module in pkgutil.iter_modules(studies.__path__))
+    if args.study not in (None, "none", *known):
+        parser.error(f"--study {args.study}: no module studies/{args.study}.py (known: {', '.join(known)})")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.to:
         _push(args.dirs, [name for entry in args.to for name in entry.split(",") if name], args.option)

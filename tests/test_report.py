@@ -76,6 +76,13 @@ def test_report_on_an_empty_directory_is_one_clear_line(tmp_path):
     assert result.returncode != 0 and "no records under" in result.stderr
 
 
+def test_an_unknown_study_is_one_line_naming_it(tmp_path):
+    result = report(RESULTS / "compile", "--out", tmp_path, "--study", "shedule_law")
+    assert result.returncode == 2 and not any(tmp_path.iterdir())
+    assert result.stderr.splitlines()[-1].startswith(
+        "harness-report: error: --study shedule_law: no module studies/shedule_law.py (known: attention_kernels, ")
+
+
 def write_kaplan_records(root):
     """An N x D grid following L = 1.7 + 300/N^0.3 + 900/D^0.35."""
     job = 0
