@@ -60,11 +60,11 @@ def build_report(paths, out: Path, study: str | None = None, echo: bool = False)
     """report.md, its tables and figures in `out`; report.md rewritten as each phase (the study's analysis, the
     curve laws, the held-out comparison) finishes, so an interrupted report keeps what it finished."""
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     df = load_results(paths)
     if df.empty:
         raise SystemExit(f"error: no records under {', '.join(map(str, paths))}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
     study = _study_of(df, study)
     root = Path(paths[0]) if Path(paths[0]).is_dir() else Path(".")
     analysis = f"analysis ({study if study != 'none' else 'generic'})"

@@ -74,6 +74,9 @@ def test_figures_are_byte_for_byte_reproducible(tmp_path):
 def test_report_on_an_empty_directory_is_one_clear_line(tmp_path):
     result = report(tmp_path)
     assert result.returncode != 0 and "no records under" in result.stderr
+    missing = report(tmp_path / "misspelt")
+    assert missing.returncode != 0 and f"no records under {tmp_path / 'misspelt'}" in missing.stderr
+    assert not any(tmp_path.iterdir())   # no report directory made where there was nothing
 
 
 def test_an_unknown_study_is_one_line_naming_it(tmp_path):
