@@ -318,9 +318,12 @@ def _validate_inference_task(cfg: DictConfig) -> None:
         _positive(t[key], f"task.{key}", integer=True)
     if t.repeats < MIN_REPEATS:
         raise ConfigError(f"task.repeats={t.repeats}: a median needs at least {MIN_REPEATS} timed repeats")
-    for name in [t.weights, *(t.compare_weights or [])]:
+    known = ", ".join(quantize.WEIGHTS)
+    if t.weights not in quantize.WEIGHTS:
+        raise ConfigError(f"task.weights={t.weights!r}; known: {known}")
+    for name in t.compare_weights or []:
         if name not in quantize.WEIGHTS:
-            raise ConfigError(f"task.weights={name!r}; known: {', '.join(quantize.WEIGHTS)}")
+            raise ConfigError(f"task.compare_weights: {name!r}; known: {known}")
     if t.checkpoint and not Path(t.checkpoint).is_file():
         raise ConfigError(f"task.checkpoint={t.checkpoint!r} is not a file")
 

@@ -111,6 +111,10 @@ TOKEN_DTYPES = {"uint16": np.uint16, "uint32": np.uint32}
 def _memmap_tokens(path, dtype, key: str) -> np.ndarray:
     if not path or not Path(path).is_file():
         raise DataError(f"{key}={path!r}: no such token file")
+    size, width = Path(path).stat().st_size, np.dtype(dtype).itemsize
+    if size == 0 or size % width:
+        raise DataError(f"{key}={path!r}: {size} bytes is not a whole, non-zero number of "
+                        f"{np.dtype(dtype).name} tokens ({width} bytes each): another data.dtype?")
     return np.memmap(path, dtype=dtype, mode="r")
 
 

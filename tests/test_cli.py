@@ -346,6 +346,16 @@ def test_saved_weights_decode_in_the_inference_task(tmp_path, tiny):
     assert result["model_info"]["weights_source"] == "run/model.pt"
     # the same weights on the same validation windows: the training run's final loss
     assert result["metrics"]["val_loss"] == pytest.approx(record["metrics"]["val_loss"], rel=1e-5)
+    # another model's weights, or a file that is no torch save: one line each, no record
+    wider = [o for o in inference if not o.startswith("model.d_model")] + ["model.d_model=64"]
+    for overrides, message in ((wider + ["task.checkpoint=run/model.pt"], "error: task.checkpoint='run/model.pt' holds "
+                                "no weights of this model: Error(s) in loading state_dict for GPT: size mismatch for "),
+                               (inference + ["task.checkpoint=run/record.json"], "error: task.checkpoint='run/record.json' "
+                                "is not a file torch.save wrote (task=train task.save_model=true writes model.pt)")):
+        refused = harness_cmd(*overrides, "task=inference", "task.context=16", "task.new_tokens=8", "hydra.run.dir=bad",
+                              cwd=tmp_path)
+        assert refused.returncode == 2 and refused.stderr.strip().startswith(message), refused.stderr
+        assert len(refused.stderr.strip().splitlines()) == 1 and not (tmp_path / "bad" / "record.json").exists()
 
 
 def test_progress_is_a_bar_on_a_terminal_and_lines_otherwise(tmp_path, tiny):

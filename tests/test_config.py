@@ -153,6 +153,8 @@ CHECKS = [
      'task.repeats=3: a median needs at least 5 timed repeats'),
     (['task=inference', 'task.weights=int4'],
      "task.weights='int4'; known: fp32, bf16, int8, nf4"),
+    (['task=inference', 'task.compare_weights=[bf16,int4]'],
+     "task.compare_weights: 'int4'; known: fp32, bf16, int8, nf4"),
     (['task=inference', 'model=encdec', 'model.seq_len=64', 'task.context=100'],
      'task.context=100 and task.new_tokens=32 must fit the learned tables of model.seq_len=64: 57 encoder and 13 decoder positions; raise model.seq_len or use positions=rope|sinusoidal|alibi'),
     (['task=inference', 'task.context=250', 'task.new_tokens=8'],
@@ -238,6 +240,8 @@ SOURCES = [
     (["data=tokens", "data.dtype=int8", "data.vocab_size=50"], "data.dtype='int8'; known: uint16, uint32"),
     (["data=tokens", "data.train_path=TRAIN"], "data.vocab_size=None: token files need a positive vocab size"),
     (["data=tokens", "data.train_path=TRAIN", "data.vocab_size=50"], "data.vocab_size=50 but the train tokens hold id 94"),
+    (["data=tokens", "data.train_path=ODD", "data.vocab_size=50"],
+     "data.train_path='ODD': 201 bytes is not a whole, non-zero number of uint16 tokens (2 bytes each): another data.dtype?"),
     (["data=markov", "data.vocab_size=1"], "data.vocab_size=1, data.order=2: need vocab >= 2, order >= 0 and a transition table of vocab^(order+1) <= 2^24 entries"),
     (["data=markov", "data.vocab_size=50304", "data.order=1"], "data.vocab_size=50304, data.order=1: need vocab >= 2, order >= 0 and a transition table of vocab^(order+1) <= 2^24 entries"),
     (["data.name=web"], "data.name='web'; known: stdlib, text, tokens, markov"),
@@ -248,10 +252,12 @@ SOURCES = [
 def test_each_data_source_check_says_what_is_wrong_in_one_line(tmp_path, overrides, message):
     train = tmp_path / "train.bin"
     np.arange(100, dtype=np.uint16).tofile(train)
-    cfg = config([o.replace("TRAIN", str(train)) for o in overrides])
+    odd = tmp_path / "odd.bin"   # a byte past a whole token: a truncated write, or another dtype's file
+    odd.write_bytes(train.read_bytes() + b"\0")
+    cfg = config([o.replace("TRAIN", str(train)).replace("ODD", str(odd)) for o in overrides])
     with pytest.raises(ConfigError) as raised:
         data.load(cfg.data)
-    assert str(raised.value) == message
+    assert str(raised.value) == message.replace("ODD", str(odd))
 
 
 @pytest.mark.parametrize("arg,message", [

@@ -12,6 +12,7 @@ output is kept, as transformers' generate does). Either way the cache holds cont
 from __future__ import annotations
 
 import copy
+import pickle
 import statistics
 import time
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from harness import compiling, flops, measure, quantize
 from harness.plan import attention_options, resolve_model
 from harness.parallel import local
 from harness.precision import cast_weights
-from harness.errors import Unsupported
+from harness.errors import ConfigError, Unsupported
 from harness.tasks.evaluation import evaluate
 from models import attention as attention_registry
 from models.spec import Examples, ModelSpec
@@ -186,7 +187,16 @@ def load_model(cfg: DictConfig, spec: ModelSpec, model_cfg, device: torch.device
     torch.manual_seed(int(cfg.seed))
     model = spec.build(model_cfg).to(device).eval()
     if t.checkpoint:
-        model.load_state_dict(torch.load(t.checkpoint, map_location=device, weights_only=True))
+        try:
+            model.load_state_dict(torch.load(t.checkpoint, map_location=device, weights_only=True))
+        except (pickle.UnpicklingError, EOFError):
+            raise ConfigError(f"task.checkpoint={t.checkpoint!r} is not a file torch.save wrote (task=train "
+                              "task.save_model=true writes model.pt)") from None
+        except torch.OutOfMemoryError:
+            raise
+        except (RuntimeError, TypeError) as error:  # another model's weights, or a torch file of something else
+            raise ConfigError(f"task.checkpoint={t.checkpoint!r} holds no weights of this model: "
+                              f"{' '.join(str(error).split())[:240]}") from None
         return model, str(t.checkpoint)
     if t.train_tokens:
         path = trained_weights(cfg)
