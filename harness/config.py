@@ -279,6 +279,8 @@ def _check_parallel(cfg: DictConfig, machine: distributed.Machine | None, model:
         raise ConfigError(f"parallel.backend={p.backend!r}; known: auto, gloo, nccl")
     if p.get("tp_degree") is not None:
         _positive(p.tp_degree, "parallel.tp_degree", integer=True)
+    if p.get("timeout_s") is not None:
+        _positive(p.timeout_s, "parallel.timeout_s")
     for key in SINGLE_PROCESS_ONLY:
         if cfg.task.get(key) and p.name != "single":
             raise ConfigError(f"task.{key} needs parallel=single, got parallel={p.name}")

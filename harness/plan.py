@@ -147,7 +147,10 @@ def resolve(cfg: DictConfig, data_vocab: int, model: ModelPlan | None = None, jo
     """The training job's plan on data of `data_vocab` tokens (`model`, `job`: those parts, when already resolved)."""
     model = model or resolve_model(cfg)
     spec, model_config = model.spec, model.config(data_vocab)
-    per_token = spec.flops_per_token(model_config)
+    try:
+        per_token = spec.flops_per_token(model_config)
+    except ValueError as error:   # model=custom: a module that does not keep the protocol shows it when first built
+        raise ConfigError(str(error)) from None
     tokens = float(cfg.compute) / per_token.causal if cfg.compute is not None else float(cfg.data.tokens)
     n_params = spec.non_embedding_params(model_config) if spec.unsupported("sizing") is None else float("nan")
     chosen = hparams.resolve(cfg.task, n_params, per_token.causal * tokens, model.seq_len, tokens)

@@ -48,8 +48,14 @@ def config(m: dict, vocab_size: int, attention: str, attention_options: dict) ->
 
 
 def build(cfg: CustomConfig) -> nn.Module:
+    from hydra.errors import InstantiationException
     from hydra.utils import instantiate
-    return instantiate({"_target_": cfg.target, **cfg.args}, vocab_size=cfg.vocab_size, seq_len=cfg.seq_len)
+    try:
+        return instantiate({"_target_": cfg.target, **cfg.args}, vocab_size=cfg.vocab_size, seq_len=cfg.seq_len)
+    except InstantiationException as error:   # the user's constructor raised: its own message, not Hydra's frames
+        cause = error.__cause__ or error
+        raise ValueError(f"model._target_={cfg.target!r} could not be built: {type(cause).__name__}: "
+                         f"{' '.join(str(cause).split())[:240]}") from None
 
 
 @functools.lru_cache(maxsize=None)
@@ -57,6 +63,12 @@ def _measured(key: str) -> FlopsPerToken:
     cfg = CustomConfig(**json.loads(key))
     with torch.device("meta"):
         model = build(cfg)
+        logits = model(torch.zeros((1, cfg.seq_len), dtype=torch.long))
+    expected = (1, cfg.seq_len, cfg.vocab_size)
+    if not (isinstance(logits, torch.Tensor) and logits.is_floating_point() and tuple(logits.shape) == expected):
+        got = f"{logits.dtype} of shape {tuple(logits.shape)}" if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise ValueError(f"model._target_={cfg.target!r}: forward(idx) of shape {expected[:2]} gave {got}, not "
+                         f"floating-point logits of shape {expected}")
     return measured_flops_per_token(model, cfg.seq_len, embedding_split(model)["non_embedding"])
 
 
@@ -92,6 +104,13 @@ def spec(m: dict) -> ModelSpec:
     if not target or target == "???":
         raise ValueError("model=custom needs model._target_=PKG.MODULE.CLASS (a class importable from your code)")
     cls = load_class(str(target))
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise ValueError(f"model._target_={target!r} is not a torch.nn.Module class")
+    takes = inspect.signature(cls).parameters
+    missing = [name for name in ("vocab_size", "seq_len") if name not in takes]
+    if missing and not any(p.kind is p.VAR_KEYWORD for p in takes.values()):
+        raise ValueError(f"model._target_={target!r} takes no {' or '.join(missing)}: the harness builds "
+                         "CLASS(vocab_size=..., seq_len=..., **ARGS)")
 
     def hook(name: str, use):
         return use if hasattr(cls, name) else f"model._target_={target} defines no {name}() (the opt-in hook for {HOOKS[name]})"

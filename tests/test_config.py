@@ -14,6 +14,8 @@ CHECKS = [
      "model.d_modle: did you mean model.d_model? (model.family=gpt takes no 'd_modle')"),
     (['model=llama', '+model.mlp_ratio=4'],
      "model.mlp_ratio: did you mean model.aspect_ratio? (model.family=llama takes no 'mlp_ratio')"),
+    (['parallel=ddp', 'parallel.timeout_s=0'],
+     'parallel.timeout_s=0 must be a positive number'),
     (['threads=0'],
      'threads=0 must be a positive integer'),
     (['device=tpu'],
@@ -311,6 +313,50 @@ def test_a_custom_module_takes_the_keys_its_constructor_takes():
         validate(config([*custom, "model._target_=tests.test_config.FixedArguments", "+model.d_modle=32"]))
     assert str(raised.value) == "model.d_modle: did you mean model.d_model? (model.family=custom takes no 'd_modle')"
     validate(config([*custom, "model._target_=tests.test_config.AnyArguments", "+model.d_modle=32"]))  # **options
+
+
+class RaisesWhenBuilt(torch.nn.Module):
+    def __init__(self, vocab_size: int, seq_len: int, width: int = 8):
+        super().__init__()
+        raise ValueError(f"width {width} is too small")
+
+
+class EmbeddingsNotLogits(torch.nn.Module):
+    def __init__(self, vocab_size: int, seq_len: int):
+        super().__init__()
+        self.embed = torch.nn.Embedding(vocab_size, 8)
+
+    def forward(self, idx):
+        return self.embed(idx)
+
+
+@pytest.mark.parametrize("target,message", [
+    ("torch.nn.Linear", "model._target_='torch.nn.Linear' takes no vocab_size or seq_len: the harness builds "
+                        "CLASS(vocab_size=..., seq_len=..., **ARGS)"),
+    ("os.getcwd", "model._target_='os.getcwd' is not a torch.nn.Module class"),
+])
+def test_a_custom_target_outside_the_protocol_is_one_line_at_the_config_check(target, message):
+    with pytest.raises(ConfigError) as raised:
+        validate(config(["model=custom", f"model._target_={target}"]))
+    assert str(raised.value) == message
+
+
+@pytest.mark.parametrize("target,message", [
+    ("tests.test_config.RaisesWhenBuilt", "model._target_='tests.test_config.RaisesWhenBuilt' could not be built: "
+                                          "ValueError: width 8 is too small"),
+    ("tests.test_config.EmbeddingsNotLogits", "model._target_='tests.test_config.EmbeddingsNotLogits': forward(idx) of "
+                                              "shape (1, 32) gave torch.float32 of shape (1, 32, 8), not floating-point "
+                                              "logits of shape (1, 32, 50)"),
+    ("torch.nn.Identity", "model._target_='torch.nn.Identity': forward(idx) of shape (1, 32) gave torch.int64 of shape "
+                          "(1, 32), not floating-point logits of shape (1, 32, 50)"),
+])
+def test_a_custom_module_that_breaks_the_protocol_when_built_is_one_line(target, message):
+    from harness.plan import resolve
+    cfg = config(["model=custom", f"model._target_={target}", "model.seq_len=32", "data.tokens=1e6"])
+    validate(cfg)   # its constructor's signature keeps the protocol; building it shows what does not
+    with pytest.raises(ConfigError) as raised:
+        resolve(cfg, data_vocab=50)
+    assert str(raised.value) == message
 
 
 def test_the_demo_grows_width_alone_and_its_branches_land_on_its_budgets():
