@@ -334,6 +334,13 @@ def _validate_attention_task(t: DictConfig) -> None:
     for key in ("seq_len", "batch", "heads", "head_dim", "min_repeats", "max_repeats", "error_seq_len"):
         _positive(t[key], f"task.{key}", integer=True)
     _positive(t.max_memory_gb, "task.max_memory_gb")
+    _positive(t.max_seconds, "task.max_seconds")
+    if t.min_repeats > t.max_repeats:
+        raise ConfigError(f"task.min_repeats={t.min_repeats} is more than task.max_repeats={t.max_repeats}")
+    if isinstance(t.warmup, bool) or not isinstance(t.warmup, int) or t.warmup < 0:
+        raise ConfigError(f"task.warmup={t.warmup!r} must be a whole number of untimed calls (0: none)")
+    if not isinstance(t.causal, bool):
+        raise ConfigError(f"task.causal={t.causal!r} must be true or false")
     if t.mode not in ATTENTION_MODES:
         raise ConfigError(f"task.mode={t.mode!r}; known: {', '.join(ATTENTION_MODES)}")
     if t.dtype not in ATTENTION_DTYPES:

@@ -171,6 +171,20 @@ CHECKS = [
      "task.mode='bwd'; known: fwd, fwd_bwd"),
     (['task=attention', 'task.dtype=fp8'],
      "task.dtype='fp8'; known: fp32, bf16, fp16"),
+    (['task=attention', 'task.min_repeats=5', 'task.max_repeats=2'],
+     'task.min_repeats=5 is more than task.max_repeats=2'),
+    (['task=attention', 'task.warmup=-1'],
+     'task.warmup=-1 must be a whole number of untimed calls (0: none)'),
+    (['task=attention', 'task.causal=maybe'],
+     "task.causal='maybe' must be true or false"),
+    (['task=attention', 'task.max_seconds=0'],
+     'task.max_seconds=0 must be a positive number'),
+    (['task=attention', 'attention=performer', 'attention.num_features=0'],
+     'attention=performer: performer num_features=0 must be positive'),
+    (['task=attention', 'attention=performer', '+attention.features=8'],
+     "attention=performer: takes no option 'features'; its options: num_features, redraw_interval, chunk_size, eps, seed"),
+    (['attention=dense', '+attention.window=8'],
+     "attention=dense: takes no option 'window'; its options: none"),
 ]
 
 

@@ -8,6 +8,7 @@ causal mask lets them see); a variant without an exact one says why in ``NO_CACH
 """
 from __future__ import annotations
 
+import inspect
 from typing import Callable
 
 import torch
@@ -67,8 +68,16 @@ def decodes_every_key(name: str) -> bool:
     return not hasattr(_variant(name), "build_decoder")
 
 
+def option_names(name: str) -> list[str]:
+    """The options `name` takes (its conf/attention/*.yaml keys but name): its build's keyword arguments."""
+    return [p for p in inspect.signature(_variant(name).build).parameters if p != "causal"]
+
+
 def unsupported(name: str, device: str | torch.device, dtype: torch.dtype = torch.float32, **options) -> str | None:
     """Why `name` cannot run on this device and dtype with these options (None: it can)."""
+    for key in options:
+        if key not in option_names(name):
+            raise ValueError(f"takes no option {key!r}; its options: {', '.join(option_names(name)) or 'none'}")
     try:
         return _variant(name).unsupported(torch.device(device), dtype, **options)
     except TypeError as error:

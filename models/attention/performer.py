@@ -135,18 +135,25 @@ NO_CACHED_DECODING = ("FAVOR+'s key stabiliser spans the whole sequence, so deco
 DEFAULT_CHUNK = {True: 256, False: 512}
 
 
+def _check(num_features: int | None = None, redraw_interval: int = 0, chunk_size: int | None = None,
+           eps: float = 1e-4, seed: int = 0) -> None:
+    if num_features is not None and num_features < 1:
+        raise ValueError(f"performer num_features={num_features} must be positive")
+    if redraw_interval < 0:
+        raise ValueError(f"performer redraw_interval={redraw_interval} must be >= 0 (0: never redraw)")
+    if chunk_size is not None and chunk_size < 1:
+        raise ValueError(f"performer chunk_size={chunk_size} must be positive")
+    if eps < 0:
+        raise ValueError(f"performer eps={eps} must be >= 0")
+
+
 class Performer:
     """Holds the random projection (redrawn every `redraw_interval` training calls when > 0)."""
 
     def __init__(self, causal: bool, num_features: int | None = None, redraw_interval: int = 0,
                  chunk_size: int | None = None, eps: float = 1e-4, seed: int = 0):
-        if num_features is not None and num_features < 1:
-            raise ValueError(f"performer num_features={num_features} must be positive")
+        _check(num_features, redraw_interval, chunk_size, eps)
         chunk_size = chunk_size or DEFAULT_CHUNK[causal]
-        if chunk_size < 1:
-            raise ValueError(f"performer chunk_size={chunk_size} must be positive")
-        if eps < 0:
-            raise ValueError(f"performer eps={eps} must be >= 0")
         self.causal, self.num_features, self.redraw_interval, self.chunk = causal, num_features, redraw_interval, chunk_size
         self.eps = eps
         self.generator = torch.Generator().manual_seed(seed)
@@ -171,11 +178,11 @@ class Performer:
         return out.to(q.dtype)
 
 
-def build(causal: bool, **options):
-    return Performer(causal, **options)
+build = Performer
 
 
 def unsupported(device: torch.device, dtype: torch.dtype, **options) -> str | None:
+    _check(**options)
     if device.type == "cuda" and not torch.cuda.is_available():
         return "CUDA is not available"
     return None
