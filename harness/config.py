@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from harness import distributed, hparams, measure, parallel, precision, quantize, schedules, tracking
+from harness import distributed, hparams, measure, parallel, precision, progress, quantize, schedules, tracking
 from harness.errors import ConfigError, Unsupported
 from harness.plan import ModelPlan, attention_options, model_spec, parametrization, resolve, resolve_model
 
@@ -95,6 +95,24 @@ def check_group_overrides(args: list[str]) -> None:
                 raise ConfigError(f"{error} ({group}={option} takes no {name!r})" if option else str(error))
 
 
+def _flag(value, key: str) -> None:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key}={value!r} must be true or false")
+
+
+def _count(value, key: str, what: str = "") -> None:
+    """A whole number, 0 or more; `what`: of what, and what 0 means."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"{key}={value!r} must be a whole number {what or '(0 or more)'}")
+
+
+def _number_in(value, key: str, low: float, high: float = float("inf"), note: str = "") -> None:
+    """A number in [low, high)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value < high:
+        span = f"in [{low:g}, {high:g})" if high < float("inf") else f">= {low:g}"
+        raise ConfigError(f"{key}={value!r} must be a number {span}{' ' + note if note else ''}")
+
+
 def _positive(value, key: str, *, integer: bool = False) -> None:
     try:
         number = float(value)
@@ -127,22 +145,24 @@ def validate(cfg: DictConfig, machine: distributed.Machine | None = None) -> Non
 
 
 def _check_job(cfg: DictConfig) -> None:
-    """The task's name and the job's own options: loggers, compile, profile, threads, device."""
+    """The task's name and the job's own options: loggers, compile, profile, threads, device, seed, resume, progress."""
     if cfg.task.name not in TASKS:
         raise ConfigError(f"task.name={cfg.task.name!r}; known: {', '.join(TASKS)}")
     for problem in filter(None, map(tracking.unsupported, cfg.get("logger") or {})):
         raise ConfigError(problem)
-    if not isinstance(cfg.get("compile", False), bool):
-        raise ConfigError(f"compile={cfg.compile!r} must be true or false")
+    _flag(cfg.get("compile", False), "compile")
     profile = cfg.get("profile", 0)
-    if isinstance(profile, bool) or not isinstance(profile, int) or profile < 0:
-        raise ConfigError(f"profile={profile!r} must be a whole number of training steps (0: none)")
+    _count(profile, "profile", "of training steps (0: none)")
     if profile and (cfg.task.name != "train" or cfg.parallel.name != "single"):
         raise ConfigError(f"profile={profile} profiles task=train on one process; got task={cfg.task.name}, "
                           f"parallel={cfg.parallel.name}")
     if cfg.get("threads", "auto") != "auto":
         _positive(cfg.threads, "threads", integer=True)
     measure.resolve_device(cfg.get("device", "auto"))
+    _count(cfg.get("seed", 0), "seed")
+    _flag(cfg.get("resume", True), "resume")
+    if cfg.get("progress", "auto") not in progress.MODES:
+        raise ConfigError(f"progress={cfg.progress!r}; known: {', '.join(progress.MODES)}")
 
 
 def _check_model(cfg: DictConfig, spec: ModelSpec) -> ModelPlan:
@@ -217,8 +237,14 @@ def _check_training(cfg: DictConfig, spec: ModelSpec) -> None:
     if not 0 <= t.warmup_fraction < 1:
         raise ConfigError(f"task.warmup_fraction={t.warmup_fraction} must be in [0, 1)")
     _check_schedule(t)
-    if not isinstance(t.checkpoint_every, int) or t.checkpoint_every < 0:
-        raise ConfigError(f"task.checkpoint_every={t.checkpoint_every} must be a whole number of steps (0: none)")
+    _count(t.checkpoint_every, "task.checkpoint_every", "of steps (0: none)")
+    _count(t.timing_warmup_steps, "task.timing_warmup_steps", "of steps")
+    for key in ("beta1", "beta2"):
+        _number_in(t[key], f"task.{key}", 0, 1)
+    _number_in(t.weight_decay, "task.weight_decay", 0)
+    _number_in(t.grad_clip, "task.grad_clip", 0, note="(0: no clipping)")
+    for key in ("keep_checkpoints", "save_model"):
+        _flag(t[key], f"task.{key}")
 
 
 def _unknown_key(where: str, key: str, valid) -> ConfigError:
@@ -326,6 +352,7 @@ def _validate_inference_task(cfg: DictConfig) -> None:
     for name in t.compare_weights or []:
         if name not in quantize.WEIGHTS:
             raise ConfigError(f"task.compare_weights: {name!r}; known: {known}")
+    _flag(t.recompute, "task.recompute")
     if t.checkpoint and not Path(t.checkpoint).is_file():
         raise ConfigError(f"task.checkpoint={t.checkpoint!r} is not a file")
 
@@ -337,10 +364,8 @@ def _validate_attention_task(t: DictConfig) -> None:
     _positive(t.max_seconds, "task.max_seconds")
     if t.min_repeats > t.max_repeats:
         raise ConfigError(f"task.min_repeats={t.min_repeats} is more than task.max_repeats={t.max_repeats}")
-    if isinstance(t.warmup, bool) or not isinstance(t.warmup, int) or t.warmup < 0:
-        raise ConfigError(f"task.warmup={t.warmup!r} must be a whole number of untimed calls (0: none)")
-    if not isinstance(t.causal, bool):
-        raise ConfigError(f"task.causal={t.causal!r} must be true or false")
+    _count(t.warmup, "task.warmup", "of untimed calls (0: none)")
+    _flag(t.causal, "task.causal")
     if t.mode not in ATTENTION_MODES:
         raise ConfigError(f"task.mode={t.mode!r}; known: {', '.join(ATTENTION_MODES)}")
     if t.dtype not in ATTENTION_DTYPES:

@@ -11,6 +11,9 @@ from tqdm import tqdm
 log = logging.getLogger("harness")
 
 
+MODES = ("auto", "bar", "lines", "off")   # progress=: auto is a bar on a terminal, lines otherwise
+
+
 class Progress:
     def __init__(self, total_tokens: int, mode: str = "auto", every_s: float = 10.0, label: str = "train", done: int = 0):
         """done: tokens already trained (a run resumed from a checkpoint)."""
