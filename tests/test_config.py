@@ -279,6 +279,11 @@ SOURCES = [
     (["data=markov", "data.vocab_size=1"], "data.vocab_size=1, data.order=2: need vocab >= 2, order >= 0 and a transition table of vocab^(order+1) <= 2^24 entries"),
     (["data=markov", "data.vocab_size=50304", "data.order=1"], "data.vocab_size=50304, data.order=1: need vocab >= 2, order >= 0 and a transition table of vocab^(order+1) <= 2^24 entries"),
     (["data.name=web"], "data.name='web'; known: stdlib, text, tokens, markov"),
+    (["data.val_fraction=0"], "data.val_fraction=0 must be in (0, 1): the share held out for validation"),
+    (["data=tokens", "data.train_path=TRAIN", "data.vocab_size=100", "data.val_fraction=1.5"],
+     "data.val_fraction=1.5 must be in (0, 1): the share held out for validation"),
+    (["data=markov", "data.seed=-3"], "data.seed=-3 must be a whole number (0 or more)"),
+    (["data=markov", "data.concentration=0"], "data.concentration=0 must be a positive number (the Dirichlet's)"),
 ]
 
 
