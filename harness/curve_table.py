@@ -215,7 +215,8 @@ def fit_curve_group(curves: list[Curve], fit_runs: list[str] | None, resamples: 
     if predict:
         entry["predictions"] = predictions(fits[best], list(zip(predict, asked)))
     sections = [f"Fitted on {', '.join(chosen)} ({fits[best].points} points, at most {FIT_POINTS} per run); "
-                f"{resamples} resamples of blocks of steps for the intervals. {verdict}"]
+                + (f"{resamples} resamples of blocks of steps for the intervals. " if resamples else "no intervals. ")
+                + verdict]
     for law in (best, other):
         table = pd.DataFrame({"parameter": PARAMETERS[law],
                               "fit [95% interval]": [interval_text(fits[law].params[n], fits[law].intervals.get(n))

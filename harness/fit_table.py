@@ -277,18 +277,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--resamples", type=int, help="bootstrap resamples per fit (default 1000; with --curves "
                         f"{curve_table.CURVE_RESAMPLES}, of blocks of steps)")
     parser.add_argument("--quick", action="store_true", help="the point fits alone: no intervals, no held-out "
-                        "comparison")
+                        "comparison (with --curves: no intervals)")
     parser.add_argument("--out", type=Path, required=True, help="where fits.json, report.md and the figures go")
     args = parser.parse_args(argv)
     if (args.file is None) == (args.curves is None):
         parser.error("give either a table of runs (FILE) or a table of curves (--curves FILE)")
+    if args.resamples is not None and args.resamples < 0:
+        parser.error(f"--resamples {args.resamples}: a number of bootstrap resamples, 0 or more (0: no intervals)")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         if args.curves is not None:
             out = curve_table.fit_curves_file(
                 args.curves, args.out, {name: getattr(args, name) for name in curve_table.CURVE_COLUMNS}, args.group,
                 args.fit_runs.split(",") if args.fit_runs else None,
-                args.resamples if args.resamples is not None else curve_table.CURVE_RESAMPLES, args.predict,
+                0 if args.quick else args.resamples if args.resamples is not None else curve_table.CURVE_RESAMPLES,
+                args.predict,
                 args.optimise)
             print(curve_table.summary(out))
         else:

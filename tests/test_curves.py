@@ -217,6 +217,9 @@ def test_unknown_fit_runs_and_a_bad_schedule_are_one_line_before_any_fit(tmp_pat
     assert "--fit-runs names 'b', not a run of the table (runs: a)" in result.stderr
     result = harness_fit("--curves", "t.csv", "--predict", "wsd:steps=100,shape=cube", "--out", "fit", cwd=tmp_path)
     assert "shape 'cube' is not one of" in result.stderr and not (tmp_path / "fit" / "fits.json").exists()
+    result = harness_fit("--curves", "t.csv", "--resamples", "-1", "--out", "fit", cwd=tmp_path)
+    assert result.stderr.strip().splitlines()[-1] == (
+        "harness-fit: error: --resamples -1: a number of bootstrap resamples, 0 or more (0: no intervals)")
 
 
 def test_a_law_the_curves_cannot_pin_down_says_so():
@@ -250,12 +253,12 @@ def test_harness_fit_curves_reads_a_sweep_directory_with_each_runs_exact_schedul
     assert "no training run finished ok there" in empty.stderr and len(empty.stderr.strip().splitlines()) == 1
 
 
-def test_harness_fit_curves_fits_each_group_alone_and_without_resamples_gives_no_interval(tmp_path):
+def test_harness_fit_curves_fits_each_group_alone_and_quick_gives_no_interval(tmp_path):
     rng = np.random.default_rng(4)
     table = pd.concat([curve_table(rng).assign(lab="a"), curve_table(rng).assign(lab="b")])
     table.to_csv(tmp_path / "curves.csv", index=False)
     result = harness_fit("--curves", "curves.csv", "--run", "name", "--step", "it", "--lr", "eta", "--loss", "val",
-                         "--group", "lab", "--resamples", "0", "--predict", "constant:steps=4000", "--out", "fit", cwd=tmp_path)
+                         "--group", "lab", "--quick", "--predict", "constant:steps=4000", "--out", "fit", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     fits = json.loads((tmp_path / "fit" / "fits.json").read_text())
     assert set(fits) == {"a", "b"} and fits["a"]["curve_law"]["intervals"] == {}
@@ -265,3 +268,4 @@ def test_harness_fit_curves_fits_each_group_alone_and_without_resamples_gives_no
         multi_power_reference(schedule("constant", 4000), [4000])[0], rel=0.005)
     assert (tmp_path / "fit" / "a_curve_law.png").exists() and (tmp_path / "fit" / "b_curve_law.png").exists()
     assert "a: No run is held out" in result.stdout and "b: No run is held out" in result.stdout
+    assert "(220 points, at most 128 per run); no intervals. No run is held out" in (tmp_path / "fit" / "report.md").read_text()
