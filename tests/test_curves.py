@@ -225,8 +225,10 @@ def test_unknown_fit_runs_and_a_bad_schedule_are_one_line_before_any_fit(tmp_pat
 def test_a_law_the_curves_cannot_pin_down_says_so():
     rng = np.random.default_rng(3)
     constant = synthetic("annealing", schedule("constant", 3000), 20, 0.002, rng)
-    flat = fit_curve_law([constant], "multi_power")          # no drop at all: B, C, beta and gamma are free
+    flat = fit_curve_law([constant], "multi_power", intervals=20)   # no drop at all: B, C, beta and gamma are free
     assert not flat.identified and ("trade off" in flat.unidentified or "do not pin" in flat.unidentified)
+    # no refit moves them (their gradient is zero), so they get no interval rather than a zero-width one
+    assert set(flat.intervals) == {"L0", "A", "alpha", "_failed"}
     three = [constant] + [synthetic("annealing", schedule(name, 3000), 20, 0.002, rng) for name in ("cosine", "wsd")]
     assert fit_curve_law(three, "annealing").identified
 

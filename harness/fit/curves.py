@@ -332,7 +332,7 @@ def fit_curve_law(curves: list[Curve], law: str = "multi_power", *, intervals: i
                   fit_from: float = FIT_FROM, seed: int = 0) -> CurveLawFit:
     """The law fitted on these curves' measured points from `fit_from` of the shortest curve's steps on (at most
     `fit_points` of each); with intervals=N, N bootstrap resamples (blocks of steps, or whole curves), each refitted
-    from the fit, give 95% percentile intervals of every parameter."""
+    from the fit, give 95% percentile intervals of every parameter that the refits moved."""
     if law not in LAWS:
         raise FitError(f"law {law!r}: known curve laws are {', '.join(LAWS)}")
     names = PARAMETERS[law]
@@ -368,7 +368,10 @@ def fit_curve_law(curves: list[Curve], law: str = "multi_power", *, intervals: i
             raise FitError(f"every one of {intervals} bootstrap resamples of the {law} law failed to fit")
         fit.resampled = natural(law, refits.x[good])
         low, high = np.percentile(fit.resampled, [2.5, 97.5], axis=0)
-        fit.intervals = {name: (float(lo), float(hi)) for name, lo, hi in zip(names, low, high)}
+        # A parameter no refit moved sits where the objective no longer depends on it (an unidentified law's L0
+        # run off to ~1e-9): its resamples say nothing of its uncertainty, so it gets no interval.
+        fit.intervals = {name: (float(lo), float(hi)) for name, lo, hi in zip(names, low, high)
+                         if hi - lo > 1e-6 * max(abs(lo), abs(hi))}
         fit.intervals["_failed"] = int((~good).sum())
     return fit
 
