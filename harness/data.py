@@ -195,8 +195,9 @@ def markov_sample(transitions: np.ndarray, vocab_size: int, order: int, n_tokens
 def load_markov(cfg) -> TokenData:
     if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int) or cfg.seed < 0:
         raise DataError(f"data.seed={cfg.seed!r} must be a whole number (0 or more)")
-    if isinstance(cfg.concentration, bool) or not isinstance(cfg.concentration, (int, float)) or not cfg.concentration > 0:
-        raise DataError(f"data.concentration={cfg.concentration!r} must be a positive number (the Dirichlet's)")
+    concentration = cfg.concentration
+    if isinstance(concentration, bool) or not isinstance(concentration, (int, float)) or not concentration > 0:
+        raise DataError(f"data.concentration={concentration!r} must be a positive number (the Dirichlet's)")
     vocab, order = int(cfg.vocab_size), int(cfg.order)
     if vocab < 2 or order < 0 or vocab ** (order + 1) > MARKOV_TABLE_MAX:
         raise DataError(f"data.vocab_size={vocab}, data.order={order}: need vocab >= 2, order >= 0 and a transition "
