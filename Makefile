@@ -44,9 +44,13 @@ bench-compare: install
 
 # Copy a study's sweep records into results/STUDY and rebuild its report from them alone: make publish STUDY=demo
 STUDY ?= demo
+# The committed results are replaced only once the sweep's records are copied beside them.
 publish: install
-	rm -rf results/$(STUDY) && mkdir -p results/$(STUDY)
-	cd multirun/$(STUDY) && find . -name record.json -exec cp --parents {} ../../results/$(STUDY)/ \;
+	@test -n "$$(find multirun/$(STUDY) -name record.json 2>/dev/null | head -n 1)" || \
+	  { echo "publish: no records under multirun/$(STUDY) (run: harness study=$(STUDY)); results/$(STUDY) left as it is" >&2; exit 2; }
+	rm -rf results/$(STUDY).new && mkdir -p results/$(STUDY).new
+	cd multirun/$(STUDY) && find . -name record.json -exec cp --parents {} ../../results/$(STUDY).new/ \;
+	rm -rf results/$(STUDY) && mv results/$(STUDY).new results/$(STUDY)
 	$(BIN)/harness-report results/$(STUDY)
 
 # The pure-Python wheels .ci/gpu-check installs where a GPU machine's image lacks Hydra and has no network: carry .whl/
