@@ -284,6 +284,16 @@ def test_a_slurm_sweep_is_checked_against_the_nodes_it_asks_for_not_this_machine
     assert launcher_machine(OmegaConf.create({"_target_": "hydra._internal.core_plugins.basic_launcher.BasicLauncher"})) is None
 
 
+def test_a_joblib_sweep_of_zero_jobs_is_one_line_before_any_job():
+    from omegaconf import OmegaConf
+
+    from hydra_plugins.harness_sweeper.validating_sweeper import launcher_problem
+    joblib = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
+    assert launcher_problem(OmegaConf.create({"_target_": joblib, "n_jobs": 0})) == (
+        "hydra.launcher.n_jobs=0: how many jobs joblib runs at once (a positive number; -1 every core)")
+    assert launcher_problem(OmegaConf.create({"_target_": joblib, "n_jobs": -1})) is None
+
+
 def test_slurm_preset_composes_against_the_submitit_plugin(tmp_path):
     result = harness_cmd("hydra/launcher=submitit_slurm", "--cfg", "hydra", "--package", "hydra.launcher", cwd=tmp_path)
     assert result.returncode == 0, result.stderr

@@ -34,9 +34,20 @@ def launcher_machine(launcher: DictConfig) -> Machine | None:
     return Machine(gpus=gpus, tasks=nodes * tasks)
 
 
+def launcher_problem(launcher: DictConfig) -> str | None:
+    """What the launcher's own settings get wrong before any job starts (joblib's n_jobs=0 would fail inside it)."""
+    if str(launcher.get("_target_", "")).endswith("JoblibLauncher") and launcher.get("n_jobs") == 0:
+        return "hydra.launcher.n_jobs=0: how many jobs joblib runs at once (a positive number; -1 every core)"
+    return None
+
+
 class ValidatingSweeper(BasicSweeper):
     def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
         super().validate_batch_is_legal(batch)
+        problem = launcher_problem(self.config.hydra.launcher)
+        if problem:
+            print(f"error: {problem}", file=sys.stderr)
+            sys.exit(2)
         loader = self.hydra_context.config_loader
         machine = launcher_machine(self.config.hydra.launcher)  # SLURM: check against the nodes, not this one
         datasets = {}  # one load per data config: the points of a sweep mostly share one
