@@ -13,7 +13,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from harness import distributed, hparams, measure, parallel, precision, progress, quantize, schedules, tracking
-from harness.errors import ConfigError, Unsupported
+from harness.errors import ConfigError, Unsupported, check_count, check_flag, check_positive, check_range
 from harness.plan import ModelPlan, attention_options, model_spec, parametrization, resolve, resolve_model
 
 from models import attention as attention_registry
@@ -95,33 +95,6 @@ def check_group_overrides(args: list[str]) -> None:
                 raise ConfigError(f"{error} ({group}={option} takes no {name!r})" if option else str(error))
 
 
-def _flag(value, key: str) -> None:
-    if not isinstance(value, bool):
-        raise ConfigError(f"{key}={value!r} must be true or false")
-
-
-def _count(value, key: str, what: str = "") -> None:
-    """A whole number, 0 or more; `what`: of what, and what 0 means."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ConfigError(f"{key}={value!r} must be a whole number {what or '(0 or more)'}")
-
-
-def _number_in(value, key: str, low: float, high: float = float("inf"), note: str = "") -> None:
-    """A number in [low, high)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value < high:
-        span = f"in [{low:g}, {high:g})" if high < float("inf") else f">= {low:g}"
-        raise ConfigError(f"{key}={value!r} must be a number {span}{' ' + note if note else ''}")
-
-
-def _positive(value, key: str, *, integer: bool = False) -> None:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{key}={value!r} must be a positive number") from None
-    if not number > 0 or (integer and number != int(number)):
-        raise ConfigError(f"{key}={value!r} must be a positive {'integer' if integer else 'number'}")
-
-
 def validate(cfg: DictConfig, machine: distributed.Machine | None = None) -> None:
     """Checks on the config alone (no data, no model built). `machine`: what the job's allocation offers when it
     will not run here (a SLURM launcher's nodes); by default this machine resolves device=auto and world_size=auto."""
@@ -150,17 +123,17 @@ def _check_job(cfg: DictConfig) -> None:
         raise ConfigError(f"task.name={cfg.task.name!r}; known: {', '.join(TASKS)}")
     for problem in filter(None, map(tracking.unsupported, cfg.get("logger") or {})):
         raise ConfigError(problem)
-    _flag(cfg.get("compile", False), "compile")
+    check_flag(cfg.get("compile", False), "compile")
     profile = cfg.get("profile", 0)
-    _count(profile, "profile", "of training steps (0: none)")
+    check_count(profile, "profile", "of training steps (0: none)")
     if profile and (cfg.task.name != "train" or cfg.parallel.name != "single"):
         raise ConfigError(f"profile={profile} profiles task=train on one process; got task={cfg.task.name}, "
                           f"parallel={cfg.parallel.name}")
     if cfg.get("threads", "auto") != "auto":
-        _positive(cfg.threads, "threads", integer=True)
+        check_positive(cfg.threads, "threads", integer=True)
     measure.resolve_device(cfg.get("device", "auto"))
-    _count(cfg.get("seed", 0), "seed")
-    _flag(cfg.get("resume", True), "resume")
+    check_count(cfg.get("seed", 0), "seed")
+    check_flag(cfg.get("resume", True), "resume")
     if cfg.get("progress", "auto") not in progress.MODES:
         raise ConfigError(f"progress={cfg.progress!r}; known: {', '.join(progress.MODES)}")
 
@@ -174,18 +147,18 @@ def _check_model(cfg: DictConfig, spec: ModelSpec) -> ModelPlan:
         _check_shape(m, spec)
     elif m.get("params") is not None:
         raise ConfigError(f"model.params: model.family={spec.name} has {spec.unsupported('sizing')}; size it by its own arguments")
-    _positive(m.seq_len, "model.seq_len", integer=True)
+    check_positive(m.seq_len, "model.seq_len", integer=True)
     for key, integer in spec.positive:
         if m.get(key) is not None:
-            _positive(m[key], f"model.{key}", integer=integer)
+            check_positive(m[key], f"model.{key}", integer=integer)
     if not 0 <= m.get("dropout", 0.0) < 1:
         raise ConfigError(f"model.dropout={m.dropout} must be in [0, 1)")
     if parametrization(m) not in mup.PARAMETRIZATIONS:
         raise ConfigError(f"model.parametrization={parametrization(m)!r}; known: {', '.join(mup.PARAMETRIZATIONS)}")
     if parametrization(m) == "mup" and spec.unsupported("mup") is None:
-        _positive(m.get("base_width"), "model.base_width", integer=True)
+        check_positive(m.get("base_width"), "model.base_width", integer=True)
         if m.get("base_head_dim") is not None:
-            _positive(m.base_head_dim, "model.base_head_dim", integer=True)
+            check_positive(m.base_head_dim, "model.base_head_dim", integer=True)
     positions = m.get("positions")
     if positions is not None and positions not in POSITION_KINDS:
         raise ConfigError(f"model.positions={positions!r}; known: {', '.join(POSITION_KINDS)}")
@@ -213,12 +186,12 @@ def _check_model(cfg: DictConfig, spec: ModelSpec) -> ModelPlan:
 def _check_training(cfg: DictConfig, spec: ModelSpec) -> None:
     """task=train's budget, evaluations, hyperparameter rules, schedule and checkpoints."""
     if cfg.compute is not None:
-        _positive(cfg.compute, "compute")
+        check_positive(cfg.compute, "compute")
     else:
-        _positive(cfg.data.tokens, "data.tokens")
+        check_positive(cfg.data.tokens, "data.tokens")
     t = cfg.task
     for multiple in t.get("eval_lengths") or []:
-        _positive(multiple, "task.eval_lengths")
+        check_positive(multiple, "task.eval_lengths")
     for method in t.get("eval_quantized") or []:  # torchao missing here: that entry of the record says so, the run goes on
         if method not in quantize.METHODS:
             raise ConfigError(f"task.eval_quantized: {quantize.unsupported(method)}")
@@ -230,21 +203,21 @@ def _check_training(cfg: DictConfig, spec: ModelSpec) -> None:
         raise ConfigError(f"task.lr={t.lr}, task.batch_size={t.batch_size}: a rule in N needs the family's parameter "
                           f"count; model.family={spec.name} has {spec.unsupported('sizing')}")
     if t.get("micro_batch_size") is not None:
-        _positive(t.micro_batch_size, "task.micro_batch_size", integer=True)
-    _positive(t.eval_points, "task.eval_points", integer=True)
-    _positive(t.eval_tokens, "task.eval_tokens", integer=True)
-    _positive(t.check_every, "task.check_every", integer=True)
+        check_positive(t.micro_batch_size, "task.micro_batch_size", integer=True)
+    check_positive(t.eval_points, "task.eval_points", integer=True)
+    check_positive(t.eval_tokens, "task.eval_tokens", integer=True)
+    check_positive(t.check_every, "task.check_every", integer=True)
     if not 0 <= t.warmup_fraction < 1:
         raise ConfigError(f"task.warmup_fraction={t.warmup_fraction} must be in [0, 1)")
     _check_schedule(t)
-    _count(t.checkpoint_every, "task.checkpoint_every", "of steps (0: none)")
-    _count(t.timing_warmup_steps, "task.timing_warmup_steps", "of steps")
+    check_count(t.checkpoint_every, "task.checkpoint_every", "of steps (0: none)")
+    check_count(t.timing_warmup_steps, "task.timing_warmup_steps", "of steps")
     for key in ("beta1", "beta2"):
-        _number_in(t[key], f"task.{key}", 0, 1)
-    _number_in(t.weight_decay, "task.weight_decay", 0)
-    _number_in(t.grad_clip, "task.grad_clip", 0, note="(0: no clipping)")
+        check_range(t[key], f"task.{key}", 0, 1)
+    check_range(t.weight_decay, "task.weight_decay", 0)
+    check_range(t.grad_clip, "task.grad_clip", 0, note="(0: no clipping)")
     for key in ("keep_checkpoints", "save_model"):
-        _flag(t[key], f"task.{key}")
+        check_flag(t[key], f"task.{key}")
 
 
 def _unknown_key(where: str, key: str, valid) -> ConfigError:
@@ -300,13 +273,13 @@ def _check_parallel(cfg: DictConfig, machine: distributed.Machine | None, model:
         raise ConfigError(f"parallel.name={p.name!r}; known: {', '.join(parallel.STRATEGIES)}")
     setting = p.get("world_size", 1)
     if setting != "auto":
-        _positive(setting, "parallel.world_size", integer=True)
+        check_positive(setting, "parallel.world_size", integer=True)
     if p.get("backend", "auto") not in ("auto", "gloo", "nccl"):
         raise ConfigError(f"parallel.backend={p.backend!r}; known: auto, gloo, nccl")
     if p.get("tp_degree") is not None:
-        _positive(p.tp_degree, "parallel.tp_degree", integer=True)
+        check_positive(p.tp_degree, "parallel.tp_degree", integer=True)
     if p.get("timeout_s") is not None:
-        _positive(p.timeout_s, "parallel.timeout_s")
+        check_positive(p.timeout_s, "parallel.timeout_s")
     for key in SINGLE_PROCESS_ONLY:
         if cfg.task.get(key) and p.name != "single":
             raise ConfigError(f"task.{key} needs parallel=single, got parallel={p.name}")
@@ -329,8 +302,13 @@ def _check_parallel(cfg: DictConfig, machine: distributed.Machine | None, model:
 def _check_attention(cfg: DictConfig) -> None:
     if cfg.attention.name not in attention_registry.names():
         raise ConfigError(f"attention.name={cfg.attention.name!r}; known: {', '.join(attention_registry.names())}")
+    options = attention_options(cfg)
+    valid = ["name", *attention_registry.option_names(cfg.attention.name)]
+    for key in options:
+        if key not in valid:
+            raise ConfigError(f"{_unknown_key('attention', key, valid)} (attention={cfg.attention.name} takes no {key!r})")
     try:  # options are checked without building: a variant's package may be absent on this machine
-        attention_registry.unsupported(cfg.attention.name, "cpu", **attention_options(cfg))
+        attention_registry.unsupported(cfg.attention.name, "cpu", **options)
     except (TypeError, ValueError) as error:
         raise ConfigError(f"attention={cfg.attention.name}: {error}") from None
 
@@ -343,7 +321,7 @@ def _validate_inference_task(cfg: DictConfig) -> None:
     if refused:
         raise ConfigError(f"task=inference with attention={cfg.attention.name}: {refused}")
     for key in ("context", "new_tokens", "batch_size", "repeats", "eval_tokens"):
-        _positive(t[key], f"task.{key}", integer=True)
+        check_positive(t[key], f"task.{key}", integer=True)
     if t.repeats < MIN_REPEATS:
         raise ConfigError(f"task.repeats={t.repeats}: a median needs at least {MIN_REPEATS} timed repeats")
     known = ", ".join(quantize.WEIGHTS)
@@ -352,20 +330,20 @@ def _validate_inference_task(cfg: DictConfig) -> None:
     for name in t.compare_weights or []:
         if name not in quantize.WEIGHTS:
             raise ConfigError(f"task.compare_weights: {name!r}; known: {known}")
-    _flag(t.recompute, "task.recompute")
+    check_flag(t.recompute, "task.recompute")
     if t.checkpoint and not Path(t.checkpoint).is_file():
         raise ConfigError(f"task.checkpoint={t.checkpoint!r} is not a file")
 
 
 def _validate_attention_task(t: DictConfig) -> None:
     for key in ("seq_len", "batch", "heads", "head_dim", "min_repeats", "max_repeats", "error_seq_len"):
-        _positive(t[key], f"task.{key}", integer=True)
-    _positive(t.max_memory_gb, "task.max_memory_gb")
-    _positive(t.max_seconds, "task.max_seconds")
+        check_positive(t[key], f"task.{key}", integer=True)
+    check_positive(t.max_memory_gb, "task.max_memory_gb")
+    check_positive(t.max_seconds, "task.max_seconds")
     if t.min_repeats > t.max_repeats:
         raise ConfigError(f"task.min_repeats={t.min_repeats} is more than task.max_repeats={t.max_repeats}")
-    _count(t.warmup, "task.warmup", "of untimed calls (0: none)")
-    _flag(t.causal, "task.causal")
+    check_count(t.warmup, "task.warmup", "of untimed calls (0: none)")
+    check_flag(t.causal, "task.causal")
     if t.mode not in ATTENTION_MODES:
         raise ConfigError(f"task.mode={t.mode!r}; known: {', '.join(ATTENTION_MODES)}")
     if t.dtype not in ATTENTION_DTYPES:
@@ -374,18 +352,18 @@ def _validate_attention_task(t: DictConfig) -> None:
 
 def _check_shape(m: DictConfig, spec: ModelSpec) -> None:
     if m.params is not None:
-        _positive(m.params, "model.params")
-        _positive(m.aspect_ratio, "model.aspect_ratio")
-        _positive(m.head_dim, "model.head_dim", integer=True)
+        check_positive(m.params, "model.params")
+        check_positive(m.aspect_ratio, "model.aspect_ratio")
+        check_positive(m.head_dim, "model.head_dim", integer=True)
     else:
         for key in ("n_layer", "d_model"):
-            _positive(m[key], f"model.{key}", integer=True)
+            check_positive(m[key], f"model.{key}", integer=True)
         if m.n_head is None:  # heads of model.head_dim channels
-            _positive(m.head_dim, "model.head_dim", integer=True)
+            check_positive(m.head_dim, "model.head_dim", integer=True)
             if m.d_model % m.head_dim:
                 raise ConfigError(f"model.head_dim={m.head_dim} does not divide model.d_model={m.d_model}")
         else:
-            _positive(m.n_head, "model.n_head", integer=True)
+            check_positive(m.n_head, "model.n_head", integer=True)
             if m.d_model % m.n_head:
                 raise ConfigError(f"model.n_head={m.n_head} does not divide model.d_model={m.d_model}")
 

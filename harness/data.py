@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.errors import DataError
+from harness.errors import DataError, check_count, check_positive, check_range
 
 
 @dataclass
@@ -193,11 +193,8 @@ def markov_sample(transitions: np.ndarray, vocab_size: int, order: int, n_tokens
 
 
 def load_markov(cfg) -> TokenData:
-    if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int) or cfg.seed < 0:
-        raise DataError(f"data.seed={cfg.seed!r} must be a whole number (0 or more)")
-    concentration = cfg.concentration
-    if isinstance(concentration, bool) or not isinstance(concentration, (int, float)) or not concentration > 0:
-        raise DataError(f"data.concentration={concentration!r} must be a positive number (the Dirichlet's)")
+    check_count(cfg.seed, "data.seed")
+    check_positive(cfg.concentration, "data.concentration")
     vocab, order = int(cfg.vocab_size), int(cfg.order)
     if vocab < 2 or order < 0 or vocab ** (order + 1) > MARKOV_TABLE_MAX:
         raise DataError(f"data.vocab_size={vocab}, data.order={order}: need vocab >= 2, order >= 0 and a transition "
@@ -218,10 +215,9 @@ LOADERS = {"stdlib": load_stdlib, "text": load_text, "tokens": load_tokens, "mar
 def load(cfg) -> TokenData:
     if cfg.name not in LOADERS:
         raise DataError(f"data.name={cfg.name!r}; known: {', '.join(LOADERS)}")
-    share = cfg.get("val_fraction")
-    if share is not None and not cfg.get("val_path") and (
-            isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 < share < 1):
-        raise DataError(f"data.val_fraction={share!r} must be in (0, 1): the share held out for validation")
+    if cfg.get("val_fraction") is not None and not cfg.get("val_path"):   # the share held out for validation
+        check_positive(cfg.val_fraction, "data.val_fraction")
+        check_range(cfg.val_fraction, "data.val_fraction", 0, 1)
     return LOADERS[cfg.name](cfg)
 
 

@@ -4,6 +4,9 @@
   DataError     bad data settings or files, reported like any bad config
   Unsupported   the variant, precision or layout cannot run on this device  -> status `unsupported`
   Diverged      the loss became NaN or infinite                              -> status `diverged`
+
+and the checks of a setting's value that raise a ConfigError naming it (check_flag, check_count, check_range,
+check_positive).
 """
 from __future__ import annotations
 
@@ -22,6 +25,33 @@ class Unsupported(RuntimeError):
 
 class Diverged(RuntimeError):
     pass
+
+
+def check_flag(value, key: str) -> None:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key}={value!r} must be true or false")
+
+
+def check_count(value, key: str, what: str = "") -> None:
+    """A whole number, 0 or more; `what`: of what, and what 0 means."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"{key}={value!r} must be a whole number {what or '(0 or more)'}")
+
+
+def check_range(value, key: str, low: float, high: float = float("inf"), note: str = "") -> None:
+    """A number in [low, high)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value < high:
+        span = f"in [{low:g}, {high:g})" if high < float("inf") else f">= {low:g}"
+        raise ConfigError(f"{key}={value!r} must be a number {span}{' ' + note if note else ''}")
+
+
+def check_positive(value, key: str, *, integer: bool = False) -> None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key}={value!r} must be a positive number") from None
+    if not number > 0 or (integer and number != int(number)):
+        raise ConfigError(f"{key}={value!r} must be a positive {'integer' if integer else 'number'}")
 
 
 def is_out_of_memory(error: BaseException) -> bool:

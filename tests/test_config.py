@@ -200,9 +200,9 @@ CHECKS = [
     (['task=attention', 'attention=performer', 'attention.num_features=0'],
      'attention=performer: performer num_features=0 must be positive'),
     (['task=attention', 'attention=performer', '+attention.features=8'],
-     "attention=performer: takes no option 'features'; its options: num_features, redraw_interval, chunk_size, eps, seed"),
+     "attention.features: did you mean attention.num_features? (attention=performer takes no 'features')"),
     (['attention=dense', '+attention.window=8'],
-     "attention=dense: takes no option 'window'; its options: none"),
+     "attention.window: valid keys: name (attention=dense takes no 'window')"),
 ]
 
 
@@ -279,11 +279,11 @@ SOURCES = [
     (["data=markov", "data.vocab_size=1"], "data.vocab_size=1, data.order=2: need vocab >= 2, order >= 0 and a transition table of vocab^(order+1) <= 2^24 entries"),
     (["data=markov", "data.vocab_size=50304", "data.order=1"], "data.vocab_size=50304, data.order=1: need vocab >= 2, order >= 0 and a transition table of vocab^(order+1) <= 2^24 entries"),
     (["data.name=web"], "data.name='web'; known: stdlib, text, tokens, markov"),
-    (["data.val_fraction=0"], "data.val_fraction=0 must be in (0, 1): the share held out for validation"),
+    (["data.val_fraction=0"], "data.val_fraction=0 must be a positive number"),
     (["data=tokens", "data.train_path=TRAIN", "data.vocab_size=100", "data.val_fraction=1.5"],
-     "data.val_fraction=1.5 must be in (0, 1): the share held out for validation"),
+     "data.val_fraction=1.5 must be a number in [0, 1)"),
     (["data=markov", "data.seed=-3"], "data.seed=-3 must be a whole number (0 or more)"),
-    (["data=markov", "data.concentration=0"], "data.concentration=0 must be a positive number (the Dirichlet's)"),
+    (["data=markov", "data.concentration=0"], "data.concentration=0 must be a positive number"),
 ]
 
 
