@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 import harness
-from harness.errors import ConfigError
+from harness.errors import ConfigError, Unsupported
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -85,15 +85,15 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def unavailable(device: torch.device, setting: str) -> str | None:
-    """Why this machine has no `device` (the `unsupported` record's reason), or None."""
-    if device.type != "cuda":
-        return None
-    if not torch.cuda.is_available():
-        return f"device={setting!r} but CUDA is not available"
-    if device.index is not None and device.index >= torch.cuda.device_count():
-        return f"device={setting!r} but this machine has {torch.cuda.device_count()} CUDA device(s)"
-    return None
+def device_here(setting: str) -> torch.device:
+    """The device `device=` names (resolve_device), or Unsupported (the point's record) where this machine has none."""
+    device = resolve_device(setting)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise Unsupported(f"device={setting!r} but CUDA is not available")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise Unsupported(f"device={setting!r} but this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
 
 
 def synchronize(device: torch.device) -> None:

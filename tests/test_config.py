@@ -238,12 +238,13 @@ def test_what_a_family_cannot_do_is_unsupported(overrides, message):
 def test_a_cuda_device_this_machine_lacks_is_unsupported(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    assert measure.unavailable(torch.device("cuda:2"), "cuda:2") == "device='cuda:2' but this machine has 2 CUDA device(s)"
-    assert measure.unavailable(torch.device("cuda:1"), "cuda:1") is None
-    assert measure.unavailable(torch.device("cuda"), "auto") is None
+    with pytest.raises(Unsupported, match=r"^device='cuda:2' but this machine has 2 CUDA device\(s\)$"):
+        measure.device_here("cuda:2")
+    assert measure.device_here("cuda:1") == torch.device("cuda:1") and measure.device_here("auto") == torch.device("cuda")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert measure.unavailable(torch.device("cuda"), "cuda") == "device='cuda' but CUDA is not available"
-    assert measure.unavailable(torch.device("cpu"), "cpu") is None
+    with pytest.raises(Unsupported, match=r"^device='cuda' but CUDA is not available$"):
+        measure.device_here("cuda")
+    assert measure.device_here("cpu") == torch.device("cpu")
 
 
 MARKOV = ["data=markov", "data.train_tokens=2e4", "data.val_tokens=1000", "model.seq_len=32", "task.batch_size=8"]

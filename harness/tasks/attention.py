@@ -58,12 +58,9 @@ def errors(attn, cfg: DictConfig, dtype, device, backward: bool) -> dict:
 
 def run(cfg: DictConfig) -> dict:
     t = cfg.task
-    device = measure.resolve_device(cfg.device)
+    device = measure.device_here(cfg.device)
     dtype = ATTENTION_DTYPES[t.dtype]
     name, options = cfg.attention.name, attention_options(cfg)
-    missing = measure.unavailable(device, cfg.device)
-    if missing:
-        raise Unsupported(missing)
     refused = attention_registry.unsupported(name, device, dtype, **options)
     if refused:
         raise Unsupported(f"attention={name}: {refused}")

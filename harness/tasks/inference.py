@@ -116,7 +116,7 @@ def run(cfg: DictConfig, trained_weights: Callable[[DictConfig], Path]) -> dict:
     """Prefill and decode of the model (its weights random, loaded from task.checkpoint, or trained_weights(cfg) when
     task.train_tokens asks for a trained model), with and without the cache, and each of task.compare_weights."""
     wall_start = time.perf_counter()
-    device = measure.resolve_device(cfg.device)
+    device = measure.device_here(cfg.device)
     check_runnable(cfg, device)
     t = cfg.task
     dataset = data_sources.load(cfg.data)
@@ -169,9 +169,6 @@ def run(cfg: DictConfig, trained_weights: Callable[[DictConfig], Path]) -> dict:
 
 def check_runnable(cfg: DictConfig, device: torch.device) -> None:
     """What this machine cannot run of the point: an `unsupported` record before any work."""
-    missing = measure.unavailable(device, cfg.device)
-    if missing:
-        raise Unsupported(missing)
     weights = cfg.task.weights
     if weights in quantize.METHODS and quantize.unsupported(weights):  # the point's own weights: nothing to measure
         raise Unsupported(f"task.weights={weights}: {quantize.unsupported(weights)}")

@@ -80,10 +80,7 @@ def run(cfg: DictConfig, out_dir: Path | None = None, write_branch=None) -> dict
 
 def check_runnable(job: JobPlan, model: ModelPlan) -> int:
     """What this machine cannot run (an `unsupported` record, not a config error); returns the number of ranks."""
-    device = measure.resolve_device(job.device)
-    missing = measure.unavailable(device, job.device)
-    if missing:
-        raise Unsupported(missing)
+    device = measure.device_here(job.device)
     mode = precision.MODES[job.precision]
     refused = precision.unsupported(mode.name, device) or parallel.unsupported(job.layout, mode.name)
     if refused:
